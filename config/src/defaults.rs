@@ -1,0 +1,72 @@
+//! Default values, one named constant each, and the embedded default configuration.
+
+use std::time::Duration;
+
+/// Name used in `Via` and logs.
+pub const SERVER_NAME: &str = "portico";
+/// Region when `[server] region` is not set.
+pub const REGION: &str = "local";
+/// Graceful shutdown budget (pingora's own default of 300 s is far too long for `systemctl stop`).
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Log filter.
+pub const LOG_LEVEL: &str = "info";
+/// Request id header.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Connections per listener.
+pub const MAX_CONNECTIONS: usize = 10_000;
+/// Time to receive a whole request header (slowloris protection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time allowed between requests on a client connection.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest request header (request line plus all fields).
+pub const MAX_HEADER_SIZE: u64 = 32 * 1024;
+/// Upper bound for `max_header_size` (pingora's parser refuses 1 MiB and more).
+pub const MAX_HEADER_SIZE_LIMIT: u64 = 512 * 1024;
+/// Listen backlog (the kernel caps it at `net.core.somaxconn`).
+pub const BACKLOG: u32 = 65_535;
+/// Port in `force_https` redirects when no TLS listener is configured.
+pub const HTTPS_PORT: u16 = 443;
+
+/// Admin listener address.
+pub const ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+
+/// Upstream connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upstream read timeout (per read).
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upstream write timeout (per write).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle pooled upstream connections are closed after this.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Other backends tried after a connect failure.
+pub const RETRIES: usize = 2;
+/// How long a request waits when every backend is at its hard limit.
+pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests allowed to wait at once per upstream.
+pub const MAX_QUEUE: usize = 1000;
+
+/// The configuration used when no file is given: one listener, the admin listener, and one
+/// upstream taken from `PORTICO_UPSTREAM`.
+pub const EMBEDDED_CONFIG: &str = r#"# Portico's embedded default configuration.
+# Listener, admin and upstream can be moved with PORTICO_LISTEN, PORTICO_ADMIN, PORTICO_UPSTREAM.
+[server]
+region = "${FLY_REGION:-local}"
+
+[[listeners]]
+name = "http"
+address = "${PORTICO_LISTEN:-127.0.0.1:8080}"
+
+[admin]
+address = "${PORTICO_ADMIN:-127.0.0.1:9901}"
+
+[upstreams.app]
+backends = ["${PORTICO_UPSTREAM:-127.0.0.1:3000}"]
+
+[[routes]]
+name = "default"
+upstream = "app"
+"#;
+
+/// The name shown for the embedded configuration in messages.
+pub const EMBEDDED_NAME: &str = "<embedded default>";

@@ -1,0 +1,205 @@
+//! The file model: what a `portico.toml` may contain, exactly as written.
+//!
+//! Every struct denies unknown fields, so a typo is an error and not a silently ignored key.
+//! Everything is optional here; defaults and cross-checks are applied by [`crate::validate`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::units::{Dur, Flag, Int, Size};
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub name: Option<String>,
+    pub region: Option<String>,
+    pub threads: Option<Int<usize>>,
+    pub work_stealing: Option<Flag>,
+    pub shutdown_timeout: Option<Dur>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    pub access_log: Option<Flag>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub fly_headers: Option<Flag>,
+    pub request_id_header: Option<String>,
+    pub max_open_files: Option<Int<u64>>,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub tls: Option<TlsFile>,
+    pub force_https: Option<Flag>,
+    pub https_port: Option<Int<u16>>,
+    pub h2c: Option<Flag>,
+    pub max_connections: Option<Int<usize>>,
+    pub header_read_timeout: Option<Dur>,
+    pub keepalive_timeout: Option<Dur>,
+    pub max_header_size: Option<Size>,
+    pub max_requests_per_connection: Option<Int<u32>>,
+    pub reuse_port: Option<Flag>,
+    pub backlog: Option<Int<u32>>,
+    pub tcp_fastopen: Option<Int<usize>>,
+}
+
+/// `tls = { ... }` of a listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+    pub certificates: Option<Vec<CertFile>>,
+    pub http2: Option<Flag>,
+    pub min_version: Option<String>,
+}
+
+/// One certificate and key pair.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFile {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+/// `[admin]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub address: Option<String>,
+    pub enabled: Option<Flag>,
+}
+
+/// One `[upstreams.<name>]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub backends: Option<Vec<BackendFile>>,
+    pub balance: Option<String>,
+    pub hash_on: Option<String>,
+    pub concurrency: Option<ConcurrencyFile>,
+    pub queue_timeout: Option<Dur>,
+    pub max_queue: Option<Int<usize>>,
+    pub connect_timeout: Option<Dur>,
+    pub read_timeout: Option<Dur>,
+    pub write_timeout: Option<Dur>,
+    pub idle_timeout: Option<Dur>,
+    pub retries: Option<Int<usize>>,
+    pub protocol: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub tls_skip_verify: Option<Flag>,
+    pub http2: Option<Flag>,
+    pub host_header: Option<String>,
+}
+
+/// `concurrency = { type = "requests", soft_limit = 200, hard_limit = 250 }` (fly.toml's shape).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyFile {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub soft_limit: Option<Int<u32>>,
+    pub hard_limit: Option<Int<u32>>,
+}
+
+/// A backend: `"10.0.0.1:3000"` or `{ address = "...", id = "...", region = "...", weight = 2 }`.
+#[derive(Debug, Default)]
+pub struct BackendFile {
+    pub address: Option<String>,
+    pub id: Option<String>,
+    pub region: Option<String>,
+    pub weight: Option<Int<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendTable {
+    address: Option<String>,
+    id: Option<String>,
+    region: Option<String>,
+    weight: Option<Int<u32>>,
+}
+
+impl<'de> Deserialize<'de> for BackendFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = BackendFile;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an address string like \"10.0.0.1:3000\" or a table { address = ... }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<BackendFile, E> {
+                Ok(BackendFile {
+                    address: Some(v.to_string()),
+                    ..Default::default()
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<BackendFile, A::Error> {
+                let t = BackendTable::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(BackendFile {
+                    address: t.address,
+                    id: t.id,
+                    region: t.region,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub name: Option<String>,
+    pub host: Option<OneOrMany>,
+    pub path: Option<String>,
+    pub upstream: Option<String>,
+    pub max_body: Option<Size>,
+    pub strip_prefix: Option<Flag>,
+    pub request_headers: Option<HeaderRulesFile>,
+    pub response_headers: Option<HeaderRulesFile>,
+}
+
+/// Header edits: `set` replaces, `add` appends, `remove` deletes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesFile {
+    pub set: Option<BTreeMap<String, String>>,
+    pub add: Option<BTreeMap<String, String>>,
+    pub remove: Option<Vec<String>>,
+}
+
+/// A string or a list of strings (`host = "a.com"` or `host = ["a.com", "*.b.com"]`).
+#[derive(Debug, Default, Clone)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

@@ -1,0 +1,325 @@
+//! The runtime model: a validated, immutable configuration made of real types.
+//!
+//! Everything here has passed validation: addresses are parsed, durations are `Duration`s,
+//! names are resolved to indices, routes are compiled. The proxy builds its running state
+//! from a [`Config`] and never re-checks it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::error::KeyPath;
+use crate::routing::RouteTable;
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where this configuration came from (a path, or `<embedded default>`).
+    pub source_name: String,
+    /// Process-wide settings.
+    pub server: Server,
+    /// Client-facing listeners, in file order.
+    pub listeners: Vec<Listener>,
+    /// The admin listener, unless disabled.
+    pub admin: Option<Admin>,
+    /// Upstream pools; [`Route::upstream`] indexes into this list.
+    pub upstreams: Vec<Upstream>,
+    /// Compiled routing table.
+    pub routes: RouteTable,
+}
+
+impl Config {
+    /// The upstream with this name.
+    pub fn upstream(&self, name: &str) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.name == name)
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable `key=value` text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Name used in `Via` and in logs.
+    pub name: String,
+    /// Region this proxy runs in (`FLY_REGION` style).
+    pub region: String,
+    /// Worker threads for the proxy runtime.
+    pub threads: usize,
+    /// Whether idle worker threads steal work from busy ones.
+    pub work_stealing: bool,
+    /// How long a graceful shutdown waits for in-flight work before closing it.
+    pub shutdown_timeout: Duration,
+    /// Log filter (`info`, `debug`, `portico=debug,pingora=warn`, ...).
+    pub log_level: String,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Whether one access-log line is written per request.
+    pub access_log: bool,
+    /// Peers whose `X-Forwarded-*` headers are trusted.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Whether `Fly-Client-IP`, `Fly-Region`, `Fly-Forwarded-Port`, `Fly-Request-Id` are added.
+    pub fly_headers: bool,
+    /// Header carrying the request id (lower case).
+    pub request_id_header: String,
+    /// Soft `RLIMIT_NOFILE` to set at start; `None` raises it to the hard limit.
+    pub max_open_files: Option<u64>,
+}
+
+/// TLS protocol versions a listener accepts at minimum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// One certificate chain and its private key, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// Where this pair is configured, for error messages.
+    pub key_path: KeyPath,
+}
+
+/// TLS settings of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// Certificates, chosen by SNI; the first one is the default.
+    pub certificates: Vec<CertPaths>,
+    /// Whether HTTP/2 is offered through ALPN.
+    pub http2: bool,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// TLS, when this listener terminates it.
+    pub tls: Option<ListenerTls>,
+    /// Answer every request with a 301 to the https URL.
+    pub force_https: bool,
+    /// Port used in `force_https` redirects (443 is left out of the URL).
+    pub https_port: u16,
+    /// Accept HTTP/2 without TLS (prior knowledge).
+    pub h2c: bool,
+    /// Connections open at once; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time allowed to receive a complete request header (408 after it).
+    pub header_read_timeout: Duration,
+    /// How long an idle client connection is kept open between requests.
+    pub keepalive_timeout: Duration,
+    /// Largest request header accepted (431 above it).
+    pub max_header_size: usize,
+    /// Requests served on one connection before it is closed.
+    pub max_requests_per_connection: Option<u32>,
+    /// Bind with `SO_REUSEPORT`.
+    pub reuse_port: bool,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// TCP Fast Open queue length, when enabled.
+    pub tcp_fastopen: Option<usize>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Address to bind (loopback unless configured otherwise).
+    pub address: SocketAddr,
+}
+
+/// Load-balancing algorithm of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Each backend in turn.
+    RoundRobin,
+    /// Fewest requests in flight, between two random choices.
+    LeastRequests,
+    /// Uniformly at random.
+    Random,
+    /// Consistent hashing on [`Upstream::hash_on`].
+    ConsistentHash,
+}
+
+impl Balance {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastRequests => "least_requests",
+            Balance::Random => "random",
+            Balance::ConsistentHash => "consistent_hash",
+        }
+    }
+}
+
+/// What a consistent hash is computed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header (lower-case name).
+    Header(String),
+    /// A cookie.
+    Cookie(String),
+    /// The client's IP address (after trusted-proxy resolution).
+    ClientIp,
+    /// The request path.
+    Path,
+}
+
+/// What the concurrency limits count (fly.toml's `type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConcurrencyKind {
+    /// Requests in flight to a backend.
+    Requests,
+    /// Connections in use to a backend. For HTTP/1.1 each request in flight uses one, so the
+    /// count is the same as `Requests`; upgraded connections count until they close.
+    Connections,
+}
+
+/// Per-backend concurrency limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Concurrency {
+    /// What is counted.
+    pub kind: ConcurrencyKind,
+    /// Above this a backend is used only when every other one is above its own.
+    pub soft_limit: u32,
+    /// At this a backend takes no new work.
+    pub hard_limit: u32,
+}
+
+/// Where a static backend is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum BackendAddr {
+    /// An IP address and port.
+    Ip(SocketAddr),
+    /// A host name, resolved when the configuration is loaded.
+    Name {
+        /// Host name.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for BackendAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendAddr::Ip(a) => write!(f, "{a}"),
+            BackendAddr::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// One statically configured backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Address.
+    pub address: BackendAddr,
+    /// Stable identity (instance id); defaults to the address.
+    pub id: Option<String>,
+    /// Region the backend runs in.
+    pub region: Option<String>,
+    /// Relative weight for round robin and hashing.
+    pub weight: u32,
+}
+
+/// Transport to an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// SNI and name verified in the certificate.
+    pub server_name: String,
+    /// Skip certificate verification (self-signed backends).
+    pub skip_verify: bool,
+}
+
+/// One upstream pool.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name from the config.
+    pub name: String,
+    /// Static backends.
+    pub backends: Vec<Backend>,
+    /// Balancing algorithm.
+    pub balance: Balance,
+    /// Hash key for `consistent_hash`.
+    pub hash_on: Option<HashKey>,
+    /// Per-backend concurrency limits.
+    pub concurrency: Concurrency,
+    /// How long a request waits for a backend below its hard limit.
+    pub queue_timeout: Duration,
+    /// How many requests may wait at once.
+    pub max_queue: usize,
+    /// TCP (and TLS) connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of each read from the backend.
+    pub read_timeout: Duration,
+    /// Timeout of each write to the backend.
+    pub write_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle_timeout: Duration,
+    /// Further backends tried after a failed connect.
+    pub retries: usize,
+    /// TLS to the backends, when `protocol = "https"`.
+    pub tls: Option<UpstreamTls>,
+    /// Whether HTTP/2 is offered to TLS backends.
+    pub http2: bool,
+    /// Host header sent upstream instead of the client's.
+    pub host_header: Option<String>,
+}
+
+/// Header edits of a route.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// Headers set, replacing any existing value.
+    pub set: Vec<(String, String)>,
+    /// Headers appended.
+    pub add: Vec<(String, String)>,
+    /// Headers removed (lower case).
+    pub remove: Vec<String>,
+}
+
+impl HeaderRules {
+    /// True when there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name used in metrics and logs.
+    pub name: String,
+    /// Host patterns; empty means any host.
+    pub hosts: Vec<String>,
+    /// Path prefix.
+    pub path: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Largest request body accepted (413 above it).
+    pub max_body: Option<u64>,
+    /// Remove the path prefix before proxying.
+    pub strip_prefix: bool,
+    /// Edits to the request sent upstream.
+    pub request_headers: HeaderRules,
+    /// Edits to the response sent to the client.
+    pub response_headers: HeaderRules,
+}

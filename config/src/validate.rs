@@ -1,0 +1,1078 @@
+//! Turns the file model into the runtime model, collecting every problem on the way.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::defaults as d;
+use crate::error::{KeyPath, Problems};
+use crate::file::*;
+use crate::model::*;
+use crate::routing::{normalize_path, RouteTable};
+
+/// The sections of a file, each already deserialized on its own.
+#[derive(Default)]
+pub(crate) struct Sections {
+    pub server: Option<ServerFile>,
+    pub listeners: Vec<(usize, ListenerFile)>,
+    pub admin: Option<AdminFile>,
+    pub upstreams: Vec<(String, UpstreamFile)>,
+    pub routes: Vec<(usize, RouteFile)>,
+    /// Whether `listeners` / `routes` were present at all (an entry may have failed to parse).
+    pub listeners_present: bool,
+    pub routes_present: bool,
+    pub upstreams_present: bool,
+}
+
+pub(crate) struct Validator<'a> {
+    pub problems: &'a mut Problems,
+    pub base_dir: Option<&'a Path>,
+}
+
+fn dur(v: Option<crate::units::Dur>, default: Duration) -> Duration {
+    v.map_or(default, |d| d.0)
+}
+
+/// RFC 9110 `token` characters, as allowed in header names.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Header values may not hold control characters (CR and LF above all).
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// " (did you mean \"x\"?)" when a known name is close to `wrong`.
+pub(crate) fn suggest<'n>(wrong: &str, known: impl Iterator<Item = &'n str>) -> String {
+    known
+        .map(|k| (distance(wrong, k), k))
+        .filter(|(dist, k)| *dist <= 2.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
+        .unwrap_or_default()
+}
+
+/// Parses a listen address: `ip:port`, `[v6]:port`, `:port` (all interfaces) or
+/// `localhost:port`.
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let port_of = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| format!("invalid port {p:?} in address {s:?}"))
+    };
+    if let Some(p) = s.strip_prefix(':') {
+        return Ok(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port_of(p)?,
+        ));
+    }
+    if let Some(p) = s.strip_prefix("localhost:") {
+        return Ok(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_of(p)?,
+        ));
+    }
+    Err(format!(
+        "invalid address {s:?}: expected IP:PORT such as \"0.0.0.0:8080\", \"[::]:8080\" or \"127.0.0.1:8080\""
+    ))
+}
+
+/// Parses a backend address: `ip:port`, `[v6]:port` or `host:port`.
+pub fn parse_backend_address(s: &str) -> Result<BackendAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(BackendAddr::Ip(a));
+    }
+    let usage = || {
+        format!("invalid backend address {s:?}: expected HOST:PORT such as \"10.0.0.1:3000\", \"[fdaa::1]:8080\" or \"app.local:3000\"")
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(usage)?;
+    let port: u16 = port.parse().map_err(|_| usage())?;
+    if host.is_empty()
+        || host.contains(['[', ']', '/', ' '])
+        || host.parse::<IpAddr>().is_ok()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(usage());
+    }
+    if port == 0 {
+        return Err(format!("invalid backend address {s:?}: port 0"));
+    }
+    Ok(BackendAddr::Name {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn parse_log_level(s: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let level = part.rsplit_once('=').map_or(part, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "invalid log level {part:?}: expected one of trace, debug, info, warn, error, off, optionally as target=level"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| {
+            format!(
+                "invalid address or CIDR {s:?} (expected e.g. \"10.0.0.0/8\" or \"192.168.1.10\")"
+            )
+        })
+}
+
+fn validate_host_pattern(h: &str) -> Result<String, String> {
+    if h.contains("://") || h.contains('/') {
+        return Err(format!(
+            "host {h:?} should be a name such as \"example.com\", not a URL"
+        ));
+    }
+    let lower = h.to_ascii_lowercase();
+    let name = lower.strip_prefix("*.").unwrap_or(&lower);
+    if name.contains('*') {
+        return Err(format!(
+            "host {h:?}: a wildcard is only allowed as the first label (\"*.example.com\")"
+        ));
+    }
+    let is_v6 = name.starts_with('[') && name.ends_with(']');
+    if name.is_empty()
+        || (!is_v6
+            && (name.contains(':')
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))))
+    {
+        return Err(format!(
+            "host {h:?} is not a valid host name (no port, no scheme; letters, digits, '-', '.')"
+        ));
+    }
+    Ok(lower.trim_end_matches('.').to_string())
+}
+
+impl Validator<'_> {
+    fn err(&mut self, key: KeyPath, msg: impl Into<String>) {
+        self.problems.add(key, msg);
+    }
+
+    fn resolve_path(&self, p: &str) -> PathBuf {
+        let path = PathBuf::from(p);
+        match self.base_dir {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path,
+        }
+    }
+
+    pub(crate) fn build(&mut self, s: Sections, source_name: &str) -> Option<Config> {
+        let server = self.server(s.server.unwrap_or_default());
+        let (upstreams, upstream_index) = self.upstreams(s.upstreams, s.upstreams_present);
+        let listeners = self.listeners(s.listeners, s.listeners_present);
+        let admin = self.admin(s.admin.unwrap_or_default(), &listeners);
+        let routes = self.routes(s.routes, s.routes_present, &upstreams, &upstream_index);
+        if !self.problems.is_empty() {
+            return None;
+        }
+        Some(Config {
+            source_name: source_name.to_string(),
+            server,
+            listeners,
+            admin,
+            upstreams,
+            routes: RouteTable::new(routes),
+        })
+    }
+
+    fn server(&mut self, f: ServerFile) -> Server {
+        let k = KeyPath::root().key("server");
+        let name = f.name.unwrap_or_else(|| d::SERVER_NAME.to_string());
+        if !is_token(&name) {
+            self.err(
+                k.key("name"),
+                format!("{name:?} must be a single token (letters, digits, '-', '.', '_')"),
+            );
+        }
+        let region = f.region.unwrap_or_else(|| d::REGION.to_string());
+        let region = if region.is_empty() {
+            d::REGION.to_string()
+        } else {
+            region
+        };
+        if !is_name(&region) {
+            self.err(
+                k.key("region"),
+                format!("invalid region {region:?} (letters, digits, '-', '_')"),
+            );
+        }
+        let threads = match f.threads {
+            Some(t) if t.0 == 0 || t.0 > 1024 => {
+                self.err(
+                    k.key("threads"),
+                    format!("{} is out of range (1 to 1024)", t.0),
+                );
+                1
+            }
+            Some(t) => t.0,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let log_level = f.log_level.unwrap_or_else(|| d::LOG_LEVEL.to_string());
+        if let Err(e) = parse_log_level(&log_level) {
+            self.err(k.key("log_level"), e);
+        }
+        let log_format = match f.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                self.err(
+                    k.key("log_format"),
+                    format!("unknown log format {other:?}: expected \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+        let mut trusted_proxies = Vec::new();
+        for (i, p) in f.trusted_proxies.unwrap_or_default().iter().enumerate() {
+            match parse_cidr(p) {
+                Ok(net) => trusted_proxies.push(net),
+                Err(e) => self.err(k.key("trusted_proxies").index(i), e),
+            }
+        }
+        let request_id_header = f
+            .request_id_header
+            .unwrap_or_else(|| d::REQUEST_ID_HEADER.to_string())
+            .to_ascii_lowercase();
+        if !is_token(&request_id_header) {
+            self.err(
+                k.key("request_id_header"),
+                format!("{request_id_header:?} is not a valid header name"),
+            );
+        }
+        let shutdown_timeout = dur(f.shutdown_timeout, d::SHUTDOWN_TIMEOUT);
+        if let Some(n) = f.max_open_files {
+            if n.0 < 64 {
+                self.err(
+                    k.key("max_open_files"),
+                    format!("{} is too low to run a proxy (at least 64)", n.0),
+                );
+            }
+        }
+        Server {
+            name,
+            region,
+            threads,
+            work_stealing: f.work_stealing.is_none_or(|f| f.0),
+            shutdown_timeout,
+            log_level,
+            log_format,
+            access_log: f.access_log.is_none_or(|f| f.0),
+            trusted_proxies,
+            fly_headers: f.fly_headers.is_some_and(|f| f.0),
+            request_id_header,
+            max_open_files: f.max_open_files.map(|n| n.0),
+        }
+    }
+
+    fn listeners(&mut self, files: Vec<(usize, ListenerFile)>, present: bool) -> Vec<Listener> {
+        let root = KeyPath::root().key("listeners");
+        if files.is_empty() && !present {
+            self.err(
+                root.clone(),
+                "no listeners: add a [[listeners]] table with an address",
+            );
+        }
+        // The https port used in force_https redirects defaults to the first TLS listener's.
+        let first_tls_port = files
+            .iter()
+            .filter(|(_, f)| f.tls.is_some())
+            .find_map(|(_, f)| {
+                f.address
+                    .as_deref()
+                    .and_then(|a| parse_listen_address(a).ok())
+            })
+            .map(|a| a.port());
+        let mut out = Vec::new();
+        let mut seen_addr: HashMap<SocketAddr, usize> = HashMap::new();
+        let mut seen_name: HashMap<String, usize> = HashMap::new();
+        for (i, f) in files {
+            let k = root.index(i);
+            let Some(addr_str) = f.address.clone() else {
+                self.err(
+                    k.clone(),
+                    "missing `address` (for example \"0.0.0.0:8080\")",
+                );
+                continue;
+            };
+            let address = match parse_listen_address(&addr_str) {
+                Ok(a) => a,
+                Err(e) => {
+                    self.err(k.key("address"), e);
+                    continue;
+                }
+            };
+            if address.port() != 0 {
+                if let Some(prev) = seen_addr.insert(address, i) {
+                    self.err(
+                        k.key("address"),
+                        format!("{address} is already used by listeners[{prev}]"),
+                    );
+                }
+            }
+            let name = f.name.clone().unwrap_or_else(|| addr_str.clone());
+            // A default name repeats only when the address does, which is reported above.
+            if let Some(prev) = seen_name
+                .insert(name.clone(), i)
+                .filter(|_| f.name.is_some())
+            {
+                self.err(
+                    k.key("name"),
+                    format!("listener name {name:?} is already used by listeners[{prev}]"),
+                );
+            }
+            let tls = f.tls.map(|t| self.listener_tls(t, &k.key("tls")));
+            let force_https = f.force_https.is_some_and(|v| v.0);
+            if force_https && tls.is_some() {
+                self.err(
+                    k.key("force_https"),
+                    "force_https redirects plain HTTP to https; it cannot be set on a TLS listener",
+                );
+            }
+            let h2c = f.h2c.is_some_and(|v| v.0);
+            if h2c && tls.is_some() {
+                self.err(
+                    k.key("h2c"),
+                    "h2c is HTTP/2 without TLS; on a TLS listener use tls.http2",
+                );
+            }
+            let max_connections = f.max_connections.map_or(d::MAX_CONNECTIONS, |v| v.0);
+            if max_connections == 0 {
+                self.err(k.key("max_connections"), "must be at least 1");
+            }
+            let header_read_timeout = dur(f.header_read_timeout, d::HEADER_READ_TIMEOUT);
+            if header_read_timeout.is_zero() {
+                self.err(k.key("header_read_timeout"), "must be greater than zero");
+            }
+            let max_header_size = f.max_header_size.map_or(d::MAX_HEADER_SIZE, |v| v.0);
+            if !(1024..=d::MAX_HEADER_SIZE_LIMIT).contains(&max_header_size) {
+                self.err(
+                    k.key("max_header_size"),
+                    format!("{max_header_size} bytes is out of range (1KiB to 512KiB)"),
+                );
+            }
+            if let Some(n) = f.max_requests_per_connection {
+                if n.0 == 0 {
+                    self.err(k.key("max_requests_per_connection"), "must be at least 1");
+                }
+            }
+            out.push(Listener {
+                name,
+                address,
+                tls,
+                force_https,
+                https_port: f
+                    .https_port
+                    .map(|p| p.0)
+                    .or(first_tls_port)
+                    .unwrap_or(d::HTTPS_PORT),
+                h2c,
+                max_connections,
+                header_read_timeout,
+                keepalive_timeout: dur(f.keepalive_timeout, d::KEEPALIVE_TIMEOUT),
+                max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
+                max_requests_per_connection: f.max_requests_per_connection.map(|n| n.0),
+                reuse_port: f.reuse_port.is_some_and(|v| v.0),
+                backlog: f.backlog.map_or(d::BACKLOG, |v| v.0),
+                tcp_fastopen: f.tcp_fastopen.map(|v| v.0),
+            });
+        }
+        out
+    }
+
+    fn cert_pair(
+        &mut self,
+        cert: Option<String>,
+        key: Option<String>,
+        k: &KeyPath,
+    ) -> Option<CertPaths> {
+        match (cert, key) {
+            (Some(c), Some(kf)) => Some(CertPaths {
+                cert: self.resolve_path(&c),
+                key: self.resolve_path(&kf),
+                key_path: k.clone(),
+            }),
+            (Some(_), None) => {
+                self.err(k.clone(), "`cert` is set but `key` is missing");
+                None
+            }
+            (None, Some(_)) => {
+                self.err(k.clone(), "`key` is set but `cert` is missing");
+                None
+            }
+            (None, None) => {
+                self.err(k.clone(), "missing `cert` and `key`");
+                None
+            }
+        }
+    }
+
+    fn listener_tls(&mut self, t: TlsFile, k: &KeyPath) -> ListenerTls {
+        let mut certificates = Vec::new();
+        match (t.cert.is_some() || t.key.is_some(), t.certificates) {
+            (true, Some(_)) => self.err(
+                k.clone(),
+                "use either `cert`/`key` or `certificates = [...]`, not both",
+            ),
+            (true, None) => certificates.extend(self.cert_pair(t.cert, t.key, k)),
+            (false, Some(list)) => {
+                if list.is_empty() {
+                    self.err(k.key("certificates"), "at least one certificate is needed");
+                }
+                for (i, c) in list.into_iter().enumerate() {
+                    certificates.extend(self.cert_pair(
+                        c.cert,
+                        c.key,
+                        &k.key("certificates").index(i),
+                    ));
+                }
+            }
+            (false, None) => self.err(k.clone(), "missing `cert` and `key` (or `certificates`)"),
+        }
+        let min_version = match t.min_version.as_deref() {
+            None | Some("1.2") => TlsVersion::Tls12,
+            Some("1.3") => TlsVersion::Tls13,
+            Some(v) => {
+                self.err(
+                    k.key("min_version"),
+                    format!("unsupported TLS version {v:?}: expected \"1.2\" or \"1.3\""),
+                );
+                TlsVersion::Tls12
+            }
+        };
+        ListenerTls {
+            certificates,
+            http2: t.http2.is_none_or(|v| v.0),
+            min_version,
+        }
+    }
+
+    fn admin(&mut self, f: AdminFile, listeners: &[Listener]) -> Option<Admin> {
+        if f.enabled.is_some_and(|e| !e.0) {
+            return None;
+        }
+        let k = KeyPath::root().key("admin");
+        let raw = f.address.unwrap_or_else(|| d::ADMIN_ADDRESS.to_string());
+        match parse_listen_address(&raw) {
+            Ok(address) => {
+                if address.port() != 0 {
+                    if let Some(l) = listeners.iter().find(|l| l.address == address) {
+                        self.err(
+                            k.key("address"),
+                            format!("{address} is already used by listener {:?}", l.name),
+                        );
+                    }
+                }
+                Some(Admin { address })
+            }
+            Err(e) => {
+                self.err(k.key("address"), e);
+                None
+            }
+        }
+    }
+
+    fn upstreams(
+        &mut self,
+        files: Vec<(String, UpstreamFile)>,
+        present: bool,
+    ) -> (Vec<Upstream>, HashMap<String, usize>) {
+        let root = KeyPath::root().key("upstreams");
+        if files.is_empty() && !present {
+            self.err(
+                root.clone(),
+                "no upstreams: add an [upstreams.NAME] table with backends",
+            );
+        }
+        let mut out = Vec::new();
+        let mut index = HashMap::new();
+        for (name, f) in files {
+            let k = root.key(&name);
+            if !is_name(&name) {
+                self.err(
+                    k.clone(),
+                    format!("upstream name {name:?} may only hold letters, digits, '-', '_', '.'"),
+                );
+            }
+            if let Some(u) = self.upstream(name.clone(), f, &k) {
+                index.insert(name, out.len());
+                out.push(u);
+            }
+        }
+        (out, index)
+    }
+
+    fn upstream(&mut self, name: String, f: UpstreamFile, k: &KeyPath) -> Option<Upstream> {
+        let mut backends = Vec::new();
+        let mut seen_addr = HashMap::new();
+        let mut seen_id = HashMap::new();
+        match f.backends {
+            None => self.err(
+                k.clone(),
+                "missing `backends` (for example backends = [\"127.0.0.1:3000\"])",
+            ),
+            Some(list) if list.is_empty() => {
+                self.err(k.key("backends"), "at least one backend is needed")
+            }
+            Some(list) => {
+                for (i, b) in list.into_iter().enumerate() {
+                    let bk = k.key("backends").index(i);
+                    let Some(raw) = b.address else {
+                        self.err(bk, "missing `address`");
+                        continue;
+                    };
+                    let address = match parse_backend_address(&raw) {
+                        Ok(a) => a,
+                        Err(e) => {
+                            self.err(
+                                if b.id.is_some() || b.region.is_some() || b.weight.is_some() {
+                                    bk.key("address")
+                                } else {
+                                    bk
+                                },
+                                e,
+                            );
+                            continue;
+                        }
+                    };
+                    if let Some(prev) = seen_addr.insert(address.clone(), i) {
+                        self.err(
+                            bk.clone(),
+                            format!("{address} is listed twice (also backends[{prev}])"),
+                        );
+                    }
+                    if let Some(id) = &b.id {
+                        if !is_name(id) {
+                            self.err(
+                                bk.key("id"),
+                                format!("invalid id {id:?} (letters, digits, '-', '_', '.')"),
+                            );
+                        }
+                        if let Some(prev) = seen_id.insert(id.clone(), i) {
+                            self.err(
+                                bk.key("id"),
+                                format!("id {id:?} is used twice (also backends[{prev}])"),
+                            );
+                        }
+                    }
+                    if let Some(r) = &b.region {
+                        if !is_name(r) {
+                            self.err(bk.key("region"), format!("invalid region {r:?}"));
+                        }
+                    }
+                    let weight = b.weight.map_or(1, |w| w.0);
+                    if !(1..=1000).contains(&weight) {
+                        self.err(
+                            bk.key("weight"),
+                            format!("{weight} is out of range (1 to 1000)"),
+                        );
+                    }
+                    backends.push(Backend {
+                        address,
+                        id: b.id,
+                        region: b.region,
+                        weight,
+                    });
+                }
+            }
+        }
+        let balance = match f.balance.as_deref() {
+            None | Some("least_requests") => Balance::LeastRequests,
+            Some("round_robin") => Balance::RoundRobin,
+            Some("random") => Balance::Random,
+            Some("consistent_hash") => Balance::ConsistentHash,
+            Some(other) => {
+                let known = ["round_robin", "least_requests", "random", "consistent_hash"];
+                self.err(
+                    k.key("balance"),
+                    format!(
+                        "unknown balance {other:?}{}: expected one of {}",
+                        suggest(other, known.iter().copied()),
+                        known.join(", ")
+                    ),
+                );
+                Balance::LeastRequests
+            }
+        };
+        let hash_on = match f.hash_on.as_deref() {
+            None => None,
+            Some(spec) => match parse_hash_key(spec) {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    self.err(k.key("hash_on"), e);
+                    None
+                }
+            },
+        };
+        let hash_on = match (balance, hash_on) {
+            (Balance::ConsistentHash, None) => Some(HashKey::ClientIp),
+            (Balance::ConsistentHash, h) => h,
+            (_, Some(_)) => {
+                self.err(
+                    k.key("hash_on"),
+                    "hash_on only applies with balance = \"consistent_hash\"",
+                );
+                None
+            }
+            (_, None) => None,
+        };
+        let concurrency = self.concurrency(f.concurrency, &k.key("concurrency"));
+        let protocol = f.protocol.as_deref().unwrap_or("http");
+        let tls = match protocol {
+            "http" => {
+                for (set, key) in [
+                    (f.tls_server_name.is_some(), "tls_server_name"),
+                    (f.tls_skip_verify.is_some(), "tls_skip_verify"),
+                    (f.http2.is_some(), "http2"),
+                ] {
+                    if set {
+                        self.err(k.key(key), "only applies with protocol = \"https\"");
+                    }
+                }
+                None
+            }
+            "https" => {
+                let server_name = f.tls_server_name.clone().or_else(|| {
+                    backends.first().map(|b| match &b.address {
+                        BackendAddr::Name { host, .. } => host.clone(),
+                        BackendAddr::Ip(a) => a.ip().to_string(),
+                    })
+                });
+                Some(UpstreamTls {
+                    server_name: server_name.unwrap_or_default(),
+                    skip_verify: f.tls_skip_verify.is_some_and(|v| v.0),
+                })
+            }
+            other => {
+                self.err(
+                    k.key("protocol"),
+                    format!("unknown protocol {other:?}: expected \"http\" or \"https\""),
+                );
+                None
+            }
+        };
+        let mut timeout = |v: Option<crate::units::Dur>, default: Duration, key: &str| {
+            let t = dur(v, default);
+            if t.is_zero() {
+                self.problems.add(k.key(key), "must be greater than zero");
+            }
+            t
+        };
+        let connect_timeout = timeout(f.connect_timeout, d::CONNECT_TIMEOUT, "connect_timeout");
+        let read_timeout = timeout(f.read_timeout, d::READ_TIMEOUT, "read_timeout");
+        let write_timeout = timeout(f.write_timeout, d::WRITE_TIMEOUT, "write_timeout");
+        let idle_timeout = timeout(f.idle_timeout, d::IDLE_TIMEOUT, "idle_timeout");
+        let retries = f.retries.map_or(d::RETRIES, |r| r.0);
+        if retries > 16 {
+            self.err(
+                k.key("retries"),
+                format!("{retries} is out of range (0 to 16)"),
+            );
+        }
+        if let Some(h) = &f.host_header {
+            if h.is_empty() || !is_header_value(h) {
+                self.err(
+                    k.key("host_header"),
+                    format!("invalid host header value {h:?}"),
+                );
+            }
+        }
+        Some(Upstream {
+            name,
+            backends,
+            balance,
+            hash_on,
+            concurrency,
+            queue_timeout: dur(f.queue_timeout, d::QUEUE_TIMEOUT),
+            max_queue: f.max_queue.map_or(d::MAX_QUEUE, |q| q.0),
+            connect_timeout,
+            read_timeout,
+            write_timeout,
+            idle_timeout,
+            retries,
+            tls,
+            http2: f.http2.is_some_and(|v| v.0),
+            host_header: f.host_header,
+        })
+    }
+
+    fn concurrency(&mut self, f: Option<ConcurrencyFile>, k: &KeyPath) -> Concurrency {
+        let Some(f) = f else {
+            return Concurrency {
+                kind: ConcurrencyKind::Requests,
+                soft_limit: u32::MAX,
+                hard_limit: u32::MAX,
+            };
+        };
+        let kind = match f.kind.as_deref() {
+            None | Some("requests") => ConcurrencyKind::Requests,
+            Some("connections") => ConcurrencyKind::Connections,
+            Some(other) => {
+                self.err(k.key("type"), format!("unknown concurrency type {other:?}: expected \"requests\" or \"connections\""));
+                ConcurrencyKind::Requests
+            }
+        };
+        let hard = f.hard_limit.map(|v| v.0);
+        let soft = f.soft_limit.map(|v| v.0);
+        let (soft_limit, hard_limit) = match (soft, hard) {
+            (Some(s), Some(h)) => (s, h),
+            (Some(s), None) => (s, u32::MAX),
+            (None, Some(h)) => (h, h),
+            (None, None) => (u32::MAX, u32::MAX),
+        };
+        if soft_limit == 0 {
+            self.err(k.key("soft_limit"), "must be at least 1");
+        }
+        if hard_limit == 0 {
+            self.err(k.key("hard_limit"), "must be at least 1");
+        }
+        if soft_limit > hard_limit {
+            self.err(
+                k.key("soft_limit"),
+                format!("soft_limit ({soft_limit}) is above hard_limit ({hard_limit})"),
+            );
+        }
+        Concurrency {
+            kind,
+            soft_limit,
+            hard_limit,
+        }
+    }
+
+    fn header_rules(&mut self, f: Option<HeaderRulesFile>, k: &KeyPath) -> HeaderRules {
+        let Some(f) = f else {
+            return HeaderRules::default();
+        };
+        let mut rules = HeaderRules::default();
+        for (field, map, dst) in [
+            ("set", f.set, &mut rules.set),
+            ("add", f.add, &mut rules.add),
+        ] {
+            for (name, value) in map.unwrap_or_default() {
+                let hk = k.key(field).key(&name);
+                if !is_token(&name) {
+                    self.problems
+                        .add(hk, format!("{name:?} is not a valid header name"));
+                } else if !is_header_value(&value) {
+                    self.problems
+                        .add(hk, "header values cannot contain control characters");
+                } else {
+                    dst.push((name.to_ascii_lowercase(), value));
+                }
+            }
+        }
+        for (i, name) in f.remove.unwrap_or_default().into_iter().enumerate() {
+            if is_token(&name) {
+                rules.remove.push(name.to_ascii_lowercase());
+            } else {
+                self.err(
+                    k.key("remove").index(i),
+                    format!("{name:?} is not a valid header name"),
+                );
+            }
+        }
+        rules
+    }
+
+    fn routes(
+        &mut self,
+        files: Vec<(usize, RouteFile)>,
+        present: bool,
+        upstreams: &[Upstream],
+        index: &HashMap<String, usize>,
+    ) -> Vec<Route> {
+        let root = KeyPath::root().key("routes");
+        if files.is_empty() && !present {
+            // Without routes, a single upstream takes every request.
+            return match upstreams {
+                [_] => vec![Route {
+                    name: "default".into(),
+                    hosts: Vec::new(),
+                    path: "/".into(),
+                    upstream: 0,
+                    max_body: None,
+                    strip_prefix: false,
+                    request_headers: HeaderRules::default(),
+                    response_headers: HeaderRules::default(),
+                }],
+                [] => Vec::new(),
+                _ => {
+                    self.err(root, "several upstreams and no routes: add [[routes]] saying which requests go to which upstream");
+                    Vec::new()
+                }
+            };
+        }
+        let mut out = Vec::new();
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        let mut names: HashSet<String> = HashSet::new();
+        for (i, f) in files {
+            let k = root.index(i);
+            let mut hosts = Vec::new();
+            for (j, h) in f.host.clone().unwrap_or_default().0.iter().enumerate() {
+                let hk = if f.host.as_ref().is_some_and(|h| h.0.len() > 1) {
+                    k.key("host").index(j)
+                } else {
+                    k.key("host")
+                };
+                match validate_host_pattern(h) {
+                    Ok(h) => hosts.push(h),
+                    Err(e) => self.err(hk, e),
+                }
+            }
+            let path = f.path.clone().unwrap_or_else(|| "/".to_string());
+            if !path.starts_with('/') || path.contains(['?', '#']) {
+                self.err(
+                    k.key("path"),
+                    format!("path {path:?} must start with '/' and hold no query or fragment"),
+                );
+            } else if normalize_path(&path) != path {
+                self.err(
+                    k.key("path"),
+                    format!(
+                        "path {path:?} is not normalized (write {:?})",
+                        normalize_path(&path)
+                    ),
+                );
+            }
+            let upstream = match &f.upstream {
+                None => {
+                    self.err(
+                        k.clone(),
+                        "missing `upstream` (the upstream this route sends requests to)",
+                    );
+                    None
+                }
+                Some(u) => match index.get(u) {
+                    Some(&idx) => Some(idx),
+                    None => {
+                        let hint = suggest(u, upstreams.iter().map(|x| x.name.as_str()));
+                        self.err(k.key("upstream"), format!("no upstream named {u:?}{hint}"));
+                        None
+                    }
+                },
+            };
+            let host_keys: Vec<String> = if hosts.is_empty() {
+                vec!["*any*".into()]
+            } else {
+                hosts.clone()
+            };
+            for h in &host_keys {
+                if let Some(prev) = seen.insert((h.clone(), path.clone()), i) {
+                    let shown = if h == "*any*" {
+                        "any host".to_string()
+                    } else {
+                        format!("host {h:?}")
+                    };
+                    self.err(
+                        k.key("path"),
+                        format!("{shown} with path {path:?} is already routed by routes[{prev}]"),
+                    );
+                }
+            }
+            let name = f.name.clone().unwrap_or_else(|| {
+                format!("{}{}", hosts.first().map_or("*", |h| h.as_str()), path)
+            });
+            if !names.insert(name.clone()) {
+                self.err(k.key("name"), format!("route name {name:?} is used twice"));
+            }
+            let strip_prefix = f.strip_prefix.is_some_and(|v| v.0);
+            if strip_prefix && path == "/" {
+                self.err(
+                    k.key("strip_prefix"),
+                    "strip_prefix needs a path other than \"/\"",
+                );
+            }
+            let request_headers = self.header_rules(f.request_headers, &k.key("request_headers"));
+            let response_headers =
+                self.header_rules(f.response_headers, &k.key("response_headers"));
+            if let Some(upstream) = upstream {
+                out.push(Route {
+                    name,
+                    hosts,
+                    path,
+                    upstream,
+                    max_body: f.max_body.map(|s| s.0),
+                    strip_prefix,
+                    request_headers,
+                    response_headers,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// Parses `hash_on`: `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
+pub fn parse_hash_key(spec: &str) -> Result<HashKey, String> {
+    let usage = || {
+        format!("invalid hash_on {spec:?}: expected \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\"")
+    };
+    match spec.split_once(':') {
+        None if spec == "client_ip" => Ok(HashKey::ClientIp),
+        None if spec == "path" => Ok(HashKey::Path),
+        Some(("header", name)) if is_token(name) => Ok(HashKey::Header(name.to_ascii_lowercase())),
+        Some(("cookie", name)) if is_token(name) => Ok(HashKey::Cookie(name.to_string())),
+        _ => Err(usage()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen_address("0.0.0.0:80").unwrap().port(), 80);
+        assert_eq!(parse_listen_address("[::]:8443").unwrap().port(), 8443);
+        assert_eq!(
+            parse_listen_address(":8080").unwrap().to_string(),
+            "0.0.0.0:8080"
+        );
+        assert_eq!(
+            parse_listen_address("localhost:8080").unwrap().to_string(),
+            "127.0.0.1:8080"
+        );
+        for bad in [
+            "",
+            "8080",
+            "example.com:80",
+            "1.2.3.4",
+            "1.2.3.4:99999",
+            ":x",
+        ] {
+            assert!(parse_listen_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backend_addresses() {
+        assert!(matches!(
+            parse_backend_address("10.0.0.1:3000"),
+            Ok(BackendAddr::Ip(_))
+        ));
+        assert!(matches!(
+            parse_backend_address("[fdaa::1]:80"),
+            Ok(BackendAddr::Ip(_))
+        ));
+        assert_eq!(
+            parse_backend_address("App.Local:3000"),
+            Ok(BackendAddr::Name {
+                host: "app.local".into(),
+                port: 3000
+            })
+        );
+        for bad in [
+            "",
+            "10.0.0.1",
+            "host",
+            "host:",
+            "host:0",
+            "ho st:80",
+            "http://x:80",
+            "fdaa::1:80",
+            "[fdaa::1]",
+        ] {
+            assert!(parse_backend_address(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hash_keys() {
+        assert_eq!(parse_hash_key("client_ip"), Ok(HashKey::ClientIp));
+        assert_eq!(parse_hash_key("path"), Ok(HashKey::Path));
+        assert_eq!(
+            parse_hash_key("header:X-User"),
+            Ok(HashKey::Header("x-user".into()))
+        );
+        assert_eq!(
+            parse_hash_key("cookie:sid"),
+            Ok(HashKey::Cookie("sid".into()))
+        );
+        for bad in ["", "ip", "header:", "cookie:a b", "query:x"] {
+            assert!(parse_hash_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            suggest("ap", ["app", "api2", "web"].into_iter()),
+            " (did you mean \"app\"?)"
+        );
+        assert_eq!(suggest("zzzzzz", ["app"].into_iter()), "");
+        assert_eq!(
+            suggest("round-robin", ["round_robin", "random"].into_iter()),
+            " (did you mean \"round_robin\"?)"
+        );
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(validate_host_pattern("Example.COM").unwrap(), "example.com");
+        assert_eq!(
+            validate_host_pattern("*.example.com").unwrap(),
+            "*.example.com"
+        );
+        for bad in [
+            "https://a.com",
+            "a.com:80",
+            "a.*.com",
+            "*",
+            "a b",
+            "a.com/x",
+            "",
+        ] {
+            assert!(validate_host_pattern(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn log_levels() {
+        assert!(parse_log_level("info").is_ok());
+        assert!(parse_log_level("portico=debug,pingora=warn").is_ok());
+        assert!(parse_log_level("loud").is_err());
+        assert!(parse_log_level("portico=loud").is_err());
+    }
+}
