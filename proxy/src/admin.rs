@@ -1,0 +1,262 @@
+//! The admin listener: `/metrics`, `/healthz`, `/ready`, `/status` (and `/reload` later).
+//!
+//! It binds to loopback unless the config says otherwise, and runs on the control runtime so
+//! that it answers even when the proxy's workers are saturated.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::state::Shared;
+
+/// The admin HTTP application.
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
+    let body = body.into().into_bytes();
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    body.push(b'\n');
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+impl Admin {
+    /// An admin app over `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Readiness: not draining, and every route's upstream has a backend to send to.
+    /// Returns the reasons it is not ready.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if self.shared.is_draining() {
+            reasons.push("shutting down".to_string());
+        }
+        let snap = self.shared.current.load();
+        for r in snap.config.routes.routes() {
+            let up = &snap.upstreams[r.upstream];
+            if up.set.load().backends.is_empty() {
+                let msg = format!(
+                    "upstream \"{}\" (route \"{}\") has no backends",
+                    up.name(),
+                    r.name
+                );
+                if !reasons.contains(&msg) {
+                    reasons.push(msg);
+                }
+            }
+        }
+        reasons
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let snap = self.shared.current.load();
+        let m = &self.shared.metrics;
+        for up in &snap.upstreams {
+            let set = up.set.load();
+            m.upstream_in_flight
+                .with_label_values(&[up.name()])
+                .set(up.in_flight() as i64);
+            m.upstream_backends
+                .with_label_values(&[up.name()])
+                .set(set.backends.len() as i64);
+        }
+        let body = m.render();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/plain; version=0.0.4")
+            .header("content-length", body.len())
+            .body(body)
+            .unwrap_or_else(|_| Response::new(Vec::new()))
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> Value {
+        let snap = self.shared.current.load();
+        let cfg = &snap.config;
+        let listeners: Vec<Value> = self
+            .shared
+            .listeners
+            .lock()
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| {
+                        json!({
+                            "name": l.name,
+                            "address": l.address.to_string(),
+                            "tls": l.tls,
+                            "connections_open": self.shared.metrics.connections_open.with_label_values(&[&l.name]).get(),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let routes: Vec<Value> = cfg
+            .routes
+            .routes()
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "hosts": r.hosts,
+                    "path": r.path,
+                    "upstream": cfg.upstreams[r.upstream].name,
+                })
+            })
+            .collect();
+        let upstreams: Vec<Value> = snap
+            .upstreams
+            .iter()
+            .map(|u| {
+                let set = u.set.load();
+                let backends: Vec<Value> = set
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        json!({
+                            "key": &*b.key,
+                            "id": b.id.as_deref(),
+                            "address": b.addr.to_string(),
+                            "region": b.region.as_deref(),
+                            "origin": &*b.origin,
+                            "weight": b.weight,
+                            "in_flight": b.in_flight(),
+                            "requests": b.requests.load(std::sync::atomic::Ordering::Relaxed),
+                            "connect_failures": b.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
+                            "state": "up",
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": u.name(),
+                    "balance": u.cfg.balance.as_str(),
+                    "in_flight": u.in_flight(),
+                    "backends": backends,
+                })
+            })
+            .collect();
+        let reload = self
+            .shared
+            .reload
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
+            "draining": self.shared.is_draining(),
+            "config": {
+                "source": cfg.source_name,
+                "generation": snap.generation,
+                "loaded_at_unix": snap.loaded_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "last_reload_error": reload.last_error,
+                "last_reload_error_at_unix": reload.last_error_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+            },
+            "server": {
+                "name": cfg.server.name,
+                "region": cfg.server.region,
+                "threads": cfg.server.threads,
+            },
+            "listeners": listeners,
+            "routes": routes,
+            "upstreams": upstreams,
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let get = method == http::Method::GET || method == http::Method::HEAD;
+        match path.as_str() {
+            "/metrics" | "/healthz" | "/ready" | "/status" if !get => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                r.headers_mut()
+                    .insert("allow", http::HeaderValue::from_static("GET, HEAD"));
+                r
+            }
+            "/metrics" => self.metrics(),
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/ready" => {
+                let reasons = self.not_ready_reasons();
+                if reasons.is_empty() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {}\n", reasons.join("; ")),
+                    )
+                }
+            }
+            "/status" => json_response(StatusCode::OK, &self.status()),
+            "/" => text(
+                StatusCode::OK,
+                "portico admin: /metrics /healthz /ready /status\n",
+            ),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /metrics /healthz /ready /status\n",
+            ),
+        }
+    }
+}
+
+/// Serves the admin application on `listener` until shutdown.
+pub async fn serve(
+    listener: std::net::TcpListener,
+    admin: Arc<Admin>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register the admin socket");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((tcp, _peer)) = accepted else {
+            continue;
+        };
+        let admin = admin.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let stream: L4Stream = tcp.into();
+            let _ = admin.process_new(Box::new(stream), &shutdown).await;
+        });
+    }
+}

@@ -1,0 +1,113 @@
+//! Command-line interface: `portico run`, `portico check`, `portico default-config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::server::{self, Reported, RunOptions};
+
+/// Portico: an edge reverse proxy and load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "portico", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the proxy (the default command).
+    Run {
+        /// Config file; without one, the embedded default is used.
+        #[arg(short = 'c', long = "config", env = "PORTICO_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file and print a summary; exit 2 and list every problem if it is invalid.
+    Check {
+        /// Config file to check; without one, the embedded default is checked.
+        #[arg(short = 'c', long = "config", env = "PORTICO_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run {
+        config: std::env::var_os("PORTICO_CONFIG").map(PathBuf::from),
+    }) {
+        Command::Run { config } => match server::run(RunOptions { config }) {
+            Ok(()) => 0,
+            Err(e) => match e.downcast_ref::<Reported>() {
+                Some(Reported(code)) => *code,
+                None => {
+                    eprintln!("portico: {e:#}");
+                    1
+                }
+            },
+        },
+        Command::Check { config } => check(config),
+        Command::DefaultConfig => {
+            print!("{}", portico_config::defaults::EMBEDDED_CONFIG);
+            0
+        }
+    }
+}
+
+/// `portico check`: validates the config (including certificates and host names) and prints
+/// a summary, or every problem.
+fn check(path: Option<PathBuf>) -> i32 {
+    let loaded = match server::load_config(path.as_deref()) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{} problem(s) found", errors.errors().len());
+            return 2;
+        }
+    };
+    if let Err(errors) = server::prepare_tls(&loaded) {
+        eprintln!("{errors}");
+        eprintln!("{} problem(s) found", errors.errors().len());
+        return 2;
+    }
+    let c = &loaded.config;
+    println!("{}: ok", c.source_name);
+    for l in &c.listeners {
+        let tls = match &l.tls {
+            Some(t) => format!(
+                "tls ({} certificate(s){})",
+                t.certificates.len(),
+                if t.http2 { ", h2" } else { "" }
+            ),
+            None if l.force_https => "plain, redirects to https".to_string(),
+            None => "plain".to_string(),
+        };
+        println!("  listener {:<12} {} {tls}", l.name, l.address);
+    }
+    match &c.admin {
+        Some(a) => println!("  admin             {}", a.address),
+        None => println!("  admin             disabled"),
+    }
+    for u in &c.upstreams {
+        println!(
+            "  upstream {:<12} {} backend(s), {}",
+            u.name,
+            u.backends.len(),
+            u.balance.as_str()
+        );
+    }
+    for r in c.routes.routes() {
+        let hosts = if r.hosts.is_empty() {
+            "*".to_string()
+        } else {
+            r.hosts.join(",")
+        };
+        println!(
+            "  route    {:<12} {hosts}{} -> {}",
+            r.name, r.path, c.upstreams[r.upstream].name
+        );
+    }
+    0
+}

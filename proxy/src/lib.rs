@@ -1,0 +1,22 @@
+//! Portico: an edge reverse proxy and load balancer built on pingora.
+//!
+//! The crate is organised by what each part does:
+//! - [`server`]: process lifecycle, listeners, connections, signals;
+//! - [`proxy`]: the request path (pingora's `ProxyHttp`), forwarding headers, responses;
+//! - [`upstream`]: backends, balancing, concurrency limits and the wait queue;
+//! - [`state`]: the per-generation snapshot held in an `ArcSwap`;
+//! - [`tls`]: certificates and SNI;
+//! - [`admin`], [`metrics`], [`logging`]: operations;
+//! - [`cli`]: the `portico` command.
+//!
+//! Configuration (file model, validation, routing) lives in the `portico-config` crate.
+
+pub mod admin;
+pub mod cli;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod tls;
+pub mod upstream;

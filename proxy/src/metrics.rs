@@ -1,0 +1,233 @@
+//! Every Prometheus metric Portico exports, named `portico_<subsystem>_<name>_<unit>`.
+//!
+//! Label values are bounded: listener, route and upstream names come from the config, status
+//! is a class (`2xx`), reasons are fixed strings. Hot-path metrics are resolved to their label
+//! children once (when a config snapshot is built) so a request only touches atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Buckets for request durations: 0.5 ms to 60 s.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// The registry and every metric family.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests completed, by route, upstream and status class.
+    pub requests: IntCounterVec,
+    /// Request durations, by route.
+    pub request_duration: HistogramVec,
+    /// Requests being processed now.
+    pub requests_in_flight: IntGauge,
+    /// Requests answered by Portico itself, by reason (`no_route`, `body_too_large`, ...).
+    pub rejected: IntCounterVec,
+    /// Client connections open now, by listener.
+    pub connections_open: IntGaugeVec,
+    /// Client connections accepted, by listener.
+    pub connections_accepted: IntCounterVec,
+    /// TLS handshakes that failed, by listener.
+    pub tls_handshake_errors: IntCounterVec,
+    /// Failed connection attempts to backends, by upstream.
+    pub upstream_connect_errors: IntCounterVec,
+    /// Requests sent again to another backend, by upstream.
+    pub upstream_retries: IntCounterVec,
+    /// Requests in flight to an upstream's backends (set at scrape time).
+    pub upstream_in_flight: IntGaugeVec,
+    /// Backends configured per upstream (set at scrape time).
+    pub upstream_backends: IntGaugeVec,
+    /// Requests waiting for a backend below its hard limit, by upstream.
+    pub upstream_queue_waiting: IntGaugeVec,
+    /// Requests that gave up waiting (503), by upstream.
+    pub upstream_queue_timeouts: IntCounterVec,
+    /// Generation number of the running configuration.
+    pub config_generation: IntGauge,
+    /// Configuration reloads, by result (`success`, `error`).
+    pub config_reloads: IntCounterVec,
+}
+
+fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}"));
+    reg.register(Box::new(m.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name} is registered once: {e}"));
+    m
+}
+
+fn gauge_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}"));
+    reg.register(Box::new(m.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name} is registered once: {e}"));
+    m
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> IntGauge {
+    let m = IntGauge::new(name, help)
+        .unwrap_or_else(|e| unreachable!("metric {name} is well-formed: {e}"));
+    reg.register(Box::new(m.clone()))
+        .unwrap_or_else(|e| unreachable!("metric {name} is registered once: {e}"));
+    m
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        {
+            // process_cpu_seconds_total, process_resident_memory_bytes, open fds...
+            let pc = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(pc));
+        }
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portico_http_request_duration_seconds",
+                "Time from request header received to response finished, by route.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
+        let _ = registry.register(Box::new(request_duration.clone()));
+        Self {
+            requests: counter_vec(
+                &registry,
+                "portico_http_requests_total",
+                "HTTP requests completed, by route, upstream and status class.",
+                &["route", "upstream", "status"],
+            ),
+            request_duration,
+            requests_in_flight: gauge(
+                &registry,
+                "portico_http_requests_in_flight",
+                "HTTP requests being processed.",
+            ),
+            rejected: counter_vec(
+                &registry,
+                "portico_http_rejected_total",
+                "Requests answered by Portico without reaching an upstream, by reason.",
+                &["reason"],
+            ),
+            connections_open: gauge_vec(
+                &registry,
+                "portico_connections_open",
+                "Client connections open, by listener.",
+                &["listener"],
+            ),
+            connections_accepted: counter_vec(
+                &registry,
+                "portico_connections_accepted_total",
+                "Client connections accepted, by listener.",
+                &["listener"],
+            ),
+            tls_handshake_errors: counter_vec(
+                &registry,
+                "portico_tls_handshake_errors_total",
+                "TLS handshakes with clients that failed or timed out, by listener.",
+                &["listener"],
+            ),
+            upstream_connect_errors: counter_vec(
+                &registry,
+                "portico_upstream_connect_errors_total",
+                "Failed connection attempts to backends, by upstream.",
+                &["upstream"],
+            ),
+            upstream_retries: counter_vec(
+                &registry,
+                "portico_upstream_retries_total",
+                "Requests tried again on another backend, by upstream.",
+                &["upstream"],
+            ),
+            upstream_in_flight: gauge_vec(
+                &registry,
+                "portico_upstream_requests_in_flight",
+                "Requests in flight to an upstream's backends.",
+                &["upstream"],
+            ),
+            upstream_backends: gauge_vec(
+                &registry,
+                "portico_upstream_backends",
+                "Backends known for an upstream.",
+                &["upstream"],
+            ),
+            upstream_queue_waiting: gauge_vec(
+                &registry,
+                "portico_upstream_queue_waiting",
+                "Requests waiting because every backend is at its hard limit.",
+                &["upstream"],
+            ),
+            upstream_queue_timeouts: counter_vec(
+                &registry,
+                "portico_upstream_queue_timeouts_total",
+                "Requests answered 503 after waiting for a backend, by upstream.",
+                &["upstream"],
+            ),
+            config_generation: gauge(
+                &registry,
+                "portico_config_generation",
+                "Generation number of the configuration in use (1 at start).",
+            ),
+            config_reloads: counter_vec(
+                &registry,
+                "portico_config_reloads_total",
+                "Configuration reload attempts, by result.",
+                &["result"],
+            ),
+            registry,
+        }
+    }
+
+    /// Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Status class label for a status code (`"2xx"`); `"none"` when no response was sent.
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// Label values for [`status_class`] indices.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// A route's metric children, resolved once per config snapshot.
+pub struct RouteMetrics {
+    /// `portico_http_requests_total{route, upstream, status}` by status class index.
+    pub requests: [IntCounter; 6],
+    /// `portico_http_request_duration_seconds{route}`.
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Resolves the children for one route.
+    pub fn new(m: &Metrics, route: &str, upstream: &str) -> Self {
+        Self {
+            requests: STATUS_CLASSES.map(|c| m.requests.with_label_values(&[route, upstream, c])),
+            duration: m.request_duration.with_label_values(&[route]),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Per-request state carried through pingora's phases.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::HeaderValue;
+use smallvec::SmallVec;
+
+use crate::state::{Shared, Snapshot};
+use crate::upstream::Lease;
+
+/// A response Portico decided to send itself, kept until `fail_to_proxy` writes it.
+#[derive(Debug, Clone)]
+pub struct LocalFailure {
+    /// Status code.
+    pub status: u16,
+    /// Metric label for `portico_http_rejected_total`.
+    pub reason: &'static str,
+    /// Explanation for the body and the log.
+    pub message: String,
+    /// `Retry-After` seconds, when the client should come back later.
+    pub retry_after: Option<u64>,
+}
+
+/// Counts the request in `portico_http_requests_in_flight` while it lives.
+pub struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// Counts one more request.
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        shared.metrics.requests_in_flight.inc();
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.requests_in_flight.dec();
+    }
+}
+
+/// State of one request.
+pub struct RequestCtx {
+    /// The configuration this request runs on from start to end.
+    pub snap: Arc<Snapshot>,
+    /// When the request head was received.
+    pub start: Instant,
+    /// Matched route (index into the snapshot's routes).
+    pub route: Option<usize>,
+    /// Request id sent upstream and echoed back.
+    pub request_id: Option<HeaderValue>,
+    /// The client's address after trusted-proxy resolution.
+    pub client_ip: Option<IpAddr>,
+    /// The direct peer's address.
+    pub peer_ip: Option<IpAddr>,
+    /// Whether the direct peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// The slot held on the chosen backend.
+    pub lease: Option<Lease>,
+    /// Backends tried so far (by pointer), so retries go elsewhere.
+    pub tried: SmallVec<[usize; 4]>,
+    /// Connection attempts made.
+    pub attempts: u32,
+    /// The last upstream error, in words, for the error body.
+    pub last_error: Option<String>,
+    /// A response Portico decided on (no route, queue timeout, ...).
+    pub failure: Option<LocalFailure>,
+    /// Request body bytes seen (for `max_body`).
+    pub body_bytes: u64,
+    /// The backend that served the request (for the log).
+    pub backend_addr: Option<std::net::SocketAddr>,
+    _in_flight: InFlight,
+}
+
+impl RequestCtx {
+    /// A new context on the current snapshot.
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        Self {
+            snap: shared.current.load_full(),
+            start: Instant::now(),
+            route: None,
+            request_id: None,
+            client_ip: None,
+            peer_ip: None,
+            peer_trusted: false,
+            lease: None,
+            tried: SmallVec::new(),
+            attempts: 0,
+            last_error: None,
+            failure: None,
+            body_bytes: 0,
+            backend_addr: None,
+            _in_flight: InFlight::new(shared),
+        }
+    }
+
+    /// The matched route.
+    pub fn route(&self) -> Option<&portico_config::Route> {
+        self.route.map(|i| &self.snap.config.routes.routes()[i])
+    }
+}

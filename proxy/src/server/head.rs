@@ -1,0 +1,202 @@
+//! Reads an HTTP/1.x request head before pingora parses it, to enforce what pingora does not:
+//! a total deadline for the head (slow clients get 408) and a configurable size limit (431).
+//!
+//! pingora's own parser times each read separately (a client sending one byte a minute is
+//! never cut) and accepts heads up to 1 MiB, answering 400 beyond. The bytes read here are
+//! handed to pingora as a prefix, so nothing is read twice.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use memchr::memmem;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How reading a request head ended, when it did not produce one.
+#[derive(Debug)]
+pub enum HeadError {
+    /// The client closed the connection (or sent nothing before the idle timeout) between
+    /// requests: close quietly.
+    Idle,
+    /// The client started a request but did not finish its head in time: answer 408.
+    Timeout,
+    /// The head is larger than allowed: answer 431.
+    TooLarge,
+    /// The client closed the connection in the middle of a head.
+    Truncated,
+    /// The server is shutting down and no request had started.
+    Shutdown,
+    /// A read failed.
+    Io(io::Error),
+}
+
+/// Position just past the end of the head (`\r\n\r\n` or a bare `\n\n`), searching from
+/// `from` (the bytes before it were already searched).
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    let hay = &buf[start..];
+    let crlf = memmem::find(hay, b"\r\n\r\n").map(|i| start + i + 4);
+    let lf = memmem::find(hay, b"\n\n").map(|i| start + i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Limits for reading one head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// How long to wait for the first byte (keepalive idle time, or the header timeout on a
+    /// fresh connection).
+    pub idle: Duration,
+    /// How long the whole head may take once its first byte arrived.
+    pub header_timeout: Duration,
+    /// Largest head accepted.
+    pub max_size: usize,
+}
+
+/// Reads until `buf` holds a complete request head. Bytes after the head (a body) may be in
+/// `buf` too. Gives up quietly on shutdown only while no request has started.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), HeadError> {
+    // Phase 1: wait for the first byte (the connection is idle until then).
+    if buf.is_empty() {
+        if *shutdown.borrow() {
+            return Err(HeadError::Shutdown);
+        }
+        buf.reserve(4096);
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.changed() => return Err(HeadError::Shutdown),
+            r = tokio::time::timeout(limits.idle, stream.read_buf(buf)) => r,
+        };
+        match first {
+            Err(_) => return Err(HeadError::Idle),
+            Ok(Ok(0)) => return Err(HeadError::Idle),
+            Ok(Ok(_)) => {}
+            // A reset between requests is how many clients say goodbye.
+            Ok(Err(_)) => return Err(HeadError::Idle),
+        }
+    }
+    // Phase 2: the rest of the head, under one deadline.
+    let deadline = Instant::now() + limits.header_timeout;
+    let mut searched = 0;
+    loop {
+        if let Some(end) = head_end(buf, searched) {
+            if end > limits.max_size {
+                return Err(HeadError::TooLarge);
+            }
+            return Ok(());
+        }
+        if buf.len() > limits.max_size {
+            return Err(HeadError::TooLarge);
+        }
+        searched = buf.len();
+        buf.reserve(4096);
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => return Err(HeadError::Timeout),
+            Ok(Ok(0)) => return Err(HeadError::Truncated),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+/// Writes a minimal error response (used before pingora has a session) and closes.
+pub async fn write_simple_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    body: &str,
+) -> io::Result<()> {
+    let msg = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(msg.as_bytes()).await?;
+    stream.flush().await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn limits() -> HeadLimits {
+        HeadLimits {
+            idle: Duration::from_millis(200),
+            header_timeout: Duration::from_millis(200),
+            max_size: 64,
+        }
+    }
+
+    #[test]
+    fn finds_head_end() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 0), Some(18));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\nbody", 0), Some(16));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n", 0), None);
+        // A terminator split across reads is still found.
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\n", 16), Some(18));
+    }
+
+    #[tokio::test]
+    async fn complete_head_with_body_bytes() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(b"POST / HTTP/1.1\r\ncontent-length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let (_tx, mut rx) = watch::channel(false);
+        let mut buf = BytesMut::new();
+        read_head(&mut b, &mut buf, limits(), &mut rx)
+            .await
+            .unwrap();
+        assert!(buf.ends_with(b"hi"));
+    }
+
+    #[tokio::test]
+    async fn slow_head_times_out() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let (_tx, mut rx) = watch::channel(false);
+        let mut buf = BytesMut::new();
+        let r = read_head(&mut b, &mut buf, limits(), &mut rx).await;
+        assert!(matches!(r, Err(HeadError::Timeout)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_quiet() {
+        let (_a, mut b) = tokio::io::duplex(1024);
+        let (_tx, mut rx) = watch::channel(false);
+        let mut buf = BytesMut::new();
+        let r = read_head(&mut b, &mut buf, limits(), &mut rx).await;
+        assert!(matches!(r, Err(HeadError::Idle)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_head() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        a.write_all(format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(100)).as_bytes())
+            .await
+            .unwrap();
+        let (_tx, mut rx) = watch::channel(false);
+        let mut buf = BytesMut::new();
+        let r = read_head(&mut b, &mut buf, limits(), &mut rx).await;
+        assert!(matches!(r, Err(HeadError::TooLarge)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_while_idle() {
+        let (_a, mut b) = tokio::io::duplex(1024);
+        let (tx, mut rx) = watch::channel(false);
+        let mut buf = BytesMut::new();
+        let t = tokio::spawn(async move { read_head(&mut b, &mut buf, limits(), &mut rx).await });
+        tx.send(true).unwrap();
+        assert!(matches!(t.await.unwrap(), Err(HeadError::Shutdown)));
+    }
+}

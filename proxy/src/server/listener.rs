@@ -1,0 +1,112 @@
+//! Listening sockets: binding with the configured socket options (or adopting sockets handed
+//! over by a previous process), and the accept loop with its connection limit.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use portico_config::Listener;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::{watch, Semaphore};
+
+use super::conn::{serve, ListenerCtx};
+
+/// Binds a listening socket for `l` with its socket options.
+pub fn bind(l: &Listener) -> io::Result<std::net::TcpListener> {
+    let addr = l.address;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if l.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        // `[::]` takes IPv4 too unless the system says otherwise; be explicit.
+        socket.set_only_v6(false)?;
+    }
+    if let Some(n) = l.tcp_fastopen {
+        pingora_core::protocols::l4::ext::set_tcp_fastopen_backlog(socket.as_raw_fd(), n)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(l.backlog.min(i32::MAX as u32) as i32)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Adopts a listening socket inherited from a previous process (graceful upgrade).
+pub fn adopt(fd: RawFd, l: &Listener) -> io::Result<std::net::TcpListener> {
+    // The fd was received over SCM_RIGHTS and belongs to this process from now on.
+    #[allow(unsafe_code)]
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = Socket::from(owned);
+    socket.set_nonblocking(true)?;
+    // Re-applies the backlog, as the configuration may have changed it.
+    socket.listen(l.backlog.min(i32::MAX as u32) as i32)?;
+    Ok(socket.into())
+}
+
+/// Accepts connections until shutdown, never holding more than `max_connections` at once:
+/// past the limit, new connections wait in the kernel's backlog instead of being refused.
+pub async fn accept_loop(
+    listener: std::net::TcpListener,
+    local: SocketAddr,
+    lctx: Arc<ListenerCtx>,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listener = %lctx.name, error = %e, "cannot register the listening socket");
+            return;
+        }
+    };
+    let limit = Arc::new(Semaphore::new(max_connections));
+    let accepted = lctx
+        .shared
+        .metrics
+        .connections_accepted
+        .with_label_values(&[&lctx.name]);
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let accept = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            a = listener.accept() => a,
+        };
+        match accept {
+            Ok((tcp, peer)) => {
+                accepted.inc();
+                let lctx = lctx.clone();
+                let shutdown = shutdown.clone();
+                pingora_runtime::current_handle().spawn(async move {
+                    serve(tcp, peer, local, lctx, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors: back off instead of spinning on accept().
+                let exhausted = matches!(e.raw_os_error(), Some(libc_emfile) if libc_emfile == 24 || libc_emfile == 23);
+                if exhausted {
+                    tracing::warn!(listener = %lctx.name, error = %e, "accept failed: out of file descriptors");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                } else {
+                    tracing::debug!(listener = %lctx.name, error = %e, "accept failed");
+                }
+            }
+        }
+    }
+    tracing::info!(listener = %lctx.name, "stopped accepting");
+}

@@ -1,0 +1,335 @@
+//! The server process: loads the config, binds listeners, runs the proxy on a worker runtime
+//! and the admin listener and signal handling on a control runtime, and shuts down gracefully.
+//!
+//! Signals: SIGTERM drains (stop accepting, finish in-flight requests, close idle
+//! connections, exit when done or after `shutdown_timeout`); SIGINT stops at once.
+
+pub mod conn;
+pub mod head;
+pub mod listener;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::server::configuration::ServerConf;
+use pingora_proxy::http_proxy;
+use portico_config::{ConfigErrors, Loaded, Problems};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::metrics::Metrics;
+use crate::proxy::{ListenerInfo, Portico};
+use crate::state::{BoundListener, Shared, Snapshot};
+use crate::tls::{self, CertStore, SniResolver};
+use conn::{ListenerCtx, Tracker};
+
+/// How `portico run` was asked to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Config file; `None` uses the embedded default.
+    pub config: Option<PathBuf>,
+}
+
+/// A startup failure that has already been explained to the user (exit code 2 for config
+/// problems, 1 for everything else).
+#[derive(Debug)]
+pub struct Reported(pub i32);
+
+impl std::fmt::Display for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "startup failed (exit code {})", self.0)
+    }
+}
+
+impl std::error::Error for Reported {}
+
+/// Loads the configuration: the file if given, else the embedded default.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Loaded, ConfigErrors> {
+    match path {
+        Some(p) => portico_config::load(p),
+        None => portico_config::embedded(&portico_config::ProcessEnv),
+    }
+}
+
+/// TLS material of one listener, checked and ready for handshakes.
+pub struct ListenerTls {
+    /// Swappable certificate store.
+    pub resolver: Arc<SniResolver>,
+    /// pingora acceptor over the rustls config.
+    pub acceptor: Arc<Acceptor>,
+}
+
+/// Loads every listener's certificates; all problems are reported together, located in the
+/// config file.
+pub fn prepare_tls(loaded: &Loaded) -> Result<Vec<Option<ListenerTls>>, ConfigErrors> {
+    let mut problems = Problems::default();
+    let mut out = Vec::new();
+    for l in &loaded.config.listeners {
+        let Some(t) = &l.tls else {
+            out.push(None);
+            continue;
+        };
+        match tls::load_listener_certs(t) {
+            Ok(certs) => {
+                let resolver = Arc::new(SniResolver::new(CertStore::new(&certs)));
+                let config = tls::server_config(t, resolver.clone());
+                out.push(Some(ListenerTls {
+                    resolver,
+                    acceptor: Arc::new(Acceptor::from_server_config(config)),
+                }));
+            }
+            Err(errs) => {
+                for e in errs {
+                    problems.add(e.key, e.message);
+                }
+                out.push(None);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems.into_errors(&loaded.source))
+    }
+}
+
+/// Raises the soft open-files limit (to `wanted`, or to the hard limit).
+fn raise_nofile(wanted: Option<u64>) {
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) => {
+            let target = wanted.unwrap_or(hard).min(hard);
+            if target > soft {
+                match rlimit::Resource::NOFILE.set(target, hard) {
+                    Ok(()) => {
+                        tracing::debug!(from = soft, to = target, "raised the open files limit")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+                }
+            }
+            if let Some(w) = wanted {
+                if w > hard {
+                    tracing::warn!(
+                        wanted = w,
+                        hard,
+                        "max_open_files is above the hard limit; using the hard limit"
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
+enum Stop {
+    Graceful,
+    Fast,
+}
+
+async fn wait_for_signal() -> std::io::Result<Stop> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(Stop::Graceful),
+            _ = int.recv() => return Ok(Stop::Fast),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP received; configuration reload is not available in this build");
+            }
+        }
+    }
+}
+
+/// Runs Portico until a signal stops it.
+pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    let loaded = match load_config(opts.config.as_deref()) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!(
+                "portico: the configuration has {} problem(s); not starting",
+                errors.errors().len()
+            );
+            return Err(Reported(2).into());
+        }
+    };
+    let _log_guards = crate::logging::init(&loaded.config.server)?;
+    raise_nofile(loaded.config.server.max_open_files);
+
+    let tls = match prepare_tls(&loaded) {
+        Ok(t) => t,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Err(Reported(2).into());
+        }
+    };
+    let metrics = Metrics::new();
+    let snapshot = match Snapshot::build(loaded, 1, None, &metrics) {
+        Ok(s) => s,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Err(Reported(2).into());
+        }
+    };
+    let config = snapshot.config.clone();
+    let shared = Shared::new(snapshot, metrics, opts.config.clone());
+
+    // Bind everything before starting anything, so a taken port fails fast and clearly.
+    let mut bound = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let sock = listener::bind(l).map_err(|e| {
+            anyhow::anyhow!(
+                "listeners[{i}] ({}): cannot listen on {}: {e}",
+                l.name,
+                l.address
+            )
+        })?;
+        let local: SocketAddr = sock.local_addr()?;
+        tracing::info!(listener = %l.name, address = %local, tls = l.tls.is_some(), "listening");
+        bound.push((sock, local));
+    }
+    let admin_sock = match &config.admin {
+        Some(a) => {
+            let l = portico_config::Listener {
+                name: "admin".into(),
+                address: a.address,
+                tls: None,
+                force_https: false,
+                https_port: 443,
+                h2c: false,
+                max_connections: 64,
+                header_read_timeout: Duration::from_secs(10),
+                keepalive_timeout: Duration::from_secs(10),
+                max_header_size: 8192,
+                max_requests_per_connection: None,
+                reuse_port: false,
+                backlog: 128,
+                tcp_fastopen: None,
+            };
+            let sock = listener::bind(&l)
+                .map_err(|e| anyhow::anyhow!("admin: cannot listen on {}: {e}", a.address))?;
+            let local = sock.local_addr()?;
+            tracing::info!(address = %local, "admin listening");
+            Some(sock)
+        }
+        None => None,
+    };
+    if let Ok(mut ls) = shared.listeners.lock() {
+        *ls = config
+            .listeners
+            .iter()
+            .zip(&bound)
+            .map(|(l, (_, local))| BoundListener {
+                name: l.name.clone(),
+                address: *local,
+                tls: l.tls.is_some(),
+            })
+            .collect();
+    }
+
+    let threads = config.server.threads;
+    let workers = pingora_runtime::RuntimeBuilder::new(threads, "portico-worker")
+        .work_steal(config.server.work_stealing)
+        .build();
+    let server_conf = Arc::new(ServerConf {
+        threads,
+        // Portico decides retries itself (per upstream); this is only pingora's outer bound.
+        max_retries: 64,
+        ..ServerConf::default()
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tracker = Arc::new(Tracker::default());
+    for ((l, (sock, local)), tls) in config.listeners.iter().zip(bound).zip(tls) {
+        let mut proxy = http_proxy(
+            &server_conf,
+            Portico {
+                shared: shared.clone(),
+                listener: ListenerInfo {
+                    name: l.name.as_str().into(),
+                    tls: l.tls.is_some(),
+                    port: local.port(),
+                },
+            },
+        );
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2c = l.h2c;
+        options.keepalive_request_limit = l.max_requests_per_connection;
+        options.h2_idle_timeout = Some(l.keepalive_timeout.max(Duration::from_secs(1)));
+        proxy.server_options = Some(options);
+        let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+        h2.max_header_list_size(u32::try_from(l.max_header_size).unwrap_or(u32::MAX));
+        proxy.h2_options = Some(h2);
+        let lctx = Arc::new(ListenerCtx {
+            name: l.name.as_str().into(),
+            proxy: Arc::new(proxy),
+            tls: tls.map(|t| t.acceptor),
+            shared: shared.clone(),
+            tracker: tracker.clone(),
+        });
+        workers.get_handle().spawn(listener::accept_loop(
+            sock,
+            local,
+            lctx,
+            l.max_connections,
+            shutdown_rx.clone(),
+        ));
+    }
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("portico-control")
+        .build()
+        .context("cannot start the control runtime")?;
+    let stop = control.block_on(async {
+        if let Some(sock) = admin_sock {
+            tokio::spawn(crate::admin::serve(
+                sock,
+                Arc::new(Admin::new(shared.clone())),
+                shutdown_rx.clone(),
+            ));
+        }
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %config.source_name,
+            threads,
+            "portico started"
+        );
+        wait_for_signal().await
+    })?;
+
+    match stop {
+        Stop::Fast => {
+            tracing::info!("SIGINT received: stopping now");
+            let _ = shutdown_tx.send(true);
+        }
+        Stop::Graceful => {
+            let timeout = config.server.shutdown_timeout;
+            tracing::info!(open = tracker.open(), timeout = ?timeout, "SIGTERM received: draining");
+            shared
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = shutdown_tx.send(true);
+            let drained = control.block_on(async {
+                tokio::time::timeout(timeout, tracker.wait_idle())
+                    .await
+                    .is_ok()
+            });
+            if drained {
+                tracing::info!("all connections drained");
+            } else {
+                tracing::warn!(
+                    open = tracker.open(),
+                    "shutdown timeout reached; closing remaining connections"
+                );
+            }
+        }
+    }
+    workers.shutdown_timeout(Duration::from_millis(200));
+    tracing::info!("portico stopped");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! The running state: one immutable [`Snapshot`] per configuration generation, held in an
+//! `ArcSwap` and loaded once per request.
+//!
+//! A reload builds a complete new snapshot off the request path and swaps it in with one
+//! `store`; requests already running keep the snapshot they started with. Upstream state
+//! (backend counters) is carried over by upstream name and backend identity.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use portico_config::{Config, KeyPath, Loaded, Problems, Source};
+
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::upstream::{static_specs, UpstreamRt};
+
+/// Everything a request needs from one configuration generation.
+pub struct Snapshot {
+    /// Generation number, 1 for the configuration loaded at start.
+    pub generation: u64,
+    /// When this generation was installed.
+    pub loaded_at: SystemTime,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// The document it came from (to locate later errors).
+    pub source: Source,
+    /// Upstreams, indexed like `config.upstreams`.
+    pub upstreams: Vec<Arc<UpstreamRt>>,
+    /// Metric children per route, indexed like `config.routes.routes()`.
+    pub route_metrics: Vec<RouteMetrics>,
+    /// Metric children for requests that matched no route.
+    pub unrouted_metrics: RouteMetrics,
+    /// `Via` value this proxy appends (`1.1 portico`).
+    pub via_h1: HeaderValue,
+    /// `Via` value for HTTP/2 requests (`2 portico`).
+    pub via_h2: HeaderValue,
+    /// `Fly-Region` value.
+    pub region: HeaderValue,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Validated by the config crate (tokens and region names are header-safe).
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+impl Snapshot {
+    /// Builds the runtime state for `loaded`, carrying state over from `prev`.
+    ///
+    /// Resolves static backend host names (blocking): call it off the request path.
+    pub fn build(
+        loaded: Loaded,
+        generation: u64,
+        prev: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Snapshot, portico_config::ConfigErrors> {
+        let Loaded { config, source } = loaded;
+        let mut problems = Problems::default();
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for up in &config.upstreams {
+            let key = KeyPath::root().key("upstreams").key(&up.name);
+            let specs = match static_specs(up, &key) {
+                Ok(s) => s,
+                Err((k, msg)) => {
+                    problems.add(k, msg);
+                    continue;
+                }
+            };
+            let prev_up = prev.and_then(|p| p.upstream(&up.name));
+            upstreams.push(Arc::new(UpstreamRt::new(
+                Arc::new(up.clone()),
+                &specs,
+                metrics,
+                prev_up.map(|u| &**u),
+            )));
+        }
+        if !problems.is_empty() {
+            return Err(problems.into_errors(&source));
+        }
+        let route_metrics = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| RouteMetrics::new(metrics, &r.name, &config.upstreams[r.upstream].name))
+            .collect();
+        let name = &config.server.name;
+        Ok(Snapshot {
+            generation,
+            loaded_at: SystemTime::now(),
+            via_h1: header_value(&format!("1.1 {name}")),
+            via_h2: header_value(&format!("2 {name}")),
+            region: header_value(&config.server.region),
+            unrouted_metrics: RouteMetrics::new(metrics, "none", "none"),
+            route_metrics,
+            upstreams,
+            source,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The upstream with this name.
+    pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamRt>> {
+        self.upstreams.iter().find(|u| u.name() == name)
+    }
+}
+
+/// What the admin `/status` shows about reloads.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    /// The last failed attempt's errors, cleared by a successful reload.
+    pub last_error: Option<String>,
+    /// When that failure happened.
+    pub last_error_at: Option<SystemTime>,
+}
+
+/// A listener as bound, for `/status`.
+#[derive(Debug, Clone)]
+pub struct BoundListener {
+    /// Listener name.
+    pub name: String,
+    /// Address actually bound (port 0 resolved).
+    pub address: std::net::SocketAddr,
+    /// Whether it terminates TLS.
+    pub tls: bool,
+}
+
+/// State shared by every part of a running Portico.
+pub struct Shared {
+    /// The configuration in use.
+    pub current: ArcSwap<Snapshot>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// When the process started.
+    pub started: Instant,
+    /// The config file, if one was given.
+    pub config_path: Option<PathBuf>,
+    /// Set when a graceful shutdown begins: new responses carry `Connection: close`.
+    pub draining: AtomicBool,
+    /// Listeners as bound.
+    pub listeners: Mutex<Vec<BoundListener>>,
+    /// Reload outcome for `/status`.
+    pub reload: Mutex<ReloadStatus>,
+    next_generation: AtomicU64,
+}
+
+impl Shared {
+    /// Wraps the first snapshot.
+    pub fn new(first: Snapshot, metrics: Metrics, config_path: Option<PathBuf>) -> Arc<Self> {
+        metrics.config_generation.set(first.generation as i64);
+        Arc::new(Self {
+            next_generation: AtomicU64::new(first.generation + 1),
+            current: ArcSwap::from_pointee(first),
+            metrics,
+            started: Instant::now(),
+            config_path,
+            draining: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
+            reload: Mutex::new(ReloadStatus::default()),
+        })
+    }
+
+    /// The generation number the next successful reload gets.
+    pub fn take_generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a graceful shutdown is under way.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}

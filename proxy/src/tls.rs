@@ -1,0 +1,233 @@
+//! TLS for client-facing listeners: certificate loading and validation, and an SNI resolver
+//! whose certificate set can be swapped at runtime.
+//!
+//! pingora's `TlsSettings::build()` panics on a bad file, so Portico never hands it paths:
+//! every PEM is parsed and the key checked against the certificate here, with errors that
+//! name the config key, and the resulting `rustls::ServerConfig` is given to pingora ready-made.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use portico_config::{CertPaths, KeyPath, ListenerTls, TlsVersion};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+/// A problem with a certificate or key file, tied to the config key that names it.
+#[derive(Debug, Clone)]
+pub struct TlsError {
+    /// The config key (`listeners[1].tls`).
+    pub key: KeyPath,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for TlsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// One loaded certificate with the names it is valid for.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    /// Chain and signing key.
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the certificate's subject alternative names (lower case; may hold
+    /// `*.wildcards`).
+    pub names: Vec<String>,
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Loads and checks one certificate/key pair.
+pub fn load_pair(paths: &CertPaths) -> Result<LoadedCert, TlsError> {
+    let err = |message: String| TlsError {
+        key: paths.key_path.clone(),
+        message,
+    };
+    let cert_pem = read_pem(&paths.cert).map_err(err)?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            err(format!(
+                "{}: not a valid PEM file: {e}",
+                paths.cert.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(err(format!(
+            "{}: no certificate found (expected a PEM \"BEGIN CERTIFICATE\" block)",
+            paths.cert.display()
+        )));
+    }
+    let key_pem = read_pem(&paths.key).map_err(err)?;
+    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| {
+            err(format!(
+                "{}: not a valid PEM file: {e}",
+                paths.key.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            err(format!(
+                "{}: no private key found (expected a PEM \"PRIVATE KEY\" block)",
+                paths.key.display()
+            ))
+        })?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+        err(format!(
+            "{}: unusable private key: {e}",
+            paths.key.display()
+        ))
+    })?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| {
+        err(format!(
+            "{} and {} do not belong together: {e}",
+            paths.cert.display(),
+            paths.key.display()
+        ))
+    })?;
+    let names = {
+        let leaf = &certified.cert[0];
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            err(format!(
+                "{}: unreadable certificate: {e:?}",
+                paths.cert.display()
+            ))
+        })?;
+        ee.valid_dns_names()
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+            .collect()
+    };
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        names,
+    })
+}
+
+/// Loads every certificate of a listener; all problems are returned, not just the first.
+pub fn load_listener_certs(tls: &ListenerTls) -> Result<Vec<LoadedCert>, Vec<TlsError>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for paths in &tls.certificates {
+        match load_pair(paths) {
+            Ok(c) => out.push(c),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Certificates indexed by name for SNI.
+#[derive(Debug, Default)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `(".example.com", cert)` for `*.example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    /// Indexes `certs`; the first one is served to clients without SNI or with an unknown name.
+    /// When two certificates claim a name, the first one configured wins.
+    pub fn new(certs: &[LoadedCert]) -> Self {
+        let mut store = CertStore {
+            default: certs.first().map(|c| c.key.clone()),
+            ..Default::default()
+        };
+        for c in certs {
+            for n in &c.names {
+                match n.strip_prefix('*') {
+                    Some(suffix) => {
+                        store
+                            .wildcard
+                            .entry(suffix.to_string())
+                            .or_insert_with(|| c.key.clone());
+                    }
+                    None => {
+                        store
+                            .exact
+                            .entry(n.clone())
+                            .or_insert_with(|| c.key.clone());
+                    }
+                }
+            }
+        }
+        store
+    }
+
+    /// The certificate for a server name.
+    pub fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = sni {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(c) = self.exact.get(&name) {
+                return Some(c.clone());
+            }
+            // A wildcard covers exactly one label.
+            if let Some(dot) = name.find('.') {
+                if let Some(c) = self.wildcard.get(&name[dot..]) {
+                    return Some(c.clone());
+                }
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// SNI certificate resolver over a swappable [`CertStore`].
+#[derive(Debug)]
+pub struct SniResolver {
+    store: ArcSwap<CertStore>,
+}
+
+impl SniResolver {
+    /// A resolver serving `store`.
+    pub fn new(store: CertStore) -> Self {
+        Self {
+            store: ArcSwap::from_pointee(store),
+        }
+    }
+
+    /// Replaces the certificates; new handshakes use them at once.
+    pub fn replace(&self, store: CertStore) {
+        self.store.store(Arc::new(store));
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.store.load().lookup(hello.server_name())
+    }
+}
+
+/// Builds the rustls server configuration of a TLS listener.
+pub fn server_config(tls: &ListenerTls, resolver: Arc<SniResolver>) -> Arc<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap_or_else(|e| unreachable!("ring supports TLS 1.2 and 1.3: {e}"));
+    let mut config = builder.with_no_client_auth().with_cert_resolver(resolver);
+    config.alpn_protocols = if tls.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Arc::new(config)
+}

@@ -1,0 +1,459 @@
+//! Basic proxying over HTTP/1.1: routing by host and path, forwarding headers, request ids,
+//! error bodies, retries and force_https.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn two_upstreams(a: &Origin, b: &Origin, extra_server: &str) -> String {
+    format!(
+        r#"
+[server]
+{extra_server}
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstreams.web]
+backends = ["{a}"]
+
+[upstreams.api]
+backends = ["{b}"]
+
+[[routes]]
+host = "example.com"
+path = "/"
+upstream = "web"
+
+[[routes]]
+host = ["example.com", "*.example.com"]
+path = "/api"
+upstream = "api"
+
+[[routes]]
+name = "catchall"
+path = "/"
+upstream = "web"
+"#,
+        a = a.addr,
+        b = b.addr
+    )
+}
+
+#[tokio::test]
+async fn routes_by_host_and_path() {
+    let web = Origin::named("web").await;
+    let api = Origin::named("api").await;
+    let p = Portico::start(&two_upstreams(&web, &api, ""));
+    let c = client();
+    let get = |host: &'static str, path: &'static str| {
+        let c = c.clone();
+        let url = p.url("http", path);
+        async move {
+            let r = c.get(url).header("host", host).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("example.com", "/").await, (200, "web".into()));
+    assert_eq!(get("example.com", "/api/users").await, (200, "api".into()));
+    assert_eq!(get("EXAMPLE.com:80", "/api").await, (200, "api".into()));
+    assert_eq!(get("x.example.com", "/api/v1").await, (200, "api".into()));
+    assert_eq!(get("example.com", "/apix").await, (200, "web".into()));
+    assert_eq!(get("other.org", "/api").await, (200, "web".into()));
+    // Dot segments and encoded dots are resolved before routing (clients like reqwest would
+    // resolve them already, so these go raw).
+    for (path, want) in [
+        ("/api/../x", "web"),
+        ("/static/../api/x", "api"),
+        ("/static/%2e%2e/api/x", "api"),
+        ("//api//x", "api"),
+        ("/%61pi/x", "api"),
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
+        let resp = raw(p.addr("http"), req.as_bytes(), Duration::from_secs(5)).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{path}: {resp}");
+        assert!(resp.ends_with(want), "{path} should reach {want}: {resp}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_host_is_a_labelled_404() {
+    let web = Origin::named("web").await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.web]
+backends = ["{}"]
+[[routes]]
+host = "example.com"
+upstream = "web"
+"#,
+        web.addr
+    );
+    let p = Portico::start(&config);
+    let r = client()
+        .get(p.url("http", "/x"))
+        .header("host", "nope.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let body = r.text().await.unwrap();
+    assert!(
+        body.starts_with("404 Not Found\nportico: no route for host \"nope.test\""),
+        "{body}"
+    );
+    assert!(body.contains(&id));
+    assert_eq!(web.count(), 0);
+    assert_eq!(
+        metric(&p, "portico_http_rejected_total", &[("reason", "no_route")]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_request_ids() {
+    let web = Origin::named("web").await;
+    let api = Origin::named("api").await;
+    let p = Portico::start(&two_upstreams(&web, &api, ""));
+    let c = client();
+    let r = c
+        .get(p.url("http", "/a?b=1"))
+        .header("host", "example.com")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("fly-replay-src", "instance=evil")
+        .header("fly-client-ip", "6.6.6.6")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echoed_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(echoed_id.len(), 32);
+    let seen = web.requests().pop().unwrap();
+    assert_eq!(seen.uri, "/a?b=1");
+    // Untrusted peer: client-supplied forwarding headers are replaced, not believed.
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(seen.header("x-forwarded-ssl"), Some("off"));
+    assert_eq!(seen.header("x-forwarded-host"), Some("example.com"));
+    assert_eq!(
+        seen.header("x-forwarded-port"),
+        Some(p.addr("http").port().to_string().as_str())
+    );
+    assert_eq!(seen.header("host"), Some("example.com"));
+    assert_eq!(seen.header("via"), Some("1.1 portico"));
+    assert_eq!(seen.header("x-request-id"), Some(echoed_id.as_str()));
+    // Internal and hop-by-hop headers never reach the upstream.
+    assert_eq!(seen.header("fly-replay-src"), None);
+    assert_eq!(seen.header("fly-client-ip"), None);
+    assert_eq!(seen.header("x-hop"), None);
+
+    // A valid incoming request id is kept; an invalid one is replaced.
+    let r = c
+        .get(p.url("http", "/"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+    assert_eq!(
+        web.requests().pop().unwrap().header("x-request-id"),
+        Some("abc-123")
+    );
+    let r = c
+        .get(p.url("http", "/"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    let id = r.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "bad id with spaces");
+    assert_eq!(id.len(), 32);
+}
+
+#[tokio::test]
+async fn trusted_proxies_and_fly_headers() {
+    let web = Origin::named("web").await;
+    let api = Origin::named("api").await;
+    let p = Portico::start(&two_upstreams(
+        &web,
+        &api,
+        "trusted_proxies = [\"127.0.0.0/8\"]\nfly_headers = true\nregion = \"ams\"",
+    ));
+    let r = client()
+        .get(p.url("http", "/"))
+        .header("x-forwarded-for", "203.0.113.9, 127.0.0.5")
+        .header("x-forwarded-proto", "https")
+        .header("fly-client-ip", "1.1.1.1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let fly_id = r.headers()["fly-request-id"].to_str().unwrap().to_string();
+    let seen = web.requests().pop().unwrap();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.5, 127.0.0.1")
+    );
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        Some("https"),
+        "kept from a trusted proxy"
+    );
+    assert_eq!(
+        seen.header("fly-client-ip"),
+        Some("203.0.113.9"),
+        "rightmost untrusted hop"
+    );
+    assert_eq!(seen.header("fly-region"), Some("ams"));
+    assert_eq!(
+        seen.header("fly-forwarded-port"),
+        Some(p.addr("http").port().to_string().as_str())
+    );
+    assert_eq!(seen.header("fly-request-id"), Some(fly_id.as_str()));
+}
+
+#[tokio::test]
+async fn dead_backend_is_retried_on_another_and_502_names_the_failure() {
+    let live = Origin::named("live").await;
+    let dead = dead_addr();
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.app]
+backends = ["{dead}", "{live}"]
+balance = "round_robin"
+[upstreams.gone]
+backends = ["{dead}"]
+[[routes]]
+path = "/"
+upstream = "app"
+[[routes]]
+path = "/gone"
+upstream = "gone"
+"#,
+        live = live.addr
+    );
+    let p = Portico::start(&config);
+    let c = client();
+    for _ in 0..10 {
+        let r = c.post(p.url("http", "/")).body("x").send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "connect failures are retried on another backend, even for POST"
+        );
+    }
+    assert_eq!(live.count(), 10);
+    assert!(
+        metric(
+            &p,
+            "portico_upstream_connect_errors_total",
+            &[("upstream", "app")]
+        )
+        .await
+            >= 1.0
+    );
+
+    let r = c.get(p.url("http", "/gone")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains(&format!(
+            "upstream \"gone\" unreachable: connecting to {dead} failed: connection refused"
+        )),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn slow_backend_gets_504_with_the_reason() {
+    let slow = Origin::start("slow", |_| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            text(200, "late", &[])
+        })
+    })
+    .await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.app]
+backends = ["{}"]
+read_timeout = "300ms"
+"#,
+        slow.addr
+    );
+    let p = Portico::start(&config);
+    let r = client().get(p.url("http", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("upstream \"app\" did not answer in time"));
+}
+
+#[tokio::test]
+async fn force_https_redirects_with_301() {
+    let web = Origin::named("web").await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+force_https = true
+https_port = 8443
+[admin]
+address = "127.0.0.1:0"
+[upstreams.web]
+backends = ["{}"]
+"#,
+        web.addr
+    );
+    let p = Portico::start(&config);
+    let r = client()
+        .get(p.url("http", "/a/b?c=d"))
+        .header("host", "example.com:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "https://example.com:8443/a/b?c=d");
+    assert_eq!(web.count(), 0);
+}
+
+#[tokio::test]
+async fn response_and_request_header_rules_and_strip_prefix() {
+    let web = Origin::start("web", |_| {
+        Box::pin(async { text(200, "ok", &[("server", "secret/1.0"), ("x-a", "1")]) })
+    })
+    .await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.web]
+backends = ["{}"]
+[[routes]]
+path = "/app"
+upstream = "web"
+strip_prefix = true
+response_headers = {{ set = {{ "Strict-Transport-Security" = "max-age=63072000", "X-Frame-Options" = "DENY" }}, add = {{ "x-a" = "2" }}, remove = ["Server"] }}
+request_headers = {{ set = {{ "x-from" = "portico" }}, remove = ["cookie"] }}
+"#,
+        web.addr
+    );
+    let p = Portico::start(&config);
+    let r = client()
+        .get(p.url("http", "/app/x/y?z=1"))
+        .header("cookie", "a=b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=63072000");
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert!(r.headers().get("server").is_none());
+    let xa: Vec<_> = r
+        .headers()
+        .get_all("x-a")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(xa, vec!["1", "2"]);
+    let seen = web.requests().pop().unwrap();
+    assert_eq!(seen.uri, "/x/y?z=1");
+    assert_eq!(seen.header("x-from"), Some("portico"));
+    assert_eq!(seen.header("cookie"), None);
+    // Local responses (404 for an unrouted path) still carry the request id.
+    let r = client().get(p.url("http", "/other")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn request_bodies_are_streamed_through() {
+    let echo = Origin::start("echo", |s| {
+        Box::pin(async move { text(200, &format!("{}:{}", s.method, s.body.len()), &[]) })
+    })
+    .await;
+    let config = format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.a]\nbackends = [\"{}\"]\n",
+        echo.addr
+    );
+    let p = Portico::start(&config);
+    let body = vec![b'x'; 3 * 1024 * 1024];
+    let r = client()
+        .put(p.url("http", "/"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "PUT:3145728");
+}
+
+#[tokio::test]
+async fn access_log_line_per_request() {
+    let web = Origin::named("web").await;
+    let config = format!(
+        "[server]\nlog_format = \"json\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
+        web.addr
+    );
+    let p = Portico::start(&config);
+    let r = client()
+        .get(p.url("http", "/hello?x=1"))
+        .header("x-request-id", "log-me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let start = std::time::Instant::now();
+    let line = loop {
+        if let Some(l) = p.stdout_lines().into_iter().find(|l| l.contains("log-me")) {
+            break l;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no access log line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["request_id"], "log-me");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/hello");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["client"], "127.0.0.1");
+    assert_eq!(v["route"], "default");
+    assert_eq!(v["upstream"], "web");
+    assert_eq!(v["backend"], web.addr.to_string());
+    assert!(v["duration_ms"].as_f64().is_some());
+    assert_eq!(v["bytes"], 3);
+}
