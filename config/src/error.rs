@@ -202,8 +202,24 @@ impl Problems {
     /// (an unset `${VAR}` also makes the address it was in invalid).
     pub fn into_errors(self, source: &crate::source::Source) -> ConfigErrors {
         let mut seen = std::collections::HashSet::new();
-        let mut out: Vec<ConfigError> = self
+        // "missing `x`" on a table is a consequence when `table.x` itself was reported (a key
+        // with a bad value is dropped so the rest of its table can still be checked).
+        let reported: Vec<KeyPath> = self.items.iter().map(|(k, _, _)| k.clone()).collect();
+        let consequence = |key: &KeyPath, msg: &str| {
+            msg.starts_with("missing")
+                && reported.iter().any(|other| {
+                    other.0.len() == key.0.len() + 1
+                        && other.0.starts_with(&key.0)
+                        && matches!(other.0.last(), Some(Seg::Key(k)) if msg.contains(&format!("`{k}`")))
+                })
+        };
+        let items: Vec<_> = self
             .items
+            .iter()
+            .filter(|(key, _, msg)| !consequence(key, msg))
+            .cloned()
+            .collect();
+        let mut out: Vec<ConfigError> = items
             .into_iter()
             .filter(|(key, _, _)| key.is_root() || seen.insert(key.clone()))
             .map(|(key, span, message)| {

@@ -168,29 +168,67 @@ pub fn parse(
 
 /// Deserializes one section on its own, so one broken section does not hide the others.
 fn section<'i, T: DeserializeOwned>(
-    value: Spanned<DeValue<'i>>,
+    mut value: Spanned<DeValue<'i>>,
     path: &KeyPath,
     problems: &mut Problems,
 ) -> Option<T> {
     let whole_span = value.span();
-    match serde_path_to_error::deserialize::<_, T>(value.into_deserializer()) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let mut key = path.clone();
-            for seg in e.path().iter() {
-                match seg {
-                    serde_path_to_error::Segment::Seq { index } => key = key.index(*index),
-                    serde_path_to_error::Segment::Map { key: k } => key = key.key(k),
-                    serde_path_to_error::Segment::Enum { variant } => key = key.key(variant),
-                    serde_path_to_error::Segment::Unknown => {}
-                }
+    // serde stops at the first error; to report every bad key of a section, each offending
+    // table key is removed and deserialization tried again (a bounded number of times).
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        let err = match serde_path_to_error::deserialize::<_, T>(value.clone().into_deserializer())
+        {
+            // Partial success (bad keys removed) still feeds validation, so problems that depend
+            // on the rest of the section are reported too; the load fails either way.
+            Ok(v) => return Some(v),
+            Err(e) => e,
+        };
+        let mut rel = KeyPath::root();
+        for seg in err.path().iter() {
+            match seg {
+                serde_path_to_error::Segment::Seq { index } => rel = rel.index(*index),
+                serde_path_to_error::Segment::Map { key: k } => rel = rel.key(k),
+                serde_path_to_error::Segment::Enum { variant } => rel = rel.key(variant),
+                serde_path_to_error::Segment::Unknown => {}
             }
-            let inner = e.into_inner();
-            let span = inner.span().or(Some(whole_span));
-            let (key, message) = describe(key, inner.message());
-            problems.add_at(key, span, message);
-            None
         }
+        let inner = err.into_inner();
+        let span = inner.span().or(Some(whole_span.clone()));
+        let (rel, message) = describe(rel, inner.message());
+        let mut key = path.clone();
+        key.0.extend(rel.0.iter().cloned());
+        problems.add_at(key, span, message);
+        if rounds >= 32 || !remove_key(&mut value, &rel.0) {
+            return None;
+        }
+    }
+}
+
+/// Removes the table key at `path` (relative to `value`). Array elements are never removed,
+/// since that would shift the indices reported for the ones after them.
+fn remove_key(value: &mut Spanned<DeValue<'_>>, path: &[error::Seg]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut cur = value;
+    for seg in parents {
+        cur = match (seg, cur.get_mut()) {
+            (error::Seg::Key(k), DeValue::Table(t)) => match t.get_mut(k.as_str()) {
+                Some(v) => v,
+                None => return false,
+            },
+            (error::Seg::Index(i), DeValue::Array(a)) => match a.get_mut(*i) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, cur.get_mut()) {
+        (error::Seg::Key(k), DeValue::Table(t)) => t.remove(k.as_str()).is_some(),
+        _ => false,
     }
 }
 

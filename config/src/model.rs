@@ -117,8 +117,9 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Answer every request with a 301 to the https URL.
     pub force_https: bool,
-    /// Port used in `force_https` redirects (443 is left out of the URL).
-    pub https_port: u16,
+    /// Port used in `force_https` redirects (443 is left out of the URL). `None`: the port of
+    /// the first TLS listener as bound, else 443.
+    pub https_port: Option<u16>,
     /// Accept HTTP/2 without TLS (prior knowledge).
     pub h2c: bool,
     /// Connections open at once; past it, new ones wait in the kernel's backlog.

@@ -315,16 +315,6 @@ impl Validator<'_> {
                 "no listeners: add a [[listeners]] table with an address",
             );
         }
-        // The https port used in force_https redirects defaults to the first TLS listener's.
-        let first_tls_port = files
-            .iter()
-            .filter(|(_, f)| f.tls.is_some())
-            .find_map(|(_, f)| {
-                f.address
-                    .as_deref()
-                    .and_then(|a| parse_listen_address(a).ok())
-            })
-            .map(|a| a.port());
         let mut out = Vec::new();
         let mut seen_addr: HashMap<SocketAddr, usize> = HashMap::new();
         let mut seen_name: HashMap<String, usize> = HashMap::new();
@@ -403,11 +393,7 @@ impl Validator<'_> {
                 address,
                 tls,
                 force_https,
-                https_port: f
-                    .https_port
-                    .map(|p| p.0)
-                    .or(first_tls_port)
-                    .unwrap_or(d::HTTPS_PORT),
+                https_port: f.https_port.map(|p| p.0),
                 h2c,
                 max_connections,
                 header_read_timeout,

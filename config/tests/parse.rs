@@ -141,8 +141,8 @@ strip_prefix = true
     assert_eq!(c.listeners[0].address.port(), 9000);
     assert!(c.listeners[0].force_https);
     assert_eq!(
-        c.listeners[0].https_port, 8443,
-        "defaults to the TLS listener's port"
+        c.listeners[0].https_port, None,
+        "decided at runtime from the TLS listener's bound port"
     );
     assert_eq!(c.listeners[0].max_header_size, 16 * 1024);
     let tls = c.listeners[1].tls.as_ref().unwrap();
@@ -298,6 +298,39 @@ upstream = "nope"
             "no column in {e}"
         );
     }
+}
+
+#[test]
+fn several_bad_keys_in_one_section_are_all_reported() {
+    let all = errs(
+        r#"[[listeners]]
+address = 8080
+naem = "x"
+max_connections = "lots"
+[upstreams.app]
+backends = ["nohost"]
+balanse = "random"
+retries = "two"
+"#,
+    );
+    for want in [
+        "t.toml:2:11: listeners[0].address: invalid type: integer `8080`, expected a string",
+        "t.toml:3:1: listeners[0].naem: unknown key (did you mean \"name\"?)",
+        "t.toml:4:19: listeners[0].max_connections: expected a whole number, found \"lots\"",
+        "t.toml:6:13: upstreams.app.backends[0]: invalid backend address \"nohost\"",
+        "t.toml:7:1: upstreams.app.balanse: unknown key",
+        "t.toml:8:11: upstreams.app.retries: expected a whole number, found \"two\"",
+    ] {
+        assert!(
+            all.iter().any(|e| e.starts_with(want)),
+            "missing {want:?} in {all:#?}"
+        );
+    }
+    // The dropped `address` is not reported a second time as missing.
+    assert!(
+        !all.iter().any(|e| e.contains("missing `address`")),
+        "{all:#?}"
+    );
 }
 
 #[test]

@@ -54,6 +54,8 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// The port it is bound to.
     pub port: u16,
+    /// Port of the first TLS listener as bound, the default target of `force_https`.
+    pub default_https_port: u16,
 }
 
 /// The proxy application of one listener.
@@ -145,7 +147,10 @@ impl Portico {
         }
         let listener = self.listener_cfg(ctx)?;
         if listener.force_https && !self.listener.tls {
-            return Some(self.https_redirect(session, listener.https_port));
+            let port = listener
+                .https_port
+                .unwrap_or(self.listener.default_https_port);
+            return Some(self.https_redirect(session, port));
         }
         // Routing, on the normalized path.
         let host = request_host(req);

@@ -241,9 +241,14 @@ async fn http1(
         served = served.saturating_add(1);
         let mut session = ServerSession::new_http1(stream);
         session.set_pipelined_prefix(buf);
-        let last = settings.max_requests.is_some_and(|m| served >= m);
-        let keepalive = !settings.keepalive.is_zero() && !last && !*shutdown.borrow();
-        session.set_keepalive(keepalive.then(|| settings.keepalive.as_secs().max(1)));
+        // pingora re-derives keep-alive from the request's own headers when it parses them, so
+        // the connection's limits are expressed as "reuses remaining", which it keeps.
+        let remaining = if settings.keepalive.is_zero() || *shutdown.borrow() {
+            Some(0)
+        } else {
+            settings.max_requests.map(|m| m.saturating_sub(served))
+        };
+        session.set_keepalive_reuses_remaining(remaining);
         match lctx.proxy.process_new_http(session, &shutdown).await {
             Some(reused) => {
                 let (s, _) = reused.consume();

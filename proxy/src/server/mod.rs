@@ -200,7 +200,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                 address: a.address,
                 tls: None,
                 force_https: false,
-                https_port: 443,
+                https_port: None,
                 h2c: false,
                 max_connections: 64,
                 header_read_timeout: Duration::from_secs(10),
@@ -244,6 +244,14 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = Arc::new(Tracker::default());
+    let default_https_port = config
+        .listeners
+        .iter()
+        .zip(&bound)
+        .find(|(l, _)| l.tls.is_some())
+        .map_or(portico_config::defaults::HTTPS_PORT, |(_, (_, local))| {
+            local.port()
+        });
     for ((l, (sock, local)), tls) in config.listeners.iter().zip(bound).zip(tls) {
         let mut proxy = http_proxy(
             &server_conf,
@@ -253,6 +261,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                     name: l.name.as_str().into(),
                     tls: l.tls.is_some(),
                     port: local.port(),
+                    default_https_port,
                 },
             },
         );

@@ -550,3 +550,48 @@ pub async fn metric(p: &Portico, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Waits until a metric reaches `want` (metrics are updated after the client may already have
+/// seen the connection close), failing after five seconds.
+pub async fn wait_metric(p: &Portico, name: &str, labels: &[(&str, &str)], want: f64) {
+    let start = Instant::now();
+    loop {
+        let v = metric(p, name, labels).await;
+        if v == want {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            panic!("{name}{labels:?} is {v}, expected {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads one HTTP/1.1 response (head and a `content-length` body) from `s`.
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-response: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

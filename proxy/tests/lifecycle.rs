@@ -1,0 +1,341 @@
+//! Process lifecycle and operations: the embedded default config, admin endpoints, graceful
+//! and fast shutdown, startup failures, and `portico check`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn simple(origin: &Origin, server_extra: &str) -> String {
+    format!(
+        "[server]\n{server_extra}\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
+        origin.addr
+    )
+}
+
+#[tokio::test]
+async fn embedded_default_config_proxies_to_portico_upstream() {
+    let o = Origin::named("origin").await;
+    let upstream = o.addr.to_string();
+    let mut p = Portico::start_default(&[
+        ("PORTICO_LISTEN", "127.0.0.1:0"),
+        ("PORTICO_ADMIN", "127.0.0.1:0"),
+        ("PORTICO_UPSTREAM", &upstream),
+    ]);
+    let r = client().get(p.url("http", "/")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "origin");
+    let status: serde_json::Value = client()
+        .get(p.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["config"]["source"], "<embedded default>");
+    p.stop();
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let o = Origin::named("origin").await;
+    let p = Portico::start(&simple(&o, "region = \"ams\""));
+    let c = client();
+    for _ in 0..3 {
+        c.get(p.url("http", "/")).send().await.unwrap();
+    }
+    let r = c.get(p.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap()),
+        (200, "ok\n".to_string())
+    );
+    let r = c.get(p.admin_url("/ready")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let s: serde_json::Value = c
+        .get(p.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(s["config"]["generation"], 1);
+    assert_eq!(s["server"]["region"], "ams");
+    assert_eq!(s["listeners"][0]["name"], "http");
+    assert_eq!(s["listeners"][0]["address"], p.addr("http").to_string());
+    assert_eq!(s["routes"][0]["upstream"], "app");
+    let b = &s["upstreams"][0]["backends"][0];
+    assert_eq!(b["address"], o.addr.to_string());
+    assert_eq!(b["requests"], 3);
+    assert_eq!(b["in_flight"], 0);
+    assert_eq!(b["state"], "up");
+
+    let m = c
+        .get(p.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "portico_http_requests_total{route=\"default\",status=\"2xx\",upstream=\"app\"} 3",
+        "portico_http_request_duration_seconds_bucket",
+        "portico_http_requests_in_flight",
+        "portico_connections_open{listener=\"http\"}",
+        "portico_connections_accepted_total{listener=\"http\"}",
+        "portico_upstream_requests_in_flight{upstream=\"app\"} 0",
+        "portico_upstream_backends{upstream=\"app\"} 1",
+        "portico_config_generation 1",
+        "process_cpu_seconds_total",
+    ] {
+        assert!(m.contains(family), "missing {family} in\n{m}");
+    }
+    assert_eq!(
+        c.post(p.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
+    assert_eq!(
+        c.get(p.admin_url("/nope")).send().await.unwrap().status(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn admin_is_on_loopback_by_default() {
+    let o = Origin::named("origin").await;
+    let config = format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
+        o.addr
+    );
+    let (code, out, _) = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, config).unwrap();
+        run_cli(&["check", "-c", path.to_str().unwrap()], &[])
+    };
+    assert_eq!(code, 0);
+    assert!(out.contains("admin             127.0.0.1:9901"), "{out}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let slow = Origin::start("slow", |_| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            text(200, "finished", &[])
+        })
+    })
+    .await;
+    let mut p = Portico::start(&simple(&slow, ""));
+    let c = client();
+    let url = p.url("http", "/");
+    let in_flight =
+        tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() });
+    let start = Instant::now();
+    while slow.count() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // No new connections once draining.
+    assert!(tokio::net::TcpStream::connect(p.addr("http"))
+        .await
+        .is_err());
+    assert_eq!(in_flight.await.unwrap(), "finished");
+    let (code, _) = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn idle_shutdown_is_fast() {
+    let o = Origin::named("o").await;
+    let mut p = Portico::start(&simple(&o, ""));
+    // An idle keep-alive connection must not hold the shutdown.
+    let mut s = tokio::net::TcpStream::connect(p.addr("http"))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    read_response(&mut s).await;
+    let took = p.stop();
+    assert!(took < Duration::from_millis(900), "shutdown took {took:?}");
+}
+
+#[tokio::test]
+async fn shutdown_timeout_bounds_the_drain() {
+    let stuck = Origin::start("stuck", |_| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            text(200, "late", &[])
+        })
+    })
+    .await;
+    let mut p = Portico::start(&simple(&stuck, "shutdown_timeout = \"500ms\""));
+    let c = client();
+    let url = p.url("http", "/");
+    let _req = tokio::spawn(async move { c.get(url).send().await });
+    let start = Instant::now();
+    while stuck.count() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.signal("TERM");
+    let (code, took) = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    p.wait_log("shutdown timeout reached", Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn sigint_stops_at_once() {
+    let o = Origin::named("o").await;
+    let mut p = Portico::start(&simple(&o, ""));
+    p.signal("INT");
+    let (code, took) = p.wait_exit(Duration::from_secs(5));
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn taken_port_fails_fast_with_a_clear_error() {
+    let o = Origin::named("o").await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listeners]]\nname = \"web\"\naddress = \"{addr}\"\n[admin]\nenabled = false\n[upstreams.app]\nbackends = [\"{}\"]\n",
+            o.addr
+        ),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let (code, _, err) = run_cli(&["run", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(start.elapsed() < Duration::from_secs(3));
+    assert!(
+        err.contains(&format!("listeners[0] (web): cannot listen on {addr}")),
+        "{err}"
+    );
+    assert!(err.contains("Address already in use"), "{err}");
+}
+
+#[tokio::test]
+async fn invalid_config_refuses_to_start_and_lists_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, "[[listeners]]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"x\"]\nbalanse = \"random\"\n").unwrap();
+    let (code, _, err) = run_cli(&["run", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    let p = path.display().to_string();
+    assert!(
+        err.contains(&format!(
+            "{p}:4:13: upstreams.app.backends[0]: invalid backend address \"x\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{p}:5:1: upstreams.app.balanse: unknown key (did you mean \"balance\"?)"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn check_prints_a_summary_or_every_problem() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    pki.leaf(dir.path(), "site", &["example.com"]);
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        r#"
+[[listeners]]
+name = "https"
+address = "0.0.0.0:8443"
+tls = { cert = "site.pem", key = "site.key" }
+[upstreams.app]
+backends = ["127.0.0.1:3000", "127.0.0.1:3001"]
+balance = "round_robin"
+[[routes]]
+host = "example.com"
+upstream = "app"
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = run_cli(&["check", "-c", good.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": ok"));
+    assert!(out.contains("listener https"));
+    assert!(out.contains("tls (1 certificate(s), h2)"));
+    assert!(
+        out.contains("upstream app          2 backend(s), round_robin"),
+        "{out}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[[listeners]]
+name = "https"
+address = "0.0.0.0:8443"
+tls = { certificates = [ { cert = "missing.pem", key = "site.key" }, { cert = "site.key", key = "site.pem" } ] }
+[upstreams.app]
+backends = ["127.0.0.1:3000"]
+"#,
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check", "-c", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("listeners[0].tls.certificates[0]: cannot read"),
+        "{err}"
+    );
+    assert!(
+        err.contains("listeners[0].tls.certificates[1]:") && err.contains("no certificate found"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s) found"), "{err}");
+
+    // A key that does not match its certificate.
+    pki.leaf(dir.path(), "other", &["other.com"]);
+    let mismatch = dir.path().join("mismatch.toml");
+    std::fs::write(
+        &mismatch,
+        "[[listeners]]\naddress = \"0.0.0.0:8443\"\ntls = { cert = \"site.pem\", key = \"other.key\" }\n[upstreams.app]\nbackends = [\"127.0.0.1:3000\"]\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["check", "-c", mismatch.to_str().unwrap()], &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("do not belong together"), "{err}");
+}
+
+#[tokio::test]
+async fn default_config_command_prints_a_valid_config() {
+    let (code, out, _) = run_cli(&["default-config"], &[]);
+    assert_eq!(code, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.toml");
+    std::fs::write(&path, out).unwrap();
+    let (code, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+}

@@ -1,0 +1,239 @@
+//! Client limits and their status codes: 431 header size, 413 body size, 408 header timeout,
+//! keep-alive idle close, requests per connection, connections per listener.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn config(origin: &Origin, listener_extra: &str, route_extra: &str) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+{listener_extra}
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstreams.app]
+backends = ["{}"]
+
+[[routes]]
+path = "/"
+upstream = "app"
+{route_extra}
+"#,
+        origin.addr
+    )
+}
+
+#[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let o = Origin::named("o").await;
+    let p = Portico::start(&config(&o, "max_header_size = \"4KiB\"", ""));
+    let c = client();
+    let ok = c
+        .get(p.url("http", "/"))
+        .header("x-a", "a".repeat(3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let r = c
+        .get(p.url("http", "/"))
+        .header("x-a", "a".repeat(5000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert!(r.text().await.unwrap().contains("larger than 4096 bytes"));
+    assert_eq!(o.count(), 1);
+    wait_metric(
+        &p,
+        "portico_http_rejected_total",
+        &[("reason", "header_too_large")],
+        1.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn oversized_body_gets_413_declared_or_streamed() {
+    let o = Origin::start("o", |s| {
+        Box::pin(async move { text(200, &s.body.len().to_string(), &[]) })
+    })
+    .await;
+    let p = Portico::start(&config(&o, "", "max_body = \"1KiB\""));
+    let c = client();
+    let r = c
+        .post(p.url("http", "/"))
+        .body(vec![b'x'; 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Declared length over the limit: refused before anything reaches the upstream.
+    let r = c
+        .post(p.url("http", "/"))
+        .body(vec![b'x'; 2048])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("larger than the 1024 bytes allowed"));
+    assert_eq!(o.count(), 1);
+    // Chunked body that grows past the limit.
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n{}\r\n0\r\n\r\n",
+        "y".repeat(0x800)
+    );
+    let resp = raw(p.addr("http"), req.as_bytes(), Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+}
+
+#[tokio::test]
+async fn slow_request_head_gets_408() {
+    let o = Origin::named("o").await;
+    let p = Portico::start(&config(&o, "header_read_timeout = \"300ms\"", ""));
+    let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
+    let start = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // Keep trickling bytes: per-read timeouts would never fire, the head deadline does.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let _ = s.write_all(b"X-A: b\r\n").await;
+    }
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout"), "{out}");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(o.count(), 0);
+}
+
+#[tokio::test]
+async fn idle_keepalive_connection_is_closed_quietly() {
+    let o = Origin::named("o").await;
+    let p = Portico::start(&config(&o, "keepalive_timeout = \"300ms\"", ""));
+    let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let start = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        rest.is_empty(),
+        "no 408 on an idle connection: {}",
+        String::from_utf8_lossy(&rest)
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn requests_per_connection_limit_closes_after_the_last() {
+    let o = Origin::named("o").await;
+    let p = Portico::start(&config(&o, "max_requests_per_connection = 2", ""));
+    let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
+    let mut all = String::new();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        all.push_str(&read_response(&mut s).await);
+    }
+    assert_eq!(all.matches("HTTP/1.1 200").count(), 2);
+    assert!(
+        all.to_ascii_lowercase().contains("connection: close"),
+        "{all}"
+    );
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn connections_over_the_listener_limit_wait_for_a_free_slot() {
+    let o = Origin::named("o").await;
+    let p = Portico::start(&config(&o, "max_connections = 2", ""));
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // The third connection is accepted by the kernel but not served while two are open.
+    let mut third = TcpStream::connect(p.addr("http")).await.unwrap();
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(400), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+    drop(held.pop());
+    let n = tokio::time::timeout(Duration::from_secs(3), third.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_do_not_reach_upstream() {
+    let o = Origin::named("o").await;
+    let p = Portico::start(&config(&o, "", ""));
+    for req in [
+        &b"GARBAGE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+    ] {
+        let resp = raw(p.addr("http"), req, Duration::from_secs(3)).await;
+        assert!(
+            resp.starts_with("HTTP/1.1 400"),
+            "{:?} -> {resp}",
+            String::from_utf8_lossy(req)
+        );
+    }
+    assert_eq!(o.count(), 0);
+    // The proxy is still fine.
+    assert_eq!(
+        client()
+            .get(p.url("http", "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}

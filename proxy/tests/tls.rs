@@ -1,0 +1,199 @@
+//! TLS listeners: HTTP/1.1 and HTTP/2 via ALPN, certificates chosen by SNI, h2c, and a config
+//! with two TLS hostnames, three routes and two upstreams carrying real traffic.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+
+fn config(pki_dir: &std::path::Path, web: &Origin, api: &Origin) -> String {
+    let _ = pki_dir;
+    format!(
+        r#"
+[[listeners]]
+name = "https"
+address = "127.0.0.1:0"
+tls = {{ certificates = [ {{ cert = "a.pem", key = "a.key" }}, {{ cert = "b.pem", key = "b.key" }} ] }}
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+force_https = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstreams.web]
+backends = ["{web}"]
+
+[upstreams.api]
+backends = ["{api}"]
+
+[[routes]]
+host = "a.test"
+upstream = "web"
+
+[[routes]]
+host = ["b.test", "*.b.test"]
+upstream = "api"
+
+[[routes]]
+host = "a.test"
+path = "/api"
+upstream = "api"
+"#,
+        web = web.addr,
+        api = api.addr
+    )
+}
+
+async fn peer_cert_names(addr: std::net::SocketAddr, sni: &str, ca_pem: &str) -> Vec<String> {
+    // Handshake with a client that trusts the test CA and report which names the served
+    // certificate holds.
+    use rustls::pki_types::ServerName;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .unwrap();
+    let (_, conn) = tls.get_ref();
+    let leaf = conn.peer_certificates().unwrap()[0].clone();
+    let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
+    ee.valid_dns_names().map(str::to_string).collect()
+}
+
+#[tokio::test]
+async fn two_hostnames_three_routes_two_upstreams_over_h1_and_h2() {
+    let web = Origin::named("web").await;
+    let api = Origin::named("api").await;
+    let pki = Pki::new();
+    let p = Portico::start_with(&config(std::path::Path::new("."), &web, &api), &[], |dir| {
+        pki.leaf(dir, "a", &["a.test"]);
+        pki.leaf(dir, "b", &["b.test", "*.b.test"]);
+    });
+    let addr = p.addr("https");
+    for http2 in [false, true] {
+        let c = pki.client(
+            &[("a.test", addr), ("b.test", addr), ("x.b.test", addr)],
+            http2,
+        );
+        let want_version = if http2 {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
+        for (url, body) in [
+            ("https://a.test/", "web"),
+            ("https://a.test/api/x", "api"),
+            ("https://b.test/", "api"),
+            ("https://x.b.test/", "api"),
+        ] {
+            let url = url.replace(".test/", &format!(".test:{}/", addr.port()));
+            let r = c.get(&url).send().await.unwrap();
+            assert_eq!(r.version(), want_version, "{url}");
+            assert_eq!(r.status(), 200, "{url}");
+            assert_eq!(r.text().await.unwrap(), body, "{url}");
+        }
+    }
+    let seen = web.requests().pop().unwrap();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(seen.header("x-forwarded-ssl"), Some("on"));
+    // HTTP/2 requests reach the HTTP/1.1 upstream with a Host header.
+    assert!(seen.header("host").unwrap().starts_with("a.test"));
+
+    // SNI picks the certificate; an unknown name gets the first (default) certificate.
+    assert_eq!(
+        peer_cert_names(addr, "a.test", &pki.ca_pem).await,
+        vec!["a.test"]
+    );
+    assert_eq!(
+        peer_cert_names(addr, "b.test", &pki.ca_pem).await,
+        vec!["b.test", "*.b.test"]
+    );
+    assert_eq!(
+        peer_cert_names(addr, "z.b.test", &pki.ca_pem).await,
+        vec!["b.test", "*.b.test"]
+    );
+
+    // The plain listener redirects to the TLS one.
+    let r = client()
+        .get(p.url("http", "/x"))
+        .header("host", "a.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("https://a.test:{}/x", addr.port())
+    );
+}
+
+#[tokio::test]
+async fn h2c_on_a_plain_listener() {
+    let web = Origin::named("web").await;
+    let config = format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\nh2c = true\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
+        web.addr
+    );
+    let p = Portico::start(&config);
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(p.url("http", "/")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.text().await.unwrap(), "web");
+    // HTTP/1.1 still works on the same listener.
+    let r = client().get(p.url("http", "/")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn failed_handshakes_are_counted_and_harmless() {
+    let web = Origin::named("web").await;
+    let pki = Pki::new();
+    let config = format!(
+        "[[listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"a.pem\", key = \"a.key\" }}\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
+        web.addr
+    );
+    let p = Portico::start_with(&config, &[], |dir| {
+        pki.leaf(dir, "a", &["a.test"]);
+    });
+    // Plain HTTP on a TLS port is not a handshake.
+    let resp = raw(
+        p.addr("https"),
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    assert!(!resp.contains("200 OK"), "{resp}");
+    wait_metric(
+        &p,
+        "portico_tls_handshake_errors_total",
+        &[("listener", "https")],
+        1.0,
+    )
+    .await;
+    let c = pki.client(&[("a.test", p.addr("https"))], false);
+    let r = c
+        .get(format!("https://a.test:{}/", p.addr("https").port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
