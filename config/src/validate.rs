@@ -295,7 +295,7 @@ impl Validator<'_> {
             name,
             region,
             threads,
-            work_stealing: f.work_stealing.is_none_or(|f| f.0),
+            work_stealing: f.work_stealing.is_some_and(|f| f.0),
             shutdown_timeout,
             log_level,
             log_format,

@@ -7,7 +7,7 @@
 
 use portico_config::{LogFormat, Server};
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::filter::{EnvFilter, FilterFn};
+use tracing_subscriber::filter::{EnvFilter, FilterFn, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -23,12 +23,23 @@ pub struct LogGuards {
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(server: &Server) -> anyhow::Result<LogGuards> {
     let filter_spec = std::env::var("PORTICO_LOG").unwrap_or_else(|_| server.log_level.clone());
-    let filter = EnvFilter::try_new(&filter_spec)
+    let mut filter = EnvFilter::try_new(&filter_spec)
         .map_err(|e| anyhow::anyhow!("invalid log filter {filter_spec:?}: {e}"))?;
+    // The access log follows `access_log`, not the diagnostic level.
+    if server.access_log {
+        let directive = format!("{ACCESS_TARGET}=info")
+            .parse()
+            .map_err(|e| anyhow::anyhow!("access log directive: {e}"))?;
+        filter = filter.add_directive(directive);
+    }
     let (err_writer, err_guard) = tracing_appender::non_blocking(std::io::stderr());
     let (out_writer, out_guard) = tracing_appender::non_blocking(std::io::stdout());
-    let not_access = FilterFn::new(|m| m.target() != ACCESS_TARGET);
-    let only_access = FilterFn::new(|m| m.target() == ACCESS_TARGET);
+    // Per-layer filters need a level hint, or the subscriber advertises TRACE and every
+    // disabled `debug!` (pingora's `log` calls included) is dispatched only to be dropped.
+    let max = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let not_access = FilterFn::new(|m| m.target() != ACCESS_TARGET).with_max_level_hint(max);
+    let only_access =
+        FilterFn::new(|m| m.target() == ACCESS_TARGET).with_max_level_hint(LevelFilter::INFO);
     let registry = tracing_subscriber::registry().with(filter);
     match server.log_format {
         LogFormat::Json => registry

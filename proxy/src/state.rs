@@ -39,6 +39,8 @@ pub struct Snapshot {
     pub via_h2: HeaderValue,
     /// `Fly-Region` value.
     pub region: HeaderValue,
+    /// The request id header's name, ready for pingora's header maps.
+    pub request_id_name: bytes::Bytes,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -100,6 +102,7 @@ impl Snapshot {
             via_h1: header_value(&format!("1.1 {name}")),
             via_h2: header_value(&format!("2 {name}")),
             region: header_value(&config.server.region),
+            request_id_name: bytes::Bytes::from(config.server.request_id_header.clone()),
             unrouted_metrics: RouteMetrics::new(metrics, "none", "none"),
             route_metrics,
             upstreams,

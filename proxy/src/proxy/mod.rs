@@ -54,6 +54,8 @@ pub struct ListenerInfo {
     pub tls: bool,
     /// The port it is bound to.
     pub port: u16,
+    /// The port as a header value (`X-Forwarded-Port`, `Fly-Forwarded-Port`).
+    pub port_value: HeaderValue,
     /// Port of the first TLS listener as bound, the default target of `force_https`.
     pub default_https_port: u16,
 }
@@ -213,52 +215,65 @@ impl Portico {
         ctx: &RequestCtx,
     ) -> Result<()> {
         let server = &ctx.snap.config.server;
-        for name in INTERNAL_HEADERS {
-            up.remove_header(*name);
-        }
         let trusted = ctx.peer_trusted;
-        if !trusted || server.fly_headers {
-            for name in FLY_HEADERS {
+        // One pass over the (few) request headers decides whether any removal is needed, instead
+        // of hashing every reserved name on every request.
+        if up.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
+            for name in INTERNAL_HEADERS {
                 up.remove_header(*name);
+            }
+            if !trusted || server.fly_headers {
+                for name in FLY_HEADERS {
+                    up.remove_header(*name);
+                }
             }
         }
         if let Some(peer) = ctx.peer_ip {
-            let peer = peer.to_string();
-            let xff = match up.headers.get("x-forwarded-for").filter(|_| trusted) {
+            let mut buf = [0u8; 64];
+            let peer = ip_bytes(peer, &mut buf);
+            let previous = if trusted {
+                up.headers.get("x-forwarded-for")
+            } else {
+                None
+            };
+            let xff = match previous {
                 Some(prev) => {
                     let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
                     v.extend_from_slice(prev.as_bytes());
                     v.extend_from_slice(b", ");
-                    v.extend_from_slice(peer.as_bytes());
-                    HeaderValue::from_bytes(&v).map_err(|e| {
-                        Error::because(
-                            pingora_error::ErrorType::InvalidHTTPHeader,
-                            "x-forwarded-for",
-                            e,
-                        )
-                    })?
+                    v.extend_from_slice(peer);
+                    v
                 }
-                None => HeaderValue::from_str(&peer).map_err(|e| {
-                    Error::because(pingora_error::ErrorType::InternalError, "peer address", e)
-                })?,
+                None => peer.to_vec(),
             };
-            up.insert_header("x-forwarded-for", xff)?;
+            let xff = HeaderValue::from_maybe_shared(Bytes::from(xff)).map_err(|e| {
+                Error::because(
+                    pingora_error::ErrorType::InvalidHTTPHeader,
+                    "x-forwarded-for",
+                    e,
+                )
+            })?;
+            up.insert_header(names::X_FORWARDED_FOR, xff)?;
         }
         let keep = |up: &RequestHeader, name: &str| trusted && up.headers.contains_key(name);
         let tls = self.listener.tls;
         if !keep(up, "x-forwarded-proto") {
-            up.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+            let v = if tls { "https" } else { "http" };
+            up.insert_header(names::X_FORWARDED_PROTO, HeaderValue::from_static(v))?;
         }
         if !keep(up, "x-forwarded-ssl") {
-            up.insert_header("x-forwarded-ssl", if tls { "on" } else { "off" })?;
+            let v = if tls { "on" } else { "off" };
+            up.insert_header(names::X_FORWARDED_SSL, HeaderValue::from_static(v))?;
         }
         if !keep(up, "x-forwarded-port") {
-            up.insert_header("x-forwarded-port", self.listener.port.to_string())?;
+            up.insert_header(names::X_FORWARDED_PORT, self.listener.port_value.clone())?;
         }
         if !keep(up, "x-forwarded-host") {
-            if let Some(host) = request_host(session.req_header()) {
-                let host = host.to_string();
-                up.insert_header("x-forwarded-host", host)?;
+            if let Some(host) = session.req_header().headers.get(HOST) {
+                up.insert_header(names::X_FORWARDED_HOST, host.clone())?;
+            } else if let Some(a) = session.req_header().uri.authority() {
+                let host = a.as_str().to_string();
+                up.insert_header(names::X_FORWARDED_HOST, host)?;
             }
         }
         let via = if session.is_http2() {
@@ -266,22 +281,52 @@ impl Portico {
         } else {
             &ctx.snap.via_h1
         };
-        up.append_header("via", via.clone())?;
+        up.append_header(names::VIA, via.clone())?;
         if let Some(id) = &ctx.request_id {
-            up.insert_header(server.request_id_header.clone(), id.clone())?;
+            up.insert_header(ctx.snap.request_id_name.clone(), id.clone())?;
         }
         if server.fly_headers {
             if let Some(ip) = ctx.client_ip {
-                up.insert_header("fly-client-ip", ip.to_string())?;
+                let mut buf = [0u8; 64];
+                let ip = ip_bytes(ip, &mut buf).to_vec();
+                let v = HeaderValue::from_maybe_shared(Bytes::from(ip)).map_err(|e| {
+                    Error::because(pingora_error::ErrorType::InternalError, "client ip", e)
+                })?;
+                up.insert_header(names::FLY_CLIENT_IP, v)?;
             }
-            up.insert_header("fly-region", ctx.snap.region.clone())?;
-            up.insert_header("fly-forwarded-port", self.listener.port.to_string())?;
+            up.insert_header(names::FLY_REGION, ctx.snap.region.clone())?;
+            up.insert_header(names::FLY_FORWARDED_PORT, self.listener.port_value.clone())?;
             if let Some(id) = &ctx.request_id {
-                up.insert_header("fly-request-id", id.clone())?;
+                up.insert_header(names::FLY_REQUEST_ID, id.clone())?;
             }
         }
         Ok(())
     }
+}
+
+/// Header names as sent upstream, in their conventional case. Static `Bytes` spare pingora's
+/// case-preserving map an allocation per insert.
+mod names {
+    use bytes::Bytes;
+    pub const X_FORWARDED_FOR: Bytes = Bytes::from_static(b"X-Forwarded-For");
+    pub const X_FORWARDED_PROTO: Bytes = Bytes::from_static(b"X-Forwarded-Proto");
+    pub const X_FORWARDED_SSL: Bytes = Bytes::from_static(b"X-Forwarded-Ssl");
+    pub const X_FORWARDED_PORT: Bytes = Bytes::from_static(b"X-Forwarded-Port");
+    pub const X_FORWARDED_HOST: Bytes = Bytes::from_static(b"X-Forwarded-Host");
+    pub const VIA: Bytes = Bytes::from_static(b"Via");
+    pub const FLY_CLIENT_IP: Bytes = Bytes::from_static(b"Fly-Client-IP");
+    pub const FLY_REGION: Bytes = Bytes::from_static(b"Fly-Region");
+    pub const FLY_FORWARDED_PORT: Bytes = Bytes::from_static(b"Fly-Forwarded-Port");
+    pub const FLY_REQUEST_ID: Bytes = Bytes::from_static(b"Fly-Request-Id");
+}
+
+/// Formats an IP address into `buf` without allocating.
+fn ip_bytes(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cur, "{ip}");
+    let n = cur.position() as usize;
+    &buf[..n]
 }
 
 fn too_large(max: u64) -> LocalFailure {

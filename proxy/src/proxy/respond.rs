@@ -28,10 +28,9 @@ pub fn apply_response_rules(resp: &mut ResponseHeader, rules: &HeaderRules) -> R
 /// Adds the headers every response gets: the request id and the route's edits.
 pub fn common_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
     if let Some(id) = &ctx.request_id {
-        let name = ctx.snap.config.server.request_id_header.clone();
-        resp.insert_header(name, id.clone())?;
+        resp.insert_header(ctx.snap.request_id_name.clone(), id.clone())?;
         if ctx.snap.config.server.fly_headers {
-            resp.insert_header("fly-request-id", id.clone())?;
+            resp.insert_header(bytes::Bytes::from_static(b"Fly-Request-Id"), id.clone())?;
         }
     }
     if let Some(route) = ctx.route() {

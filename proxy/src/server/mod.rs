@@ -261,6 +261,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                     name: l.name.as_str().into(),
                     tls: l.tls.is_some(),
                     port: local.port(),
+                    port_value: http::HeaderValue::from(local.port()),
                     default_https_port,
                 },
             },
