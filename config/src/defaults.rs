@@ -46,6 +46,19 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests allowed to wait at once per upstream.
 pub const MAX_QUEUE: usize = 1000;
 
+/// Timeout of one DNS query.
+pub const DNS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts per DNS query.
+pub const DNS_ATTEMPTS: usize = 2;
+/// Shortest refresh interval of discovered upstreams.
+pub const DNS_MIN_TTL: Duration = Duration::from_secs(5);
+/// Longest refresh interval of discovered upstreams.
+pub const DNS_MAX_TTL: Duration = Duration::from_secs(60);
+/// Grace before an empty answer empties an upstream.
+pub const DNS_STALE_FOR: Duration = Duration::from_secs(30);
+/// How long start-up waits for first answers.
+pub const DNS_STARTUP_WAIT: Duration = Duration::from_secs(5);
+
 /// The configuration used when no file is given: one listener, the admin listener, and one
 /// upstream taken from `PORTICO_UPSTREAM`.
 pub const EMBEDDED_CONFIG: &str = r#"# Portico's embedded default configuration.

@@ -27,6 +27,60 @@ pub struct ServerFile {
     pub fly_headers: Option<Flag>,
     pub request_id_header: Option<String>,
     pub max_open_files: Option<Int<u64>>,
+    pub region_order: Option<Vec<String>>,
+    pub routing_headers: Option<Flag>,
+}
+
+/// `[dns]`: the resolver used for discovery.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsFile {
+    pub servers: Option<Vec<String>>,
+    pub timeout: Option<Dur>,
+    pub attempts: Option<Int<usize>>,
+    pub min_ttl: Option<Dur>,
+    pub max_ttl: Option<Dur>,
+    pub stale_for: Option<Dur>,
+    pub startup_wait: Option<Dur>,
+}
+
+/// `discovery = { dns = "app.internal", port = 8080 }` or `{ fly_app = "app", port = 8080 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    pub dns: Option<String>,
+    pub fly_app: Option<String>,
+    pub port: Option<Int<u16>>,
+    pub region: Option<String>,
+}
+
+/// One discovery table or a list of them.
+#[derive(Debug, Default)]
+pub struct Discoveries(pub Vec<DiscoveryFile>);
+
+impl<'de> Deserialize<'de> for Discoveries {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Discoveries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table { dns = ..., port = ... } or a list of them")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Discoveries, A::Error> {
+                Ok(Discoveries(vec![DiscoveryFile::deserialize(
+                    MapAccessDeserializer::new(map),
+                )?]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Discoveries, A::Error> {
+                let mut out = Vec::new();
+                while let Some(d) = seq.next_element::<DiscoveryFile>()? {
+                    out.push(d);
+                }
+                Ok(Discoveries(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One `[[listeners]]` entry.
@@ -81,6 +135,7 @@ pub struct AdminFile {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
     pub backends: Option<Vec<BackendFile>>,
+    pub discovery: Option<Discoveries>,
     pub balance: Option<String>,
     pub hash_on: Option<String>,
     pub concurrency: Option<ConcurrencyFile>,

@@ -42,7 +42,9 @@ pub use expand::{Env, ProcessEnv};
 pub use model::*;
 pub use routing::RouteTable;
 pub use source::Source;
-pub use validate::{is_token, parse_backend_address, parse_hash_key, parse_listen_address};
+pub use validate::{
+    is_token, parse_backend_address, parse_dns_server, parse_hash_key, parse_listen_address,
+};
 
 /// A loaded configuration together with the document it came from (for locating later errors,
 /// such as an unreadable certificate, in the file).
@@ -77,7 +79,7 @@ pub fn embedded(env: &dyn Env) -> Result<Loaded, ConfigErrors> {
     )
 }
 
-const SECTIONS: [&str; 5] = ["server", "listeners", "admin", "upstreams", "routes"];
+const SECTIONS: [&str; 6] = ["server", "listeners", "admin", "dns", "upstreams", "routes"];
 
 /// Parses and validates a document. `name` is how the document is shown in errors;
 /// `base_dir` is where relative paths are resolved from.
@@ -108,6 +110,7 @@ pub fn parse(
         match key.as_ref() {
             "server" => sections.server = section(value, &path, &mut problems),
             "admin" => sections.admin = section(value, &path, &mut problems),
+            "dns" => sections.dns = section(value, &path, &mut problems),
             "listeners" => {
                 sections.listeners_present = true;
                 for (i, v) in array(value, &path, "[[listeners]]", &mut problems) {

@@ -24,6 +24,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// The admin listener, unless disabled.
     pub admin: Option<Admin>,
+    /// The resolver used for discovery.
+    pub dns: Dns,
     /// Upstream pools; [`Route::upstream`] indexes into this list.
     pub upstreams: Vec<Upstream>,
     /// Compiled routing table.
@@ -73,6 +75,64 @@ pub struct Server {
     pub request_id_header: String,
     /// Soft `RLIMIT_NOFILE` to set at start; `None` raises it to the hard limit.
     pub max_open_files: Option<u64>,
+    /// Remote regions in order of preference, used when latency is not yet measured.
+    pub region_order: Vec<String>,
+    /// Whether clients' `fly-prefer-*` / `fly-force-*` routing headers are honoured.
+    pub routing_headers: bool,
+}
+
+/// `[dns]`: how discovered upstreams are resolved and refreshed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// Name servers; empty means the system's (`/etc/resolv.conf`).
+    pub servers: Vec<SocketAddr>,
+    /// Timeout of one query.
+    pub timeout: Duration,
+    /// Attempts per query.
+    pub attempts: usize,
+    /// Shortest time between refreshes, whatever the record TTL says.
+    pub min_ttl: Duration,
+    /// Longest time between refreshes.
+    pub max_ttl: Duration,
+    /// How long an empty or NXDOMAIN answer is ignored before it empties the backend set.
+    pub stale_for: Duration,
+    /// How long start-up waits for the first answers before serving anyway.
+    pub startup_wait: Duration,
+}
+
+/// What a discovery entry resolves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoverySource {
+    /// A and AAAA records of a name.
+    Dns {
+        /// The name (`app.internal`, `api.service.consul`).
+        name: String,
+        /// Region of every address found, when known.
+        region: Option<String>,
+    },
+    /// Fly's private network: `vms.<app>.internal` TXT, then each instance's AAAA.
+    Fly {
+        /// The app name.
+        app: String,
+    },
+}
+
+/// One discovery entry of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Discovery {
+    /// What to resolve.
+    pub source: DiscoverySource,
+    /// Port of every discovered backend.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.source {
+            DiscoverySource::Dns { name, .. } => write!(f, "dns:{name}"),
+            DiscoverySource::Fly { app } => write!(f, "fly:{app}"),
+        }
+    }
 }
 
 /// TLS protocol versions a listener accepts at minimum.
@@ -211,7 +271,7 @@ pub struct Concurrency {
 pub enum BackendAddr {
     /// An IP address and port.
     Ip(SocketAddr),
-    /// A host name, resolved when the configuration is loaded.
+    /// A host name, resolved through discovery and refreshed like `discovery` entries.
     Name {
         /// Host name.
         host: String,
@@ -258,6 +318,8 @@ pub struct Upstream {
     pub name: String,
     /// Static backends.
     pub backends: Vec<Backend>,
+    /// Discovered backends (host names in `backends` are discovered too).
+    pub discovery: Vec<Discovery>,
     /// Balancing algorithm.
     pub balance: Balance,
     /// Hash key for `consistent_hash`.

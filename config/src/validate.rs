@@ -17,6 +17,7 @@ use crate::routing::{normalize_path, RouteTable};
 #[derive(Default)]
 pub(crate) struct Sections {
     pub server: Option<ServerFile>,
+    pub dns: Option<DnsFile>,
     pub listeners: Vec<(usize, ListenerFile)>,
     pub admin: Option<AdminFile>,
     pub upstreams: Vec<(String, UpstreamFile)>,
@@ -201,6 +202,7 @@ impl Validator<'_> {
 
     pub(crate) fn build(&mut self, s: Sections, source_name: &str) -> Option<Config> {
         let server = self.server(s.server.unwrap_or_default());
+        let dns = self.dns(s.dns.unwrap_or_default());
         let (upstreams, upstream_index) = self.upstreams(s.upstreams, s.upstreams_present);
         let listeners = self.listeners(s.listeners, s.listeners_present);
         let admin = self.admin(s.admin.unwrap_or_default(), &listeners);
@@ -213,6 +215,7 @@ impl Validator<'_> {
             server,
             listeners,
             admin,
+            dns,
             upstreams,
             routes: RouteTable::new(routes),
         })
@@ -283,6 +286,23 @@ impl Validator<'_> {
             );
         }
         let shutdown_timeout = dur(f.shutdown_timeout, d::SHUTDOWN_TIMEOUT);
+        let mut region_order = Vec::new();
+        for (i, r) in f
+            .region_order
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            if is_name(&r) {
+                region_order.push(r);
+            } else {
+                self.err(
+                    k.key("region_order").index(i),
+                    format!("invalid region {r:?}"),
+                );
+            }
+        }
         if let Some(n) = f.max_open_files {
             if n.0 < 64 {
                 self.err(
@@ -304,6 +324,57 @@ impl Validator<'_> {
             fly_headers: f.fly_headers.is_some_and(|f| f.0),
             request_id_header,
             max_open_files: f.max_open_files.map(|n| n.0),
+            region_order,
+            routing_headers: f.routing_headers.is_none_or(|v| v.0),
+        }
+    }
+
+    fn dns(&mut self, f: DnsFile) -> Dns {
+        let k = KeyPath::root().key("dns");
+        let mut servers = Vec::new();
+        for (i, s) in f.servers.unwrap_or_default().iter().enumerate() {
+            match parse_dns_server(s) {
+                Ok(a) => servers.push(a),
+                Err(e) => self.err(k.key("servers").index(i), e),
+            }
+        }
+        let attempts = f.attempts.map_or(d::DNS_ATTEMPTS, |a| a.0);
+        if !(1..=10).contains(&attempts) {
+            self.err(
+                k.key("attempts"),
+                format!("{attempts} is out of range (1 to 10)"),
+            );
+        }
+        let timeout = dur(f.timeout, d::DNS_TIMEOUT);
+        if timeout.is_zero() {
+            self.err(k.key("timeout"), "must be greater than zero");
+        }
+        let min_ttl = dur(f.min_ttl, d::DNS_MIN_TTL);
+        let max_ttl = dur(f.max_ttl, d::DNS_MAX_TTL);
+        if min_ttl < Duration::from_millis(100) {
+            self.err(
+                k.key("min_ttl"),
+                "must be at least 100ms (a proxy should not hammer its resolver)",
+            );
+        }
+        if max_ttl < min_ttl {
+            self.err(
+                k.key("max_ttl"),
+                format!(
+                    "max_ttl ({}) is below min_ttl ({})",
+                    crate::units::format_duration(max_ttl),
+                    crate::units::format_duration(min_ttl)
+                ),
+            );
+        }
+        Dns {
+            servers,
+            timeout,
+            attempts,
+            min_ttl,
+            max_ttl,
+            stale_for: dur(f.stale_for, d::DNS_STALE_FOR),
+            startup_wait: dur(f.startup_wait, d::DNS_STARTUP_WAIT),
         }
     }
 
@@ -534,12 +605,35 @@ impl Validator<'_> {
         let mut backends = Vec::new();
         let mut seen_addr = HashMap::new();
         let mut seen_id = HashMap::new();
+        let mut discovery = Vec::new();
+        let many = matches!(&f.discovery, Some(d) if d.0.len() > 1);
+        for (i, d) in f
+            .discovery
+            .map(|d| d.0)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
+            let dk = if many {
+                k.key("discovery").index(i)
+            } else {
+                k.key("discovery")
+            };
+            if let Some(disc) = self.discovery(d, &dk) {
+                if discovery.contains(&disc) {
+                    self.err(dk, format!("{disc} is listed twice"));
+                } else {
+                    discovery.push(disc);
+                }
+            }
+        }
         match f.backends {
-            None => self.err(
+            None if discovery.is_empty() => self.err(
                 k.clone(),
-                "missing `backends` (for example backends = [\"127.0.0.1:3000\"])",
+                "missing `backends` or `discovery` (for example backends = [\"127.0.0.1:3000\"] or discovery = { dns = \"app.internal\", port = 8080 })",
             ),
-            Some(list) if list.is_empty() => {
+            None => {}
+            Some(list) if list.is_empty() && discovery.is_empty() => {
                 self.err(k.key("backends"), "at least one backend is needed")
             }
             Some(list) => {
@@ -708,6 +802,7 @@ impl Validator<'_> {
         Some(Upstream {
             name,
             backends,
+            discovery,
             balance,
             hash_on,
             concurrency,
@@ -722,6 +817,66 @@ impl Validator<'_> {
             http2: f.http2.is_some_and(|v| v.0),
             host_header: f.host_header,
         })
+    }
+
+    fn discovery(&mut self, f: DiscoveryFile, k: &KeyPath) -> Option<Discovery> {
+        let port = match f.port {
+            Some(p) if p.0 > 0 => p.0,
+            Some(_) => {
+                self.err(k.key("port"), "port 0 is not a backend port");
+                return None;
+            }
+            None => {
+                self.err(
+                    k.clone(),
+                    "missing `port` (the port the discovered backends listen on)",
+                );
+                return None;
+            }
+        };
+        let source = match (f.dns, f.fly_app) {
+            (Some(name), None) => {
+                let name = name.trim_end_matches('.').to_ascii_lowercase();
+                if !is_dns_name(&name) {
+                    self.err(k.key("dns"), format!("{name:?} is not a valid DNS name"));
+                    return None;
+                }
+                if let Some(r) = &f.region {
+                    if !is_name(r) {
+                        self.err(k.key("region"), format!("invalid region {r:?}"));
+                    }
+                }
+                DiscoverySource::Dns {
+                    name,
+                    region: f.region,
+                }
+            }
+            (None, Some(app)) => {
+                if !is_name(&app) || app.contains('.') {
+                    self.err(k.key("fly_app"), format!("{app:?} is not a valid app name"));
+                    return None;
+                }
+                if f.region.is_some() {
+                    self.err(
+                        k.key("region"),
+                        "regions come from DNS in Fly mode; `region` only applies with `dns`",
+                    );
+                }
+                DiscoverySource::Fly { app }
+            }
+            (Some(_), Some(_)) => {
+                self.err(k.clone(), "use either `dns` or `fly_app`, not both");
+                return None;
+            }
+            (None, None) => {
+                self.err(
+                    k.clone(),
+                    "missing `dns` (a name to resolve) or `fly_app` (a Fly app on the private network)",
+                );
+                return None;
+            }
+        };
+        Some(Discovery { source, port })
     }
 
     fn concurrency(&mut self, f: Option<ConcurrencyFile>, k: &KeyPath) -> Concurrency {
@@ -928,6 +1083,33 @@ impl Validator<'_> {
         }
         out
     }
+}
+
+/// A DNS name: dot-separated labels of letters, digits, `-` and `_`, at most 253 characters.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Parses a name server address: `ip`, `ip:port` or `[v6]:port` (port 53 by default).
+pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    Err(format!("invalid name server {s:?}: expected an IP address, optionally with a port (\"[fdaa::3]:53\", \"10.0.0.2\")"))
 }
 
 /// Parses `hash_on`: `client_ip`, `path`, `header:NAME` or `cookie:NAME`.

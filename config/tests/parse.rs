@@ -568,3 +568,109 @@ fn unreadable_file_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn discovery_and_dns_settings() {
+    let c = ok(r#"
+[server]
+region = "ams"
+region_order = ["fra", "lhr"]
+
+[dns]
+servers = ["[fdaa::3]:53", "10.0.0.2"]
+timeout = "1s"
+attempts = 3
+min_ttl = "2s"
+max_ttl = "30s"
+stale_for = "1m"
+startup_wait = "3s"
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[upstreams.app]
+discovery = { fly_app = "my-app", port = 8080 }
+
+[upstreams.db]
+discovery = [ { dns = "db.internal", port = 5432, region = "ams" }, { dns = "DB-replica.internal.", port = 5432 } ]
+backends = ["127.0.0.1:5433"]
+
+[[routes]]
+upstream = "app"
+[[routes]]
+path = "/db"
+upstream = "db"
+"#);
+    assert_eq!(c.server.region_order, vec!["fra", "lhr"]);
+    assert!(c.server.routing_headers);
+    assert_eq!(c.dns.servers.len(), 2);
+    assert_eq!(c.dns.servers[1].to_string(), "10.0.0.2:53");
+    assert_eq!(c.dns.attempts, 3);
+    assert_eq!(c.dns.stale_for, Duration::from_secs(60));
+    let app = c.upstream("app").unwrap();
+    assert!(app.backends.is_empty());
+    assert_eq!(
+        app.discovery[0].source,
+        DiscoverySource::Fly {
+            app: "my-app".into()
+        }
+    );
+    assert_eq!(app.discovery[0].port, 8080);
+    let db = c.upstream("db").unwrap();
+    assert_eq!(db.discovery.len(), 2);
+    assert_eq!(
+        db.discovery[1].source,
+        DiscoverySource::Dns {
+            name: "db-replica.internal".into(),
+            region: None
+        }
+    );
+    assert_eq!(db.discovery[0].to_string(), "dns:db.internal");
+}
+
+#[test]
+fn discovery_problems() {
+    let l = "[[listeners]]\naddress = \"127.0.0.1:1\"\n";
+    one_err(
+        &format!("{l}[upstreams.a]\ndiscovery = {{ dns = \"a.internal\" }}\n"),
+        "missing `port`",
+    );
+    one_err(
+        &format!("{l}[upstreams.a]\ndiscovery = {{ port = 80 }}\n"),
+        "missing `dns`",
+    );
+    one_err(
+        &format!("{l}[upstreams.a]\ndiscovery = {{ dns = \"a\", fly_app = \"b\", port = 80 }}\n"),
+        "not both",
+    );
+    one_err(
+        &format!("{l}[upstreams.a]\ndiscovery = {{ dns = \"bad name!\", port = 80 }}\n"),
+        "not a valid DNS name",
+    );
+    one_err(
+        &format!(
+            "{l}[upstreams.a]\ndiscovery = {{ fly_app = \"a\", port = 80, region = \"iad\" }}\n"
+        ),
+        "only applies with `dns`",
+    );
+    one_err(&format!("{l}[upstreams.a]\ndiscovery = [{{ dns = \"a.b\", port = 80 }}, {{ dns = \"a.b\", port = 80 }}]\n"), "listed twice");
+    one_err(
+        &format!("{l}[upstreams.a]\nbalance = \"random\"\n"),
+        "missing `backends` or `discovery`",
+    );
+    one_err(
+        &format!("[dns]\nservers = [\"nope\"]\n{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n"),
+        "invalid name server",
+    );
+    one_err(&format!("[dns]\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\n{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n"), "below min_ttl");
+    one_err(
+        &format!("[dns]\nmin_ttl = \"10ms\"\n{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n"),
+        "at least 100ms",
+    );
+    one_err(
+        &format!(
+            "[server]\nregion_order = [\"a b\"]\n{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n"
+        ),
+        "invalid region",
+    );
+}

@@ -149,14 +149,32 @@ impl Admin {
                             "in_flight": b.in_flight(),
                             "requests": b.requests.load(std::sync::atomic::Ordering::Relaxed),
                             "connect_failures": b.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
+                            "latency_ms": (b.latency_us() > 0).then(|| b.latency_us() as f64 / 1000.0),
                             "state": "up",
                         })
                     })
                     .collect();
+                let discovery = if u.discovery.is_empty() {
+                    Value::Null
+                } else {
+                    let st = u.discovery_status.lock().map(|s| s.clone()).unwrap_or_default();
+                    let unix = |t: Option<std::time::SystemTime>| {
+                        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs_f64())
+                    };
+                    json!({
+                        "targets": u.discovery.iter().map(|t| t.discovery.to_string()).collect::<Vec<_>>(),
+                        "rounds": st.rounds,
+                        "last_success_unix": unix(st.last_success),
+                        "last_error": st.last_error,
+                        "next_refresh_unix": unix(st.next_refresh),
+                    })
+                };
                 json!({
                     "name": u.name(),
                     "balance": u.cfg.balance.as_str(),
                     "in_flight": u.in_flight(),
+                    "regions": set.regions(&u.local_region),
+                    "discovery": discovery,
                     "backends": backends,
                 })
             })

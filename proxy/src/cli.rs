@@ -91,8 +91,14 @@ fn check(path: Option<PathBuf>) -> i32 {
         None => println!("  admin             disabled"),
     }
     for u in &c.upstreams {
+        let discovered: Vec<String> = u.discovery.iter().map(|d| d.to_string()).collect();
+        let discovered = if discovered.is_empty() {
+            String::new()
+        } else {
+            format!(" + discovered from {}", discovered.join(", "))
+        };
         println!(
-            "  upstream {:<12} {} backend(s), {}",
+            "  upstream {:<12} {} backend(s){discovered}, {}",
             u.name,
             u.backends.len(),
             u.balance.as_str()

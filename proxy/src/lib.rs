@@ -3,7 +3,8 @@
 //! The crate is organised by what each part does:
 //! - [`server`]: process lifecycle, listeners, connections, signals;
 //! - [`proxy`]: the request path (pingora's `ProxyHttp`), forwarding headers, responses;
-//! - [`upstream`]: backends, balancing, concurrency limits and the wait queue;
+//! - [`upstream`]: backends, region tiers, balancing, concurrency limits and the wait queue;
+//! - [`discovery`]: DNS discovery of backends (plain names and Fly's `.internal`);
 //! - [`state`]: the per-generation snapshot held in an `ArcSwap`;
 //! - [`tls`]: certificates and SNI;
 //! - [`admin`], [`metrics`], [`logging`]: operations;
@@ -13,6 +14,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod discovery;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub upstream_queue_waiting: IntGaugeVec,
     /// Requests that gave up waiting (503), by upstream.
     pub upstream_queue_timeouts: IntCounterVec,
+    /// Discovery lookups, by upstream and result (`success`, `empty`, `error`).
+    pub discovery_resolutions: IntCounterVec,
+    /// Changes of an upstream's backend set made by discovery.
+    pub discovery_changes: IntCounterVec,
     /// Generation number of the running configuration.
     pub config_generation: IntGauge,
     /// Configuration reloads, by result (`success`, `error`).
@@ -165,6 +169,18 @@ impl Metrics {
                 &registry,
                 "portico_upstream_queue_timeouts_total",
                 "Requests answered 503 after waiting for a backend, by upstream.",
+                &["upstream"],
+            ),
+            discovery_resolutions: counter_vec(
+                &registry,
+                "portico_discovery_resolutions_total",
+                "DNS discovery lookups, by upstream and result (success, empty, error).",
+                &["upstream", "result"],
+            ),
+            discovery_changes: counter_vec(
+                &registry,
+                "portico_discovery_backend_changes_total",
+                "Changes of an upstream's backend set made by discovery.",
                 &["upstream"],
             ),
             config_generation: gauge(

@@ -12,10 +12,10 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use portico_config::{Config, KeyPath, Loaded, Problems, Source};
+use portico_config::{Config, Loaded, Source};
 
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::upstream::{static_specs, UpstreamRt};
+use crate::upstream::UpstreamRt;
 
 /// Everything a request needs from one configuration generation.
 pub struct Snapshot {
@@ -59,7 +59,7 @@ fn header_value(s: &str) -> HeaderValue {
 impl Snapshot {
     /// Builds the runtime state for `loaded`, carrying state over from `prev`.
     ///
-    /// Resolves static backend host names (blocking): call it off the request path.
+    /// Host names are not resolved here: discovery does it in the background.
     pub fn build(
         loaded: Loaded,
         generation: u64,
@@ -67,28 +67,19 @@ impl Snapshot {
         metrics: &Metrics,
     ) -> Result<Snapshot, portico_config::ConfigErrors> {
         let Loaded { config, source } = loaded;
-        let mut problems = Problems::default();
-        let mut upstreams = Vec::with_capacity(config.upstreams.len());
-        for up in &config.upstreams {
-            let key = KeyPath::root().key("upstreams").key(&up.name);
-            let specs = match static_specs(up, &key) {
-                Ok(s) => s,
-                Err((k, msg)) => {
-                    problems.add(k, msg);
-                    continue;
-                }
-            };
-            let prev_up = prev.and_then(|p| p.upstream(&up.name));
-            upstreams.push(Arc::new(UpstreamRt::new(
-                Arc::new(up.clone()),
-                &specs,
-                metrics,
-                prev_up.map(|u| &**u),
-            )));
-        }
-        if !problems.is_empty() {
-            return Err(problems.into_errors(&source));
-        }
+        let upstreams: Vec<Arc<UpstreamRt>> = config
+            .upstreams
+            .iter()
+            .map(|up| {
+                let prev_up = prev.and_then(|p| p.upstream(&up.name));
+                Arc::new(UpstreamRt::new(
+                    Arc::new(up.clone()),
+                    &config.server,
+                    metrics,
+                    prev_up.map(|u| &**u),
+                ))
+            })
+            .collect();
         let route_metrics = config
             .routes
             .routes()

@@ -70,6 +70,10 @@ pub struct RequestCtx {
     pub body_bytes: u64,
     /// The backend that served the request (for the log).
     pub backend_addr: Option<std::net::SocketAddr>,
+    /// A preferred instance was asked for but could not be used.
+    pub preferred_unavailable: bool,
+    /// When the current upstream connection attempt started (for latency measurement).
+    pub connect_started: Option<Instant>,
     _in_flight: InFlight,
 }
 
@@ -91,6 +95,8 @@ impl RequestCtx {
             failure: None,
             body_bytes: 0,
             backend_addr: None,
+            preferred_unavailable: false,
+            connect_started: None,
             _in_flight: InFlight::new(shared),
         }
     }

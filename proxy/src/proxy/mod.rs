@@ -5,6 +5,7 @@ pub mod access;
 pub mod ctx;
 pub mod forwarded;
 pub mod respond;
+pub mod routing_headers;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use portico_config::HashKey;
 use crate::metrics::status_class;
 use crate::state::Shared;
 use crate::upstream::select::{backend_ptr, hash_key};
-use crate::upstream::AcquireError;
+use crate::upstream::{AcquireError, UpstreamRt, Want};
 use ctx::{LocalFailure, RequestCtx};
 
 /// Request headers only Portico may set: anything a client sends under these names is dropped
@@ -329,6 +330,61 @@ fn ip_bytes(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     &buf[..n]
 }
 
+/// The response for a request that got no backend.
+fn acquire_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx) -> LocalFailure {
+    let name = up.name();
+    match e {
+        AcquireError::Empty => LocalFailure {
+            status: 503,
+            reason: "no_backend",
+            message: format!("upstream \"{name}\" has no backends: {}", up.empty_reason()),
+            retry_after: Some(up.retry_after()),
+        },
+        AcquireError::AllTried => LocalFailure {
+            status: 502,
+            reason: "upstream_unreachable",
+            message: format!(
+                "upstream \"{name}\" unreachable: {}",
+                ctx.last_error.as_deref().unwrap_or("every backend failed")
+            ),
+            retry_after: None,
+        },
+        AcquireError::QueueTimeout => LocalFailure {
+            status: 503,
+            reason: "queue_timeout",
+            message: format!(
+                "every backend of upstream \"{name}\" is at its hard limit; waited {}",
+                portico_config::units::format_duration(up.cfg.queue_timeout)
+            ),
+            retry_after: Some(up.retry_after()),
+        },
+        AcquireError::QueueFull => LocalFailure {
+            status: 503,
+            reason: "queue_full",
+            message: format!(
+                "every backend of upstream \"{name}\" is at its hard limit and {} requests are already waiting",
+                up.cfg.max_queue
+            ),
+            retry_after: Some(up.retry_after()),
+        },
+        AcquireError::InstanceMissing(id) => LocalFailure {
+            status: 503,
+            reason: "instance_not_found",
+            message: format!("instance \"{id}\" is not a backend of upstream \"{name}\" (fly-force-instance-id)"),
+            retry_after: None,
+        },
+        AcquireError::RegionMissing(regions) => LocalFailure {
+            status: 503,
+            reason: "region_not_found",
+            message: format!(
+                "upstream \"{name}\" has no backend in region {regions} (fly-force-region); it has {}",
+                up.set.load().regions(&up.local_region).join(", ")
+            ),
+            retry_after: None,
+        },
+    }
+}
+
 fn too_large(max: u64) -> LocalFailure {
     LocalFailure {
         status: 413,
@@ -394,57 +450,47 @@ impl ProxyHttp for Portico {
             .as_ref()
             .and_then(|k| self.affinity_hash(session, ctx, k));
         ctx.attempts += 1;
-        match up.acquire(hash, &ctx.tried).await {
-            Ok(lease) => {
+        let routing = ctx.snap.config.server.routing_headers;
+        let want = if routing {
+            routing_headers::want_from_headers(session.req_header())
+        } else {
+            Want::default()
+        };
+        match up.acquire(hash, &ctx.tried, &want).await {
+            Ok(acquired) => {
+                let lease = acquired.lease;
                 let mut peer = Box::new(lease.backend.peer.clone());
                 // WebSocket and other upgrades only work over HTTP/1.1.
                 if session.is_upgrade_req() && peer.is_tls() {
                     peer.options.alpn = ALPN::H1;
                 }
                 ctx.backend_addr = Some(lease.backend.addr);
+                ctx.preferred_unavailable = acquired.preferred_unavailable;
                 ctx.lease = Some(lease);
+                ctx.connect_started = Some(std::time::Instant::now());
                 Ok(peer)
             }
             Err(e) => {
-                let name = up.name();
-                let failure = match e {
-                    AcquireError::Empty => LocalFailure {
-                        status: 503,
-                        reason: "no_backend",
-                        message: format!("upstream \"{name}\" has no backends"),
-                        retry_after: None,
-                    },
-                    AcquireError::AllTried => LocalFailure {
-                        status: 502,
-                        reason: "upstream_unreachable",
-                        message: format!(
-                            "upstream \"{name}\" unreachable: {}",
-                            ctx.last_error.as_deref().unwrap_or("every backend failed")
-                        ),
-                        retry_after: None,
-                    },
-                    AcquireError::QueueTimeout => LocalFailure {
-                        status: 503,
-                        reason: "queue_timeout",
-                        message: format!(
-                            "every backend of upstream \"{name}\" is at its hard limit; waited {}",
-                            portico_config::units::format_duration(up.cfg.queue_timeout)
-                        ),
-                        retry_after: Some(up.retry_after()),
-                    },
-                    AcquireError::QueueFull => LocalFailure {
-                        status: 503,
-                        reason: "queue_full",
-                        message: format!(
-                            "every backend of upstream \"{name}\" is at its hard limit and {} requests are already waiting",
-                            up.cfg.max_queue
-                        ),
-                        retry_after: Some(up.retry_after()),
-                    },
-                };
+                let failure = acquire_failure(&up, e, ctx);
                 Err(respond::fail(ctx, failure))
             }
         }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // New connections measure the round trip to the backend (it orders remote regions).
+        if let (false, Some(start), Some(lease)) = (reused, ctx.connect_started, &ctx.lease) {
+            lease.backend.record_latency(start.elapsed());
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

@@ -232,6 +232,29 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             .collect();
     }
 
+    // The control runtime runs signals, the admin listener and background work (discovery)
+    // on the main thread, apart from the proxy's workers.
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("portico-control")
+        .build()
+        .context("cannot start the control runtime")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Discovered upstreams get their first answers (or `startup_wait` passes) before traffic
+    // is accepted; listeners are bound already, so early clients wait in the backlog.
+    let first = shared.current.load_full();
+    let discovered = control
+        .block_on(crate::discovery::start(
+            &first,
+            shared.clone(),
+            shutdown_rx.clone(),
+            true,
+        ))
+        .map_err(|e| anyhow::anyhow!("dns: {e}"))?;
+    if discovered > 0 {
+        tracing::info!(upstreams = discovered, "discovery running");
+    }
+
     let threads = config.server.threads;
     let workers = pingora_runtime::RuntimeBuilder::new(threads, "portico-worker")
         .work_steal(config.server.work_stealing)
@@ -242,7 +265,6 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         max_retries: 64,
         ..ServerConf::default()
     });
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tracker = Arc::new(Tracker::default());
     let default_https_port = config
         .listeners
@@ -290,11 +312,6 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
 
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("portico-control")
-        .build()
-        .context("cannot start the control runtime")?;
     let stop = control.block_on(async {
         if let Some(sock) = admin_sock {
             tokio::spawn(crate::admin::serve(

@@ -31,6 +31,8 @@ pub struct BackendRt {
     pub requests: AtomicU64,
     /// Failed connection attempts since it was added.
     pub connect_failures: AtomicU64,
+    /// Moving average of new-connection (and health check) round trips, in µs; 0 = unknown.
+    pub latency_ewma_us: AtomicU64,
 }
 
 /// Description of a backend to create.
@@ -95,7 +97,34 @@ impl BackendRt {
             inflight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
+            latency_ewma_us: AtomicU64::new(0),
         }
+    }
+
+    /// The spec this backend was created from.
+    pub fn spec(&self) -> BackendSpec {
+        BackendSpec {
+            addr: self.addr,
+            id: self.id.as_deref().map(str::to_string),
+            region: self.region.as_deref().map(str::to_string),
+            weight: self.weight,
+            origin: self.origin.to_string(),
+        }
+    }
+
+    /// Measured latency (µs), 0 when unknown.
+    pub fn latency_us(&self) -> u64 {
+        self.latency_ewma_us.load(Ordering::Relaxed)
+    }
+
+    /// Folds a round-trip sample into the moving average (weight 1/5 for the new sample).
+    pub fn record_latency(&self, sample: std::time::Duration) {
+        let us = u64::try_from(sample.as_micros()).unwrap_or(u64::MAX).max(1);
+        let _ = self
+            .latency_ewma_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 { us } else { (old * 4 + us) / 5 })
+            });
     }
 
     /// Requests in flight now.

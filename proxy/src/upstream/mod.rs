@@ -1,23 +1,41 @@
-//! Upstreams at runtime: the current backend set, selection with leases, and the wait queue
-//! used when every backend is at its hard limit.
+//! Upstreams at runtime: the current backend set (grouped into region tiers), selection with
+//! leases, routing constraints (regions, instances), and the wait queue used when every
+//! backend is at its hard limit.
+//!
+//! Region rule (Fly's): backends in the local region (or with no region) are used first;
+//! traffic goes to another region only when every local backend is unhealthy, tried or at its
+//! hard limit. Remote regions are ordered by measured connect latency, then `region_order`,
+//! then name. Soft limits never move traffic across regions.
 
 pub mod backend;
 pub mod select;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use portico_config::{BackendAddr, Balance, KeyPath, Upstream};
+use portico_config::{BackendAddr, Balance, Discovery, DiscoverySource, Upstream};
 use prometheus::{IntCounter, IntGauge};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 pub use backend::{BackendRt, BackendSpec};
 pub use select::NoBackend;
-use select::{Ring, Selection};
+use select::{backend_ptr, Ring, Selection};
+
+/// The backends of one region.
+#[derive(Debug)]
+pub struct Tier {
+    /// Region name; `None` for the local tier (local region and backends without one).
+    pub region: Option<Arc<str>>,
+    /// Membership by backend index.
+    pub mask: Vec<bool>,
+    /// Member indices.
+    pub members: Vec<u16>,
+}
 
 /// The backends of an upstream at one moment, with what selection precomputes over them.
 #[derive(Debug, Default)]
@@ -26,12 +44,21 @@ pub struct BackendSet {
     pub backends: Vec<Arc<BackendRt>>,
     /// Consistent-hash ring (only for `consistent_hash`).
     pub ring: Option<Ring>,
+    /// Region tiers; `tiers[0]` is the local one. A single tier means no region routing.
+    pub tiers: Vec<Tier>,
+    /// Backend index by instance id.
+    pub by_id: HashMap<Arc<str>, usize>,
 }
 
 impl BackendSet {
     /// Builds a set, carrying over backends of `prev` with the same key and address so their
-    /// counters survive.
-    pub fn build(specs: &[BackendSpec], up: &Upstream, prev: Option<&BackendSet>) -> Self {
+    /// counters, health and latency survive.
+    pub fn build(
+        specs: &[BackendSpec],
+        up: &Upstream,
+        local_region: &str,
+        prev: Option<&BackendSet>,
+    ) -> Self {
         let backends: Vec<Arc<BackendRt>> = specs
             .iter()
             .map(|s| {
@@ -46,7 +73,66 @@ impl BackendSet {
             })
             .collect();
         let ring = (up.balance == Balance::ConsistentHash).then(|| Ring::new(&backends));
-        Self { backends, ring }
+        let n = backends.len();
+        let mut tiers = vec![Tier {
+            region: None,
+            mask: vec![false; n],
+            members: Vec::new(),
+        }];
+        for (i, b) in backends.iter().enumerate() {
+            let t = match b.region.as_deref() {
+                None => 0,
+                Some(r) if r == local_region => 0,
+                Some(r) => match tiers.iter().position(|t| t.region.as_deref() == Some(r)) {
+                    Some(t) => t,
+                    None => {
+                        tiers.push(Tier {
+                            region: b.region.clone(),
+                            mask: vec![false; n],
+                            members: Vec::new(),
+                        });
+                        tiers.len() - 1
+                    }
+                },
+            };
+            tiers[t].mask[i] = true;
+            tiers[t].members.push(i as u16);
+        }
+        let by_id = backends
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| b.id.clone().map(|id| (id, i)))
+            .collect();
+        Self {
+            backends,
+            ring,
+            tiers,
+            by_id,
+        }
+    }
+
+    /// Whether every backend is in the local tier (no region routing to do).
+    pub fn single_tier(&self) -> bool {
+        self.tiers.len() == 1
+    }
+
+    /// The tier serving `region` (the local tier for the local region).
+    fn tier_of(&self, region: &str, local_region: &str) -> Option<usize> {
+        if region == local_region {
+            return Some(0);
+        }
+        self.tiers
+            .iter()
+            .position(|t| t.region.as_deref() == Some(region))
+    }
+
+    /// Regions with at least one backend, local first.
+    pub fn regions(&self, local_region: &str) -> Vec<String> {
+        self.tiers
+            .iter()
+            .filter(|t| !t.members.is_empty())
+            .map(|t| t.region.as_deref().unwrap_or(local_region).to_string())
+            .collect()
     }
 }
 
@@ -58,12 +144,57 @@ struct UpstreamMetrics {
     queue_timeouts: IntCounter,
 }
 
+/// What discovery last did for an upstream, for `/status`, `/ready` and error bodies.
+#[derive(Debug, Clone, Default)]
+pub struct DiscoveryStatus {
+    /// Whether at least one resolution round finished (successfully or not).
+    pub attempted: bool,
+    /// When the last round that returned addresses finished.
+    pub last_success: Option<SystemTime>,
+    /// The last failure, cleared by a success.
+    pub last_error: Option<String>,
+    /// Rounds so far.
+    pub rounds: u64,
+    /// When the next round is due.
+    pub next_refresh: Option<SystemTime>,
+}
+
+/// A backend to aim for, from the client's routing headers or a replay instruction.
+#[derive(Debug, Clone, Default)]
+pub struct Want<'a> {
+    /// Regions in order of preference.
+    pub regions: SmallVec<[&'a str; 4]>,
+    /// Only the listed regions may answer.
+    pub regions_forced: bool,
+    /// An instance id to aim for.
+    pub instance: Option<&'a str>,
+    /// Only that instance may answer.
+    pub instance_forced: bool,
+}
+
+impl Want<'_> {
+    /// True when there is no constraint.
+    pub fn is_any(&self) -> bool {
+        self.regions.is_empty() && self.instance.is_none()
+    }
+}
+
 /// One upstream at runtime.
 pub struct UpstreamRt {
     /// Its configuration.
     pub cfg: Arc<Upstream>,
     /// The current backends; replaced as a whole when they change.
     pub set: ArcSwap<BackendSet>,
+    /// Backends given as IP addresses in the config (kept whatever discovery finds).
+    pub static_specs: Vec<BackendSpec>,
+    /// What discovery resolves for this upstream (host-name backends included).
+    pub discovery: Vec<DiscoveryTarget>,
+    /// Discovery state.
+    pub discovery_status: Mutex<DiscoveryStatus>,
+    /// This proxy's region.
+    pub local_region: Arc<str>,
+    /// Fallback order of remote regions.
+    pub region_order: Vec<String>,
     cursor: AtomicUsize,
     queue: Notify,
     waiting: AtomicUsize,
@@ -76,6 +207,15 @@ impl std::fmt::Debug for UpstreamRt {
             .field("name", &self.cfg.name)
             .finish()
     }
+}
+
+/// One thing discovery resolves for an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoveryTarget {
+    /// Name or Fly app.
+    pub discovery: Discovery,
+    /// Weight of the backends found.
+    pub weight: u32,
 }
 
 /// A slot taken on a backend; dropping it gives the slot back and wakes a queued request.
@@ -105,56 +245,98 @@ pub enum AcquireError {
     QueueTimeout,
     /// The wait queue is full.
     QueueFull,
+    /// A forced instance is not among the backends.
+    InstanceMissing(String),
+    /// None of the forced regions has a backend.
+    RegionMissing(String),
 }
 
-/// Static backend specs from config, resolving host names once (blocking; call off the
-/// request path). Problems are returned with their config keys.
-pub fn static_specs(up: &Upstream, key: &KeyPath) -> Result<Vec<BackendSpec>, (KeyPath, String)> {
-    let mut out = Vec::new();
-    for (i, b) in up.backends.iter().enumerate() {
-        let addrs: Vec<SocketAddr> = match &b.address {
-            BackendAddr::Ip(a) => vec![*a],
-            BackendAddr::Name { host, port } => (host.as_str(), *port)
-                .to_socket_addrs()
-                .map_err(|e| {
-                    (
-                        key.key("backends").index(i),
-                        format!("cannot resolve {host}: {e}"),
-                    )
-                })?
-                .collect(),
-        };
-        let many = addrs.len() > 1;
-        for addr in addrs {
-            out.push(BackendSpec {
-                addr,
-                // An id names one instance: with several addresses behind a name, each is its own.
-                id: b.id.clone().filter(|_| !many),
+/// Outcome of one acquisition attempt.
+pub struct Acquired {
+    /// The slot.
+    pub lease: Lease,
+    /// A preferred (not forced) instance was wanted but could not be used.
+    pub preferred_unavailable: bool,
+}
+
+/// Splits the config's backends into IP backends (static) and host names (discovered).
+pub fn split_backends(up: &Upstream) -> (Vec<BackendSpec>, Vec<DiscoveryTarget>) {
+    let mut specs = Vec::new();
+    let mut targets: Vec<DiscoveryTarget> = up
+        .discovery
+        .iter()
+        .map(|d| DiscoveryTarget {
+            discovery: d.clone(),
+            weight: 1,
+        })
+        .collect();
+    for b in &up.backends {
+        match &b.address {
+            BackendAddr::Ip(addr) => specs.push(BackendSpec {
+                addr: *addr,
+                id: b.id.clone(),
                 region: b.region.clone(),
                 weight: b.weight,
-                origin: match &b.address {
-                    BackendAddr::Ip(_) => "static".to_string(),
-                    BackendAddr::Name { host, .. } => format!("static:{host}"),
+                origin: "static".to_string(),
+            }),
+            BackendAddr::Name { host, port } => targets.push(DiscoveryTarget {
+                discovery: Discovery {
+                    source: DiscoverySource::Dns {
+                        name: host.clone(),
+                        region: b.region.clone(),
+                    },
+                    port: *port,
                 },
-            });
+                weight: b.weight,
+            }),
         }
     }
-    Ok(out)
+    (specs, targets)
 }
 
 impl UpstreamRt {
-    /// Creates the runtime for `cfg` with the given backends.
+    /// Creates the runtime for `cfg`, carrying backends over from `prev`.
     pub fn new(
         cfg: Arc<Upstream>,
-        specs: &[BackendSpec],
+        server: &portico_config::Server,
         metrics: &Metrics,
         prev: Option<&UpstreamRt>,
     ) -> Self {
         let name = cfg.name.as_str();
+        let (static_specs, discovery) = split_backends(&cfg);
+        // Discovered backends already known are kept until the next answer replaces them.
+        let initial: Vec<BackendSpec> = match prev {
+            Some(p) if p.discovery == discovery => {
+                let mut v = static_specs.clone();
+                v.extend(
+                    p.set
+                        .load()
+                        .backends
+                        .iter()
+                        .filter(|b| &*b.origin != "static")
+                        .map(|b| b.spec()),
+                );
+                v
+            }
+            _ => static_specs.clone(),
+        };
         let prev_set = prev.map(|p| p.set.load_full());
-        let set = BackendSet::build(specs, &cfg, prev_set.as_deref());
+        let set = BackendSet::build(&initial, &cfg, &server.region, prev_set.as_deref());
+        let status = match prev {
+            Some(p) if p.discovery == discovery => p
+                .discovery_status
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default(),
+            _ => DiscoveryStatus::default(),
+        };
         Self {
             set: ArcSwap::from_pointee(set),
+            static_specs,
+            discovery,
+            discovery_status: Mutex::new(status),
+            local_region: server.region.as_str().into(),
+            region_order: server.region_order.clone(),
             cursor: AtomicUsize::new(0),
             queue: Notify::new(),
             waiting: AtomicUsize::new(0),
@@ -173,50 +355,204 @@ impl UpstreamRt {
         &self.cfg.name
     }
 
-    /// Tries once to take a slot on a backend.
+    /// Replaces the backend set (from discovery). Returns whether anything changed, with the
+    /// keys added and removed.
+    pub fn replace_backends(&self, specs: &[BackendSpec]) -> (bool, Vec<String>, Vec<String>) {
+        let old = self.set.load_full();
+        let same = old.backends.len() == specs.len()
+            && specs.iter().all(|s| {
+                old.backends.iter().any(|b| {
+                    *b.key == *s.key()
+                        && b.addr == s.addr
+                        && b.region.as_deref() == s.region.as_deref()
+                        && b.weight == s.weight
+                })
+            });
+        if same {
+            return (false, Vec::new(), Vec::new());
+        }
+        let new = BackendSet::build(specs, &self.cfg, &self.local_region, Some(&old));
+        let added = new
+            .backends
+            .iter()
+            .filter(|b| !old.backends.iter().any(|o| Arc::ptr_eq(o, b)))
+            .map(|b| format!("{}={}", b.key, b.addr))
+            .collect();
+        let removed = old
+            .backends
+            .iter()
+            .filter(|o| !new.backends.iter().any(|b| Arc::ptr_eq(o, b)))
+            .map(|b| format!("{}={}", b.key, b.addr))
+            .collect();
+        self.set.store(Arc::new(new));
+        // Waiters may be able to use a new backend.
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.queue.notify_waiters();
+        }
+        (true, added, removed)
+    }
+
+    /// Remote tiers in order: lowest measured connect latency first, then `region_order`,
+    /// then name.
+    fn remote_order(&self, set: &BackendSet) -> SmallVec<[usize; 8]> {
+        let mut order: SmallVec<[usize; 8]> = (1..set.tiers.len()).collect();
+        let latency = |t: usize| {
+            set.tiers[t]
+                .members
+                .iter()
+                .map(|&i| set.backends[i as usize].latency_us())
+                .filter(|&l| l > 0)
+                .min()
+                .unwrap_or(u64::MAX)
+        };
+        let rank = |t: usize| {
+            let name = set.tiers[t].region.as_deref().unwrap_or("");
+            self.region_order
+                .iter()
+                .position(|r| r == name)
+                .unwrap_or(usize::MAX)
+        };
+        order.sort_by_cached_key(|&t| {
+            (
+                latency(t),
+                rank(t),
+                set.tiers[t].region.clone().unwrap_or_default(),
+            )
+        });
+        order
+    }
+
+    /// Tries once to take a slot on a backend satisfying `want`.
     pub fn try_acquire(
         self: &Arc<Self>,
         hash: Option<u64>,
         tried: &[usize],
-    ) -> Result<Lease, NoBackend> {
+        want: &Want<'_>,
+    ) -> Result<Acquired, Attempt> {
         let set = self.set.load();
+        if set.backends.is_empty() {
+            return Err(Attempt::Failed(AcquireError::Empty));
+        }
         let c = &self.cfg.concurrency;
-        let sel = Selection {
-            backends: &set.backends,
-            ring: set.ring.as_ref(),
-            balance: self.cfg.balance,
-            soft_limit: c.soft_limit,
-            hard_limit: c.hard_limit,
-            tried,
-            hash,
-            cursor: &self.cursor,
-        };
-        // Another request can take the last slot between the pick and the acquire: pick again.
-        for _ in 0..8 {
-            let i = sel.pick()?;
-            let b = &set.backends[i];
-            if b.try_acquire(c.hard_limit) {
-                b.requests.fetch_add(1, Ordering::Relaxed);
-                return Ok(Lease {
-                    backend: b.clone(),
-                    upstream: self.clone(),
-                });
+        let mut preferred_unavailable = false;
+        if let Some(id) = want.instance {
+            match set.by_id.get(id) {
+                Some(&i) => {
+                    let b = &set.backends[i];
+                    if tried.contains(&backend_ptr(b)) {
+                        if want.instance_forced {
+                            return Err(Attempt::Failed(AcquireError::AllTried));
+                        }
+                        preferred_unavailable = true;
+                    } else if b.try_acquire(c.hard_limit) {
+                        return Ok(self.lease(b, false));
+                    } else if want.instance_forced {
+                        return Err(Attempt::Busy);
+                    } else {
+                        preferred_unavailable = true;
+                    }
+                }
+                None if want.instance_forced => {
+                    return Err(Attempt::Failed(AcquireError::InstanceMissing(
+                        id.to_string(),
+                    )))
+                }
+                None => preferred_unavailable = true,
             }
         }
-        Err(NoBackend::AllBusy)
+        // Tiers to try, in order.
+        let mut order: SmallVec<[usize; 8]> = SmallVec::new();
+        for r in &want.regions {
+            if let Some(t) = set.tier_of(r, &self.local_region) {
+                if !order.contains(&t) {
+                    order.push(t);
+                }
+            }
+        }
+        if want.regions_forced {
+            if order.is_empty() {
+                return Err(Attempt::Failed(AcquireError::RegionMissing(
+                    want.regions.join(","),
+                )));
+            }
+        } else {
+            if !order.contains(&0) {
+                order.push(0);
+            }
+            if !set.single_tier() {
+                for t in self.remote_order(&set) {
+                    if !order.contains(&t) {
+                        order.push(t);
+                    }
+                }
+            }
+        }
+        let mut any_busy = false;
+        for t in order {
+            let members = if set.single_tier() {
+                None
+            } else {
+                Some(set.tiers[t].mask.as_slice())
+            };
+            let sel = Selection {
+                backends: &set.backends,
+                members,
+                ring: set.ring.as_ref(),
+                balance: self.cfg.balance,
+                soft_limit: c.soft_limit,
+                hard_limit: c.hard_limit,
+                tried,
+                hash,
+                cursor: &self.cursor,
+            };
+            // Another request can take the last slot between the pick and the acquire.
+            for _ in 0..8 {
+                match sel.pick() {
+                    Ok(i) => {
+                        let b = &set.backends[i];
+                        if b.try_acquire(c.hard_limit) {
+                            return Ok(self.lease(b, preferred_unavailable));
+                        }
+                        any_busy = true;
+                    }
+                    Err(NoBackend::AllBusy) => {
+                        any_busy = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        Err(if any_busy {
+            Attempt::Busy
+        } else {
+            Attempt::Failed(AcquireError::AllTried)
+        })
     }
 
-    /// Takes a slot, waiting in the upstream's queue while every backend is at its hard limit.
+    fn lease(self: &Arc<Self>, b: &Arc<BackendRt>, preferred_unavailable: bool) -> Acquired {
+        b.requests.fetch_add(1, Ordering::Relaxed);
+        Acquired {
+            lease: Lease {
+                backend: b.clone(),
+                upstream: self.clone(),
+            },
+            preferred_unavailable,
+        }
+    }
+
+    /// Takes a slot, waiting in the upstream's queue while every candidate is at its hard
+    /// limit.
     pub async fn acquire(
         self: &Arc<Self>,
         hash: Option<u64>,
         tried: &[usize],
-    ) -> Result<Lease, AcquireError> {
-        match self.try_acquire(hash, tried) {
-            Ok(l) => return Ok(l),
-            Err(NoBackend::Empty) => return Err(AcquireError::Empty),
-            Err(NoBackend::AllTried) => return Err(AcquireError::AllTried),
-            Err(NoBackend::AllBusy) => {}
+        want: &Want<'_>,
+    ) -> Result<Acquired, AcquireError> {
+        match self.try_acquire(hash, tried, want) {
+            Ok(a) => return Ok(a),
+            Err(Attempt::Failed(e)) => return Err(e),
+            Err(Attempt::Busy) => {}
         }
         if self.waiting.load(Ordering::Acquire) >= self.cfg.max_queue {
             return Err(AcquireError::QueueFull);
@@ -228,14 +564,10 @@ impl UpstreamRt {
             let notified = self.queue.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            match self.try_acquire(hash, tried) {
-                Ok(l) => {
-                    // Pass the wake-up on if more slots may be free.
-                    return Ok(l);
-                }
-                Err(NoBackend::Empty) => return Err(AcquireError::Empty),
-                Err(NoBackend::AllTried) => return Err(AcquireError::AllTried),
-                Err(NoBackend::AllBusy) => {}
+            match self.try_acquire(hash, tried, want) {
+                Ok(a) => return Ok(a),
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Busy) => {}
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 self.metrics.queue_timeouts.inc();
@@ -269,6 +601,37 @@ impl UpstreamRt {
             .map(|b| u64::from(b.in_flight()))
             .sum()
     }
+
+    /// Why the upstream has no backends, for error bodies and `/ready`.
+    pub fn empty_reason(&self) -> String {
+        if self.discovery.is_empty() {
+            return "no backends are configured".to_string();
+        }
+        let names: Vec<String> = self
+            .discovery
+            .iter()
+            .map(|t| t.discovery.to_string())
+            .collect();
+        let status = self
+            .discovery_status
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        match (status.attempted, status.last_error) {
+            (false, _) => format!("no answer from DNS yet for {}", names.join(", ")),
+            (true, Some(e)) => format!("discovery of {} failed: {e}", names.join(", ")),
+            (true, None) => format!("{} returned no addresses", names.join(", ")),
+        }
+    }
+}
+
+/// Result of one selection attempt that took no slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Every candidate is at its hard limit: waiting may help.
+    Busy,
+    /// Waiting will not help.
+    Failed(AcquireError),
 }
 
 /// Counts a request as waiting for as long as it lives.

@@ -9,6 +9,9 @@
 //!    ring from the key's point to the first candidate, so a key keeps its backend while that
 //!    backend can take work, whatever the soft limits say.
 //!
+//! Region tiers are applied one level up ([`super::UpstreamRt`]): a selection may be limited to
+//! one tier's members, and the next tier is tried only when this one has no candidate.
+//!
 //! Nothing here allocates for up to 64 backends.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,6 +77,8 @@ pub enum NoBackend {
 pub struct Selection<'a> {
     /// Backends of the upstream.
     pub backends: &'a [Arc<BackendRt>],
+    /// When set, only backends whose entry is `true` are considered (one region's tier).
+    pub members: Option<&'a [bool]>,
     /// Ring, for consistent hashing.
     pub ring: Option<&'a Ring>,
     /// Algorithm.
@@ -108,7 +113,7 @@ impl Selection<'_> {
             let mut any_untried = false;
             for i in ring.walk(hash) {
                 let b = &self.backends[i];
-                if self.tried.contains(&backend_ptr(b)) {
+                if !self.member(i) || self.tried.contains(&backend_ptr(b)) {
                     continue;
                 }
                 any_untried = true;
@@ -126,7 +131,7 @@ impl Selection<'_> {
         let mut under_hard: SmallVec<[u16; 64]> = SmallVec::new();
         let mut any_untried = false;
         for (i, b) in self.backends.iter().enumerate() {
-            if self.tried.contains(&backend_ptr(b)) {
+            if !self.member(i) || self.tried.contains(&backend_ptr(b)) {
                 continue;
             }
             any_untried = true;
@@ -165,6 +170,10 @@ impl Selection<'_> {
             Balance::LeastRequests => self.two_choices(pool),
         };
         Ok(idx)
+    }
+
+    fn member(&self, i: usize) -> bool {
+        self.members.is_none_or(|m| m[i])
     }
 
     /// Power of two choices on in-flight requests relative to weight; ties go to the first
@@ -249,6 +258,7 @@ mod tests {
     ) -> Selection<'a> {
         Selection {
             backends: b,
+            members: None,
             ring: None,
             balance,
             soft_limit: soft,
@@ -374,5 +384,22 @@ mod tests {
         b[first].inflight.store(2, Ordering::Relaxed);
         let second = s.pick().unwrap();
         assert_ne!(second, first);
+    }
+
+    #[test]
+    fn members_limit_the_choice() {
+        let b = backends(4, &[]);
+        let c = AtomicUsize::new(0);
+        let mask = [false, true, false, true];
+        for _ in 0..20 {
+            let mut s = sel(&b, Balance::Random, u32::MAX, u32::MAX, &[], &c);
+            s.members = Some(&mask);
+            let i = s.pick().unwrap();
+            assert!(i == 1 || i == 3);
+        }
+        let none = [false; 4];
+        let mut s = sel(&b, Balance::Random, u32::MAX, u32::MAX, &[], &c);
+        s.members = Some(&none);
+        assert_eq!(s.pick(), Err(NoBackend::AllTried));
     }
 }

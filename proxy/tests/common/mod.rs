@@ -2,6 +2,8 @@
 //! origins, and clients. Every server listens on 127.0.0.1:0; nothing uses a fixed port.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dns;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
