@@ -46,6 +46,21 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests allowed to wait at once per upstream.
 pub const MAX_QUEUE: usize = 1000;
 
+/// Time between health checks of one backend.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// Time allowed for one health check.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Consecutive passing checks to become healthy.
+pub const CHECK_RISE: u32 = 2;
+/// Consecutive failing checks to become unhealthy.
+pub const CHECK_FALL: u32 = 3;
+/// Consecutive connect failures that eject a backend.
+pub const PASSIVE_CONNECT_FAILURES: u32 = 3;
+/// First passive ejection's length.
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
+/// Longest passive ejection.
+pub const MAX_EJECT_FOR: Duration = Duration::from_secs(300);
+
 /// Timeout of one DNS query.
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts per DNS query.

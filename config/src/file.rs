@@ -151,6 +151,67 @@ pub struct UpstreamFile {
     pub tls_skip_verify: Option<Flag>,
     pub http2: Option<Flag>,
     pub host_header: Option<String>,
+    pub checks: Option<Vec<CheckFile>>,
+    pub start_healthy: Option<Flag>,
+    pub all_unhealthy: Option<String>,
+    pub passive: Option<PassiveFile>,
+}
+
+/// One `[[upstreams.NAME.checks]]` entry (fly.toml's check vocabulary).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckFile {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub method: Option<String>,
+    pub interval: Option<Dur>,
+    pub timeout: Option<Dur>,
+    pub grace_period: Option<Dur>,
+    pub protocol: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub tls_skip_verify: Option<Flag>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub port: Option<Int<u16>>,
+    pub rise: Option<Int<u32>>,
+    pub fall: Option<Int<u32>>,
+    pub expect_status: Option<Vec<StatusSpec>>,
+}
+
+/// `passive = { connect_failures = 3, http_5xx = 0, eject_for = "10s", max_eject_for = "5m" }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveFile {
+    pub connect_failures: Option<Int<u32>>,
+    pub http_5xx: Option<Int<u32>>,
+    pub eject_for: Option<Dur>,
+    pub max_eject_for: Option<Dur>,
+}
+
+/// A status code (`200`) or a class (`"2xx"`).
+#[derive(Debug, Clone)]
+pub enum StatusSpec {
+    Code(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for StatusSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StatusSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a status code like 200 or a class like \"2xx\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusSpec, E> {
+                Ok(StatusSpec::Code(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StatusSpec, E> {
+                Ok(StatusSpec::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `concurrency = { type = "requests", soft_limit = 200, hard_limit = 250 }` (fly.toml's shape).

@@ -346,6 +346,97 @@ pub struct Upstream {
     pub http2: bool,
     /// Host header sent upstream instead of the client's.
     pub host_header: Option<String>,
+    /// Active health checks.
+    pub checks: Vec<Check>,
+    /// New backends take traffic before their first passing check.
+    pub start_healthy: bool,
+    /// What to do when no backend is healthy.
+    pub all_unhealthy: AllUnhealthy,
+    /// Passive ejection after failures seen on real traffic.
+    pub passive: Passive,
+}
+
+/// What an upstream does when every backend is unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllUnhealthy {
+    /// Use them all anyway, as a last resort.
+    FailOpen,
+    /// Answer 503 saying that every backend is unhealthy.
+    Refuse,
+}
+
+/// Protocol of an HTTP check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// An HTTP request; healthy when the status is expected.
+    Http,
+    /// A TCP connect; healthy when it succeeds.
+    Tcp,
+}
+
+/// One active health check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Check {
+    /// HTTP or TCP.
+    pub kind: CheckKind,
+    /// Request path (HTTP).
+    pub path: String,
+    /// Request method (HTTP).
+    pub method: String,
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+    /// After a backend appears, failures are not counted for this long.
+    pub grace_period: Duration,
+    /// TLS for HTTP checks.
+    pub https: bool,
+    /// SNI and verified name for HTTPS checks (default: the backend's address).
+    pub tls_server_name: Option<String>,
+    /// Do not verify the certificate of HTTPS checks.
+    pub tls_skip_verify: bool,
+    /// Extra request headers (HTTP).
+    pub headers: Vec<(String, String)>,
+    /// Port to check instead of the backend's.
+    pub port: Option<u16>,
+    /// Consecutive passes to become healthy.
+    pub rise: u32,
+    /// Consecutive failures to become unhealthy.
+    pub fall: u32,
+    /// Healthy statuses (HTTP); codes 100..=599.
+    pub expect_status: Vec<StatusMatch>,
+}
+
+/// An accepted status: one code or a class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusMatch {
+    /// Exactly this code.
+    Code(u16),
+    /// Any code of this class (2 for `2xx`).
+    Class(u16),
+}
+
+impl StatusMatch {
+    /// Whether `status` is accepted.
+    pub fn matches(self, status: u16) -> bool {
+        match self {
+            StatusMatch::Code(c) => c == status,
+            StatusMatch::Class(c) => status / 100 == c,
+        }
+    }
+}
+
+/// Passive ejection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive failed connects that eject a backend (0: never).
+    pub connect_failures: u32,
+    /// Consecutive 5xx responses that eject a backend (0: never).
+    pub http_5xx: u32,
+    /// First ejection's length; it doubles on each repeat.
+    pub eject_for: Duration,
+    /// Longest ejection.
+    pub max_eject_for: Duration,
 }
 
 /// Header edits of a route.

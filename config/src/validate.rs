@@ -799,6 +799,24 @@ impl Validator<'_> {
                 );
             }
         }
+        let mut checks = Vec::new();
+        for (i, c) in f.checks.unwrap_or_default().into_iter().enumerate() {
+            if let Some(c) = self.check(c, &k.key("checks").index(i)) {
+                checks.push(c);
+            }
+        }
+        let all_unhealthy = match f.all_unhealthy.as_deref() {
+            None | Some("fail_open") => AllUnhealthy::FailOpen,
+            Some("refuse") => AllUnhealthy::Refuse,
+            Some(other) => {
+                self.err(
+                    k.key("all_unhealthy"),
+                    format!("unknown value {other:?}: expected \"fail_open\" (use every backend anyway) or \"refuse\" (answer 503)"),
+                );
+                AllUnhealthy::FailOpen
+            }
+        };
+        let passive = self.passive(f.passive, &k.key("passive"));
         Some(Upstream {
             name,
             backends,
@@ -816,7 +834,180 @@ impl Validator<'_> {
             tls,
             http2: f.http2.is_some_and(|v| v.0),
             host_header: f.host_header,
+            checks,
+            start_healthy: f.start_healthy.is_some_and(|v| v.0),
+            all_unhealthy,
+            passive,
         })
+    }
+
+    fn check(&mut self, f: CheckFile, k: &KeyPath) -> Option<Check> {
+        let kind = match f.kind.as_deref() {
+            None | Some("http") => CheckKind::Http,
+            Some("tcp") => CheckKind::Tcp,
+            Some(other) => {
+                self.err(
+                    k.key("type"),
+                    format!("unknown check type {other:?}: expected \"http\" or \"tcp\""),
+                );
+                return None;
+            }
+        };
+        let interval = dur(f.interval, d::CHECK_INTERVAL);
+        let timeout = dur(f.timeout, d::CHECK_TIMEOUT);
+        if interval < Duration::from_millis(100) {
+            self.err(k.key("interval"), "must be at least 100ms");
+        }
+        if timeout.is_zero() {
+            self.err(k.key("timeout"), "must be greater than zero");
+        }
+        let path = f.path.clone().unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') || path.contains(char::is_whitespace) {
+            self.err(
+                k.key("path"),
+                format!("path {path:?} must start with '/' and hold no spaces"),
+            );
+        }
+        let method = f
+            .method
+            .clone()
+            .unwrap_or_else(|| "GET".to_string())
+            .to_ascii_uppercase();
+        if !is_token(&method) {
+            self.err(k.key("method"), format!("invalid method {method:?}"));
+        }
+        let https = match f.protocol.as_deref() {
+            None | Some("http") => false,
+            Some("https") => true,
+            Some(other) => {
+                self.err(
+                    k.key("protocol"),
+                    format!("unknown protocol {other:?}: expected \"http\" or \"https\""),
+                );
+                false
+            }
+        };
+        if kind == CheckKind::Tcp {
+            for (set, key) in [
+                (f.path.is_some(), "path"),
+                (f.method.is_some(), "method"),
+                (f.protocol.is_some(), "protocol"),
+                (f.headers.is_some(), "headers"),
+                (f.expect_status.is_some(), "expect_status"),
+                (f.tls_server_name.is_some(), "tls_server_name"),
+                (f.tls_skip_verify.is_some(), "tls_skip_verify"),
+            ] {
+                if set {
+                    self.err(k.key(key), "only applies to type = \"http\" checks");
+                }
+            }
+        } else if !https {
+            for (set, key) in [
+                (f.tls_server_name.is_some(), "tls_server_name"),
+                (f.tls_skip_verify.is_some(), "tls_skip_verify"),
+            ] {
+                if set {
+                    self.err(k.key(key), "only applies with protocol = \"https\"");
+                }
+            }
+        }
+        let mut headers = Vec::new();
+        for (name, value) in f.headers.unwrap_or_default() {
+            if !is_token(&name) {
+                self.err(
+                    k.key("headers").key(&name),
+                    format!("{name:?} is not a valid header name"),
+                );
+            } else if !is_header_value(&value) {
+                self.err(
+                    k.key("headers").key(&name),
+                    "header values cannot contain control characters",
+                );
+            } else {
+                headers.push((name, value));
+            }
+        }
+        let rise = f.rise.map_or(d::CHECK_RISE, |v| v.0);
+        let fall = f.fall.map_or(d::CHECK_FALL, |v| v.0);
+        if !(1..=100).contains(&rise) {
+            self.err(k.key("rise"), format!("{rise} is out of range (1 to 100)"));
+        }
+        if !(1..=100).contains(&fall) {
+            self.err(k.key("fall"), format!("{fall} is out of range (1 to 100)"));
+        }
+        let mut expect_status = Vec::new();
+        for (i, st) in f.expect_status.unwrap_or_default().into_iter().enumerate() {
+            let parsed = match &st {
+                StatusSpec::Code(c) if (100..=599).contains(c) => {
+                    Some(StatusMatch::Code(*c as u16))
+                }
+                StatusSpec::Text(t) => {
+                    let t = t.to_ascii_lowercase();
+                    match t.as_bytes() {
+                        [c @ b'1'..=b'5', b'x', b'x'] => {
+                            Some(StatusMatch::Class(u16::from(c - b'0')))
+                        }
+                        _ => t
+                            .parse::<u16>()
+                            .ok()
+                            .filter(|c| (100..=599).contains(c))
+                            .map(StatusMatch::Code),
+                    }
+                }
+                StatusSpec::Code(_) => None,
+            };
+            match parsed {
+                Some(p) => expect_status.push(p),
+                None => self.err(
+                    k.key("expect_status").index(i),
+                    "expected a status code (100 to 599) or a class like \"2xx\"",
+                ),
+            }
+        }
+        if expect_status.is_empty() {
+            expect_status.push(StatusMatch::Class(2));
+        }
+        if let Some(p) = f.port {
+            if p.0 == 0 {
+                self.err(k.key("port"), "port 0 is not a port");
+            }
+        }
+        Some(Check {
+            kind,
+            path,
+            method,
+            interval,
+            timeout,
+            grace_period: dur(f.grace_period, Duration::ZERO),
+            https,
+            tls_server_name: f.tls_server_name,
+            tls_skip_verify: f.tls_skip_verify.is_some_and(|v| v.0),
+            headers,
+            port: f.port.map(|p| p.0),
+            rise,
+            fall,
+            expect_status,
+        })
+    }
+
+    fn passive(&mut self, f: Option<PassiveFile>, k: &KeyPath) -> Passive {
+        let f = f.unwrap_or_default();
+        let eject_for = dur(f.eject_for, d::EJECT_FOR);
+        let max_eject_for = dur(f.max_eject_for, d::MAX_EJECT_FOR);
+        if eject_for.is_zero() {
+            self.err(k.key("eject_for"), "must be greater than zero");
+        }
+        if max_eject_for < eject_for {
+            self.err(k.key("max_eject_for"), "is shorter than eject_for");
+        }
+        Passive {
+            connect_failures: f
+                .connect_failures
+                .map_or(d::PASSIVE_CONNECT_FAILURES, |v| v.0),
+            http_5xx: f.http_5xx.map_or(0, |v| v.0),
+            eject_for,
+            max_eject_for,
+        }
     }
 
     fn discovery(&mut self, f: DiscoveryFile, k: &KeyPath) -> Option<Discovery> {

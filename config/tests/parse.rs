@@ -674,3 +674,105 @@ fn discovery_problems() {
         "invalid region",
     );
 }
+
+#[test]
+fn health_checks_and_passive_ejection() {
+    let c = ok(r#"
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[upstreams.app]
+backends = ["127.0.0.1:3000"]
+start_healthy = true
+all_unhealthy = "refuse"
+passive = { connect_failures = 5, http_5xx = 10, eject_for = "5s", max_eject_for = "1m" }
+
+[[upstreams.app.checks]]
+type = "http"
+path = "/health"
+method = "head"
+interval = "5s"
+timeout = "1s"
+grace_period = "30s"
+protocol = "https"
+tls_server_name = "app.local"
+tls_skip_verify = true
+headers = { "X-Check" = "portico" }
+rise = 1
+fall = 2
+expect_status = [200, "3xx"]
+
+[[upstreams.app.checks]]
+type = "tcp"
+port = 9000
+"#);
+    let u = c.upstream("app").unwrap();
+    assert!(u.start_healthy);
+    assert_eq!(u.all_unhealthy, AllUnhealthy::Refuse);
+    assert_eq!(u.passive.connect_failures, 5);
+    assert_eq!(u.passive.http_5xx, 10);
+    assert_eq!(u.checks.len(), 2);
+    let h = &u.checks[0];
+    assert_eq!(h.kind, CheckKind::Http);
+    assert_eq!(h.method, "HEAD");
+    assert!(h.https && h.tls_skip_verify);
+    assert_eq!(h.grace_period, Duration::from_secs(30));
+    assert!(h.expect_status[0].matches(200) && !h.expect_status[0].matches(204));
+    assert!(h.expect_status[1].matches(302));
+    let t = &u.checks[1];
+    assert_eq!(t.kind, CheckKind::Tcp);
+    assert_eq!(t.port, Some(9000));
+    assert!(t.expect_status[0].matches(204), "defaults to any 2xx");
+    let d = ok(MINIMAL);
+    let u = d.upstream("app").unwrap();
+    assert!(u.checks.is_empty());
+    assert_eq!(u.all_unhealthy, AllUnhealthy::FailOpen);
+    assert_eq!(u.passive.connect_failures, 3);
+    assert_eq!(u.passive.http_5xx, 0);
+}
+
+#[test]
+fn health_check_problems() {
+    let base =
+        "[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n";
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\ntype = \"icmp\"\n"),
+        "unknown check type",
+    );
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\ntype = \"tcp\"\npath = \"/x\"\n"),
+        "only applies to type = \"http\"",
+    );
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\ntls_skip_verify = true\n"),
+        "only applies with protocol = \"https\"",
+    );
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\ninterval = \"10ms\"\n"),
+        "at least 100ms",
+    );
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\nexpect_status = [\"ok\"]\n"),
+        "expected a status code",
+    );
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\nrise = 0\n"),
+        "out of range",
+    );
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\npath = \"health\"\n"),
+        "must start with '/'",
+    );
+    one_err(
+        &format!("{base}[[upstreams.a.checks]]\nintervall = \"1s\"\n"),
+        "unknown key (did you mean \"interval\"?)",
+    );
+    one_err(
+        &format!("{base}all_unhealthy = \"panic\"\n"),
+        "unknown value \"panic\"",
+    );
+    one_err(
+        &format!("{base}passive = {{ eject_for = \"10s\", max_eject_for = \"1s\" }}\n"),
+        "shorter than eject_for",
+    );
+}

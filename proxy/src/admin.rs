@@ -17,6 +17,28 @@ use tokio::sync::watch;
 
 use crate::state::Shared;
 
+fn health_json(b: &crate::upstream::BackendRt) -> Value {
+    let d = b
+        .health
+        .detail
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or_default();
+    let unix = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_secs_f64())
+    };
+    json!({
+        "verdict": b.health.verdict().as_str(),
+        "reason": d.reason,
+        "last_result": d.last_result,
+        "last_check_unix": unix(d.last_check_at),
+        "last_check_ms": d.last_latency.map(|l| l.as_secs_f64() * 1000.0),
+        "since_unix": unix(d.since),
+        "ejected_for_ms": b.health.ejected_for().map(|e| e.as_millis() as u64),
+    })
+}
+
 /// The admin HTTP application.
 pub struct Admin {
     shared: Arc<Shared>,
@@ -61,7 +83,14 @@ impl Admin {
         let snap = self.shared.current.load();
         for r in snap.config.routes.routes() {
             let up = &snap.upstreams[r.upstream];
-            if up.set.load().backends.is_empty() {
+            let set = up.set.load();
+            if !set.backends.is_empty() && !set.backends.iter().any(|b| b.health.usable()) {
+                let msg = format!("upstream \"{}\": {}", up.name(), up.unhealthy_summary(&set));
+                if !reasons.contains(&msg) {
+                    reasons.push(msg);
+                }
+            }
+            if set.backends.is_empty() {
                 let msg = format!(
                     "upstream \"{}\" (route \"{}\") has no backends",
                     up.name(),
@@ -86,6 +115,9 @@ impl Admin {
             m.upstream_backends
                 .with_label_values(&[up.name()])
                 .set(set.backends.len() as i64);
+            m.upstream_backends_healthy
+                .with_label_values(&[up.name()])
+                .set(set.backends.iter().filter(|b| b.health.usable()).count() as i64);
         }
         let body = m.render();
         Response::builder()
@@ -150,7 +182,8 @@ impl Admin {
                             "requests": b.requests.load(std::sync::atomic::Ordering::Relaxed),
                             "connect_failures": b.connect_failures.load(std::sync::atomic::Ordering::Relaxed),
                             "latency_ms": (b.latency_us() > 0).then(|| b.latency_us() as f64 / 1000.0),
-                            "state": "up",
+                            "state": b.health.state_name(),
+                            "health": health_json(b),
                         })
                     })
                     .collect();

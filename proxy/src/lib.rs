@@ -5,6 +5,7 @@
 //! - [`proxy`]: the request path (pingora's `ProxyHttp`), forwarding headers, responses;
 //! - [`upstream`]: backends, region tiers, balancing, concurrency limits and the wait queue;
 //! - [`discovery`]: DNS discovery of backends (plain names and Fly's `.internal`);
+//! - [`health`]: active health checks and passive ejection;
 //! - [`state`]: the per-generation snapshot held in an `ArcSwap`;
 //! - [`tls`]: certificates and SNI;
 //! - [`admin`], [`metrics`], [`logging`]: operations;
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod cli;
 pub mod discovery;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

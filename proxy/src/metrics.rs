@@ -48,6 +48,14 @@ pub struct Metrics {
     pub discovery_resolutions: IntCounterVec,
     /// Changes of an upstream's backend set made by discovery.
     pub discovery_changes: IntCounterVec,
+    /// Health check results, by upstream and result (`pass`, `fail`).
+    pub health_checks: IntCounterVec,
+    /// Health check round trips, by upstream.
+    pub health_check_duration: HistogramVec,
+    /// Backends ejected after failures on real traffic, by upstream.
+    pub backend_ejections: IntCounterVec,
+    /// Backends able to take traffic, by upstream (set at scrape time).
+    pub upstream_backends_healthy: IntGaugeVec,
     /// Generation number of the running configuration.
     pub config_generation: IntGauge,
     /// Configuration reloads, by result (`success`, `error`).
@@ -98,6 +106,16 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
         let _ = registry.register(Box::new(request_duration.clone()));
+        let health_check_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "portico_health_check_duration_seconds",
+                "Health check round trips, by upstream.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["upstream"],
+        )
+        .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
+        let _ = registry.register(Box::new(health_check_duration.clone()));
         Self {
             requests: counter_vec(
                 &registry,
@@ -181,6 +199,25 @@ impl Metrics {
                 &registry,
                 "portico_discovery_backend_changes_total",
                 "Changes of an upstream's backend set made by discovery.",
+                &["upstream"],
+            ),
+            health_checks: counter_vec(
+                &registry,
+                "portico_health_checks_total",
+                "Active health checks, by upstream and result (pass, fail).",
+                &["upstream", "result"],
+            ),
+            health_check_duration,
+            backend_ejections: counter_vec(
+                &registry,
+                "portico_backend_ejections_total",
+                "Backends ejected after consecutive failures on real traffic, by upstream.",
+                &["upstream"],
+            ),
+            upstream_backends_healthy: gauge_vec(
+                &registry,
+                "portico_upstream_backends_healthy",
+                "Backends of an upstream able to take traffic (checks pass, not ejected).",
                 &["upstream"],
             ),
             config_generation: gauge(

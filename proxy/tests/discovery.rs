@@ -460,11 +460,12 @@ async fn fails_over_to_the_nearest_region_and_comes_back() {
     let port = o[0].addr.port();
     let dns = TestDns::start().await;
     fly_zone(&dns, &o);
-    let p = Portico::start(&config(
+    let cfg = config(
         &dns,
         "region_order = [\"fra\", \"sjc\"]",
         &format!("{{ fly_app = \"app\", port = {port} }}"),
-    ));
+    ) + "passive = { eject_for = \"300ms\" }\n";
+    let p = Portico::start(&cfg);
     assert!(body(&p, &[]).await.1.starts_with('a'));
     // Both local replicas die (their DNS records stay: no health checks yet, so connect
     // failures are what moves the traffic).
@@ -478,9 +479,16 @@ async fn fails_over_to_the_nearest_region_and_comes_back() {
             "nearest remote region by region_order"
         );
     }
-    // They come back on the same addresses: traffic returns home.
+    // They come back on the same addresses: traffic returns home once their ejection (after
+    // the connection failures) is over.
     let _a1 = Origin::start_on(&a1.to_string(), "a1", echo("a1")).await;
     let _a2 = Origin::start_on(&a2.to_string(), "a2", echo("a2")).await;
+    wait_until(
+        "traffic to return to the local region",
+        Duration::from_secs(3),
+        async || body(&p, &[]).await.1.starts_with('a'),
+    )
+    .await;
     for _ in 0..10 {
         assert!(body(&p, &[]).await.1.starts_with('a'));
     }

@@ -64,6 +64,8 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// The last upstream error, in words, for the error body.
     pub last_error: Option<String>,
+    /// Status that error maps to (502, or 504 for a timeout).
+    pub last_error_status: u16,
     /// A response Portico decided on (no route, queue timeout, ...).
     pub failure: Option<LocalFailure>,
     /// Request body bytes seen (for `max_body`).
@@ -92,6 +94,7 @@ impl RequestCtx {
             tried: SmallVec::new(),
             attempts: 0,
             last_error: None,
+            last_error_status: 502,
             failure: None,
             body_bytes: 0,
             backend_addr: None,

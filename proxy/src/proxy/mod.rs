@@ -340,6 +340,15 @@ fn acquire_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx) -> LocalF
             message: format!("upstream \"{name}\" has no backends: {}", up.empty_reason()),
             retry_after: Some(up.retry_after()),
         },
+        AcquireError::AllTried if ctx.last_error_status == 504 => LocalFailure {
+            status: 504,
+            reason: "upstream_timeout",
+            message: format!(
+                "upstream \"{name}\" did not answer in time: {}",
+                ctx.last_error.as_deref().unwrap_or("timeout")
+            ),
+            retry_after: None,
+        },
         AcquireError::AllTried => LocalFailure {
             status: 502,
             reason: "upstream_unreachable",
@@ -372,6 +381,12 @@ fn acquire_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx) -> LocalF
             reason: "instance_not_found",
             message: format!("instance \"{id}\" is not a backend of upstream \"{name}\" (fly-force-instance-id)"),
             retry_after: None,
+        },
+        AcquireError::AllUnhealthy(summary) => LocalFailure {
+            status: 503,
+            reason: "all_unhealthy",
+            message: format!("upstream \"{name}\": {summary}"),
+            retry_after: Some(up.retry_after()),
         },
         AcquireError::RegionMissing(regions) => LocalFailure {
             status: 503,
@@ -563,6 +578,31 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Real traffic feeds passive ejection (consecutive 5xx, and resets connect failures).
+        if let (Some(lease), Some(route)) = (&ctx.lease, ctx.route()) {
+            let up = &ctx.snap.upstreams[route.upstream];
+            let status = upstream_response.status.as_u16();
+            if status >= 200 {
+                let has_checks = !up.cfg.checks.is_empty();
+                if let Some(t) =
+                    lease
+                        .backend
+                        .health
+                        .record_response(status, &up.cfg.passive, has_checks)
+                {
+                    crate::health::report(&self.shared, up.name(), &lease.backend, &t);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -589,8 +629,17 @@ impl ProxyHttp for Portico {
         let up = ctx.snap.upstreams[route.upstream].clone();
         if let Some(lease) = &ctx.lease {
             up.record_connect_error(&lease.backend);
+            let has_checks = !up.cfg.checks.is_empty();
+            if let Some(t) = lease
+                .backend
+                .health
+                .record_connect_failure(&up.cfg.passive, has_checks)
+            {
+                crate::health::report(&self.shared, up.name(), &lease.backend, &t);
+            }
         }
         let addr = peer.address();
+        ctx.last_error_status = 502;
         ctx.last_error = Some(format!(
             "connecting to {addr} failed: {}",
             respond::describe_connect_error(&e, up.cfg.connect_timeout)
@@ -611,18 +660,33 @@ impl ProxyHttp for Portico {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("backend {}", peer.address()));
         ctx.last_error = Some(e.to_string());
-        // The request may have reached the backend: only idempotent requests go again, and only
-        // when the failure was a stale pooled connection (pingora's rule) and budget remains.
+        // The request may have reached the backend: only idempotent requests go again, only
+        // before any of the response reached the client, and within the retry budget. Like
+        // nginx's proxy_next_upstream, this holds for fresh connections as well as pooled ones.
         let retries = ctx
             .route()
             .map_or(0, |r| ctx.snap.config.upstreams[r.upstream].retries);
-        if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
-            || ctx.attempts as usize > retries
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+        // Timeouts are not retried: a slow backend asked again is a retry storm in the making.
+        let timed_out = matches!(
+            e.etype(),
+            pingora_error::ErrorType::ReadTimedout | pingora_error::ErrorType::WriteTimedout
+        );
+        ctx.last_error_status = if timed_out { 504 } else { 502 };
+        let retry = !timed_out
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none()
+            && (ctx.attempts as usize) <= retries;
+        if retry {
+            e.set_retry(true);
+        } else if e.retry() && !timed_out {
+            // pingora may still want a stale pooled connection retried; never for a request
+            // that could have been processed and is not idempotent.
+            if !session.req_header().method.is_idempotent() || (ctx.attempts as usize) > retries {
+                e.set_retry(false);
+            } else {
+                e.retry.decide_reuse(client_reused);
+            }
         }
         e
     }

@@ -254,6 +254,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     if discovered > 0 {
         tracing::info!(upstreams = discovered, "discovery running");
     }
+    control.spawn(crate::health::run(shared.clone(), shutdown_rx.clone()));
 
     let threads = config.server.threads;
     let workers = pingora_runtime::RuntimeBuilder::new(threads, "portico-worker")

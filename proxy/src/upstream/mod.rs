@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use portico_config::{BackendAddr, Balance, Discovery, DiscoverySource, Upstream};
+use portico_config::{AllUnhealthy, BackendAddr, Balance, Discovery, DiscoverySource, Upstream};
 use prometheus::{IntCounter, IntGauge};
 use smallvec::SmallVec;
 use tokio::sync::Notify;
@@ -249,6 +249,8 @@ pub enum AcquireError {
     InstanceMissing(String),
     /// None of the forced regions has a backend.
     RegionMissing(String),
+    /// Every backend fails its checks and the upstream refuses to use them.
+    AllUnhealthy(String),
 }
 
 /// Outcome of one acquisition attempt.
@@ -439,7 +441,9 @@ impl UpstreamRt {
             match set.by_id.get(id) {
                 Some(&i) => {
                     let b = &set.backends[i];
-                    if tried.contains(&backend_ptr(b)) {
+                    // A forced instance is used whatever its health: the caller asked for it.
+                    let usable = want.instance_forced || b.health.usable();
+                    if tried.contains(&backend_ptr(b)) || !usable {
                         if want.instance_forced {
                             return Err(Attempt::Failed(AcquireError::AllTried));
                         }
@@ -487,8 +491,37 @@ impl UpstreamRt {
                 }
             }
         }
+        let first = self.pick_in_tiers(&set, &order, hash, tried, true);
+        let outcome = match first {
+            Err(_) if !set.backends.iter().any(|b| b.health.usable()) => {
+                match self.cfg.all_unhealthy {
+                    // Every backend failing its checks is more likely a broken check than a
+                    // dead service: use them all, as a last resort.
+                    AllUnhealthy::FailOpen => self.pick_in_tiers(&set, &order, hash, tried, false),
+                    AllUnhealthy::Refuse => {
+                        return Err(Attempt::Failed(AcquireError::AllUnhealthy(
+                            self.unhealthy_summary(&set),
+                        )))
+                    }
+                }
+            }
+            other => other,
+        };
+        outcome.map(|i| self.lease(&set.backends[i], preferred_unavailable))
+    }
+
+    /// Picks and takes a slot on a backend, tier by tier.
+    fn pick_in_tiers(
+        &self,
+        set: &BackendSet,
+        order: &[usize],
+        hash: Option<u64>,
+        tried: &[usize],
+        check_health: bool,
+    ) -> Result<usize, Attempt> {
+        let c = &self.cfg.concurrency;
         let mut any_busy = false;
-        for t in order {
+        for &t in order {
             let members = if set.single_tier() {
                 None
             } else {
@@ -497,6 +530,7 @@ impl UpstreamRt {
             let sel = Selection {
                 backends: &set.backends,
                 members,
+                check_health,
                 ring: set.ring.as_ref(),
                 balance: self.cfg.balance,
                 soft_limit: c.soft_limit,
@@ -509,9 +543,8 @@ impl UpstreamRt {
             for _ in 0..8 {
                 match sel.pick() {
                     Ok(i) => {
-                        let b = &set.backends[i];
-                        if b.try_acquire(c.hard_limit) {
-                            return Ok(self.lease(b, preferred_unavailable));
+                        if set.backends[i].try_acquire(c.hard_limit) {
+                            return Ok(i);
                         }
                         any_busy = true;
                     }
@@ -528,6 +561,39 @@ impl UpstreamRt {
         } else {
             Attempt::Failed(AcquireError::AllTried)
         })
+    }
+
+    /// "3 backends unhealthy: 10.0.0.1:80 (HTTP 500), ..." for error bodies and `/ready`.
+    pub fn unhealthy_summary(&self, set: &BackendSet) -> String {
+        let mut parts: Vec<String> = set
+            .backends
+            .iter()
+            .take(5)
+            .map(|b| {
+                let why = b
+                    .health
+                    .detail
+                    .lock()
+                    .ok()
+                    .and_then(|d| d.reason.clone())
+                    .unwrap_or_else(|| b.health.state_name().to_string());
+                format!("{} ({why})", b.addr)
+            })
+            .collect();
+        if set.backends.len() > 5 {
+            parts.push(format!("and {} more", set.backends.len() - 5));
+        }
+        format!("every backend is unhealthy: {}", parts.join(", "))
+    }
+
+    /// Backends that may take traffic now.
+    pub fn healthy_count(&self) -> usize {
+        self.set
+            .load()
+            .backends
+            .iter()
+            .filter(|b| b.health.usable())
+            .count()
     }
 
     fn lease(self: &Arc<Self>, b: &Arc<BackendRt>, preferred_unavailable: bool) -> Acquired {

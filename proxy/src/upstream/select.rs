@@ -79,6 +79,8 @@ pub struct Selection<'a> {
     pub backends: &'a [Arc<BackendRt>],
     /// When set, only backends whose entry is `true` are considered (one region's tier).
     pub members: Option<&'a [bool]>,
+    /// Skip backends that fail their checks or are ejected.
+    pub check_health: bool,
     /// Ring, for consistent hashing.
     pub ring: Option<&'a Ring>,
     /// Algorithm.
@@ -174,6 +176,7 @@ impl Selection<'_> {
 
     fn member(&self, i: usize) -> bool {
         self.members.is_none_or(|m| m[i])
+            && (!self.check_health || self.backends[i].health.usable())
     }
 
     /// Power of two choices on in-flight requests relative to weight; ties go to the first
@@ -259,6 +262,7 @@ mod tests {
         Selection {
             backends: b,
             members: None,
+            check_health: true,
             ring: None,
             balance,
             soft_limit: soft,

@@ -405,6 +405,72 @@ impl Origin {
         }
     }
 
+    /// An HTTPS origin on 127.0.0.1:0 with the given certificate.
+    pub async fn start_tls(
+        name: &str,
+        cert_pem: &Path,
+        key_pem: &Path,
+        handler: impl Fn(Seen) -> futures_like::BoxFut + Send + Sync + 'static,
+    ) -> Origin {
+        let certs: Vec<_> = rustls_pemfile::certs(&mut std::fs::read(cert_pem).unwrap().as_slice())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pemfile::private_key(&mut std::fs::read(key_pem).unwrap().as_slice())
+            .unwrap()
+            .unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    a = listener.accept() => {
+                        let Ok((tcp, _)) = a else { continue };
+                        let acceptor = acceptor.clone();
+                        let handler = handler.clone();
+                        let seen = seen2.clone();
+                        tokio::spawn(async move {
+                            let Ok(tls) = acceptor.accept(tcp).await else { return };
+                            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                                let handler = handler.clone();
+                                let seen = seen.clone();
+                                async move {
+                                    let (parts, _body) = req.into_parts();
+                                    let s = Seen { method: parts.method.to_string(), uri: parts.uri.to_string(), headers: HashMap::new(), body: Bytes::new() };
+                                    seen.lock().unwrap().push(s.clone());
+                                    Ok::<_, Infallible>(handler(s).await)
+                                }
+                            });
+                            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(tls), svc)
+                                .await;
+                        });
+                    }
+                }
+            }
+        });
+        Origin {
+            name: name.to_string(),
+            addr,
+            seen,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
     /// Stops listening and drops open connections.
     pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
