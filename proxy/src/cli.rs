@@ -50,10 +50,21 @@ pub fn main() -> i32 {
         },
         Command::Check { config } => check(config),
         Command::DefaultConfig => {
-            print!("{}", portico_config::defaults::EMBEDDED_CONFIG);
+            let _ = std::io::Write::write_all(
+                &mut std::io::stdout(),
+                portico_config::defaults::EMBEDDED_CONFIG.as_bytes(),
+            );
             0
         }
     }
+}
+
+/// `writeln!` into a `String` (which cannot fail).
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
 }
 
 /// `portico check`: validates the config (including certificates and host names) and prints
@@ -73,7 +84,8 @@ fn check(path: Option<PathBuf>) -> i32 {
         return 2;
     }
     let c = &loaded.config;
-    println!("{}: ok", c.source_name);
+    let mut out = String::new();
+    outln!(out, "{}: ok", c.source_name);
     for l in &c.listeners {
         let tls = match &l.tls {
             Some(t) => format!(
@@ -84,11 +96,11 @@ fn check(path: Option<PathBuf>) -> i32 {
             None if l.force_https => "plain, redirects to https".to_string(),
             None => "plain".to_string(),
         };
-        println!("  listener {:<12} {} {tls}", l.name, l.address);
+        outln!(out, "  listener {:<12} {} {tls}", l.name, l.address);
     }
     match &c.admin {
-        Some(a) => println!("  admin             {}", a.address),
-        None => println!("  admin             disabled"),
+        Some(a) => outln!(out, "  admin             {}", a.address),
+        None => outln!(out, "  admin             disabled"),
     }
     for u in &c.upstreams {
         let discovered: Vec<String> = u.discovery.iter().map(|d| d.to_string()).collect();
@@ -97,7 +109,7 @@ fn check(path: Option<PathBuf>) -> i32 {
         } else {
             format!(" + discovered from {}", discovered.join(", "))
         };
-        println!(
+        outln!(out, 
             "  upstream {:<12} {} backend(s){discovered}, {}",
             u.name,
             u.backends.len(),
@@ -110,10 +122,12 @@ fn check(path: Option<PathBuf>) -> i32 {
         } else {
             r.hosts.join(",")
         };
-        println!(
+        outln!(out, 
             "  route    {:<12} {hosts}{} -> {}",
             r.name, r.path, c.upstreams[r.upstream].name
         );
     }
+    // A closed pipe (`portico check | head`) is not an error worth a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
     0
 }
