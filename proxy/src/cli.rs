@@ -109,7 +109,8 @@ fn check(path: Option<PathBuf>) -> i32 {
         } else {
             format!(" + discovered from {}", discovered.join(", "))
         };
-        outln!(out, 
+        outln!(
+            out,
             "  upstream {:<12} {} backend(s){discovered}, {}",
             u.name,
             u.backends.len(),
@@ -122,9 +123,12 @@ fn check(path: Option<PathBuf>) -> i32 {
         } else {
             r.hosts.join(",")
         };
-        outln!(out, 
+        outln!(
+            out,
             "  route    {:<12} {hosts}{} -> {}",
-            r.name, r.path, c.upstreams[r.upstream].name
+            r.name,
+            r.path,
+            c.upstreams[r.upstream].name
         );
     }
     // A closed pipe (`portico check | head`) is not an error worth a panic.
