@@ -61,6 +61,15 @@ pub const EJECT_FOR: Duration = Duration::from_secs(10);
 /// Longest passive ejection.
 pub const MAX_EJECT_FOR: Duration = Duration::from_secs(300);
 
+/// Largest request body kept for replaying (Fly replays up to 1 MB).
+pub const REPLAY_MAX_BODY: u64 = 1 << 20;
+/// Upper bound of `[replay] max_body`.
+pub const REPLAY_MAX_BODY_LIMIT: u64 = 64 << 20;
+/// Entries of the replay cache.
+pub const REPLAY_CACHE_SIZE: usize = 10_000;
+/// Methods write routing sends to the primary: everything but these.
+pub const READ_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
 /// Timeout of one DNS query.
 pub const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts per DNS query.

@@ -29,6 +29,26 @@ pub struct ServerFile {
     pub max_open_files: Option<Int<u64>>,
     pub region_order: Option<Vec<String>>,
     pub routing_headers: Option<Flag>,
+    pub primary_region: Option<String>,
+}
+
+/// `[replay]`: fly-replay handling.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFile {
+    pub enabled: Option<Flag>,
+    pub max_body: Option<Size>,
+    pub cache_size: Option<Int<usize>>,
+}
+
+/// One session-based replay cache rule of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayCacheFile {
+    pub path: Option<String>,
+    pub cookie: Option<String>,
+    pub header: Option<String>,
+    pub ttl: Option<Dur>,
 }
 
 /// `[dns]`: the resolver used for discovery.
@@ -155,6 +175,8 @@ pub struct UpstreamFile {
     pub start_healthy: Option<Flag>,
     pub all_unhealthy: Option<String>,
     pub passive: Option<PassiveFile>,
+    pub writes: Option<String>,
+    pub write_methods: Option<Vec<String>>,
 }
 
 /// One `[[upstreams.NAME.checks]]` entry (fly.toml's check vocabulary).
@@ -282,6 +304,9 @@ pub struct RouteFile {
     pub strip_prefix: Option<Flag>,
     pub request_headers: Option<HeaderRulesFile>,
     pub response_headers: Option<HeaderRulesFile>,
+    pub writes: Option<String>,
+    pub write_methods: Option<Vec<String>>,
+    pub replay_cache: Option<Vec<ReplayCacheFile>>,
 }
 
 /// Header edits: `set` replaces, `add` appends, `remove` deletes.

@@ -111,6 +111,7 @@ pub fn parse(
             "server" => sections.server = section(value, &path, &mut problems),
             "admin" => sections.admin = section(value, &path, &mut problems),
             "dns" => sections.dns = section(value, &path, &mut problems),
+            "replay" => sections.replay = section(value, &path, &mut problems),
             "listeners" => {
                 sections.listeners_present = true;
                 for (i, v) in array(value, &path, "[[listeners]]", &mut problems) {
@@ -161,6 +162,7 @@ pub fn parse(
     let mut validator = validate::Validator {
         problems: &mut problems,
         base_dir,
+        has_primary: false,
     };
     let config = validator.build(sections, name);
     match config {

@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// The resolver used for discovery.
     pub dns: Dns,
+    /// fly-replay handling.
+    pub replay: Replay,
     /// Upstream pools; [`Route::upstream`] indexes into this list.
     pub upstreams: Vec<Upstream>,
     /// Compiled routing table.
@@ -79,6 +81,53 @@ pub struct Server {
     pub region_order: Vec<String>,
     /// Whether clients' `fly-prefer-*` / `fly-force-*` routing headers are honoured.
     pub routing_headers: bool,
+    /// Region of the writable primary (`PRIMARY_REGION`), for write routing.
+    pub primary_region: Option<String>,
+}
+
+/// `[replay]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// Whether `fly-replay` from upstreams is acted on (else passed to the client as is).
+    pub enabled: bool,
+    /// Largest request body kept for replaying.
+    pub max_body: u64,
+    /// Entries the replay cache holds at most.
+    pub cache_size: usize,
+}
+
+/// Which requests write routing sends to the primary region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRouting {
+    /// Methods routed to the primary (upper case).
+    pub methods: Vec<String>,
+}
+
+impl WriteRouting {
+    /// Whether `method` is a write.
+    pub fn is_write(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m == method)
+    }
+}
+
+/// What a session-based replay cache rule keys on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKey {
+    /// A cookie's value.
+    Cookie(String),
+    /// A request header's value (lower-case name).
+    Header(String),
+}
+
+/// A session-based replay cache rule of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayCacheRule {
+    /// Path prefix it applies to.
+    pub path: String,
+    /// The session identity.
+    pub key: SessionKey,
+    /// How long an entry lives.
+    pub ttl: Duration,
 }
 
 /// `[dns]`: how discovered upstreams are resolved and refreshed.
@@ -354,6 +403,8 @@ pub struct Upstream {
     pub all_unhealthy: AllUnhealthy,
     /// Passive ejection after failures seen on real traffic.
     pub passive: Passive,
+    /// Write routing to the primary region.
+    pub writes: Option<WriteRouting>,
 }
 
 /// What an upstream does when every backend is unhealthy.
@@ -476,4 +527,8 @@ pub struct Route {
     pub request_headers: HeaderRules,
     /// Edits to the response sent to the client.
     pub response_headers: HeaderRules,
+    /// Write routing of this route: `None` follows the upstream's setting.
+    pub writes: Option<Option<WriteRouting>>,
+    /// Session-based replay cache rules.
+    pub replay_cache: Vec<ReplayCacheRule>,
 }

@@ -231,6 +231,8 @@ mod tests {
             strip_prefix: false,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
+            writes: None,
+            replay_cache: Vec::new(),
         }
     }
 

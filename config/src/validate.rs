@@ -18,6 +18,7 @@ use crate::routing::{normalize_path, RouteTable};
 pub(crate) struct Sections {
     pub server: Option<ServerFile>,
     pub dns: Option<DnsFile>,
+    pub replay: Option<ReplayFile>,
     pub listeners: Vec<(usize, ListenerFile)>,
     pub admin: Option<AdminFile>,
     pub upstreams: Vec<(String, UpstreamFile)>,
@@ -31,6 +32,8 @@ pub(crate) struct Sections {
 pub(crate) struct Validator<'a> {
     pub problems: &'a mut Problems,
     pub base_dir: Option<&'a Path>,
+    /// Whether `[server] primary_region` is set (write routing needs it).
+    pub has_primary: bool,
 }
 
 fn dur(v: Option<crate::units::Dur>, default: Duration) -> Duration {
@@ -202,7 +205,9 @@ impl Validator<'_> {
 
     pub(crate) fn build(&mut self, s: Sections, source_name: &str) -> Option<Config> {
         let server = self.server(s.server.unwrap_or_default());
+        self.has_primary = server.primary_region.is_some();
         let dns = self.dns(s.dns.unwrap_or_default());
+        let replay = self.replay(s.replay.unwrap_or_default());
         let (upstreams, upstream_index) = self.upstreams(s.upstreams, s.upstreams_present);
         let listeners = self.listeners(s.listeners, s.listeners_present);
         let admin = self.admin(s.admin.unwrap_or_default(), &listeners);
@@ -216,6 +221,7 @@ impl Validator<'_> {
             listeners,
             admin,
             dns,
+            replay,
             upstreams,
             routes: RouteTable::new(routes),
         })
@@ -286,6 +292,12 @@ impl Validator<'_> {
             );
         }
         let shutdown_timeout = dur(f.shutdown_timeout, d::SHUTDOWN_TIMEOUT);
+        let primary_region = f.primary_region.clone().filter(|r| !r.is_empty());
+        if let Some(r) = &primary_region {
+            if !is_name(r) {
+                self.err(k.key("primary_region"), format!("invalid region {r:?}"));
+            }
+        }
         let mut region_order = Vec::new();
         for (i, r) in f
             .region_order
@@ -326,7 +338,84 @@ impl Validator<'_> {
             max_open_files: f.max_open_files.map(|n| n.0),
             region_order,
             routing_headers: f.routing_headers.is_none_or(|v| v.0),
+            primary_region,
         }
+    }
+
+    fn replay(&mut self, f: ReplayFile) -> Replay {
+        let k = KeyPath::root().key("replay");
+        let max_body = f.max_body.map_or(d::REPLAY_MAX_BODY, |v| v.0);
+        if max_body > d::REPLAY_MAX_BODY_LIMIT {
+            self.err(
+                k.key("max_body"),
+                format!("{max_body} bytes is above the limit of 64MiB"),
+            );
+        }
+        let cache_size = f.cache_size.map_or(d::REPLAY_CACHE_SIZE, |v| v.0);
+        if cache_size == 0 {
+            self.err(k.key("cache_size"), "must be at least 1");
+        }
+        Replay {
+            enabled: f.enabled.is_none_or(|v| v.0),
+            max_body,
+            cache_size,
+        }
+    }
+
+    /// `writes = "primary" | "any"` with optional `write_methods`.
+    fn writes(
+        &mut self,
+        writes: Option<String>,
+        methods: Option<Vec<String>>,
+        k: &KeyPath,
+        primary: bool,
+    ) -> Option<Option<WriteRouting>> {
+        let routing = match writes.as_deref() {
+            None if methods.is_some() => {
+                self.err(
+                    k.key("write_methods"),
+                    "only applies with writes = \"primary\"",
+                );
+                return None;
+            }
+            None => return None,
+            Some("any") => None,
+            Some("primary") => {
+                if !primary {
+                    self.err(k.key("writes"), "writes = \"primary\" needs [server] primary_region (for example \"${PRIMARY_REGION}\")");
+                }
+                let methods = match methods {
+                    None => vec!["POST", "PUT", "PATCH", "DELETE", "CONNECT", "TRACE"]
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect(),
+                    Some(list) => {
+                        let mut out = Vec::new();
+                        for (i, m) in list.into_iter().enumerate() {
+                            let m = m.to_ascii_uppercase();
+                            if is_token(&m) {
+                                out.push(m);
+                            } else {
+                                self.err(
+                                    k.key("write_methods").index(i),
+                                    format!("invalid method {m:?}"),
+                                );
+                            }
+                        }
+                        out
+                    }
+                };
+                Some(WriteRouting { methods })
+            }
+            Some(other) => {
+                self.err(
+                    k.key("writes"),
+                    format!("unknown value {other:?}: expected \"primary\" or \"any\""),
+                );
+                return None;
+            }
+        };
+        Some(routing)
     }
 
     fn dns(&mut self, f: DnsFile) -> Dns {
@@ -817,6 +906,9 @@ impl Validator<'_> {
             }
         };
         let passive = self.passive(f.passive, &k.key("passive"));
+        let writes = self
+            .writes(f.writes, f.write_methods, k, self.has_primary)
+            .flatten();
         Some(Upstream {
             name,
             backends,
@@ -838,6 +930,7 @@ impl Validator<'_> {
             start_healthy: f.start_healthy.is_some_and(|v| v.0),
             all_unhealthy,
             passive,
+            writes,
         })
     }
 
@@ -1168,6 +1261,8 @@ impl Validator<'_> {
                     strip_prefix: false,
                     request_headers: HeaderRules::default(),
                     response_headers: HeaderRules::default(),
+                    writes: None,
+                    replay_cache: Vec::new(),
                 }],
                 [] => Vec::new(),
                 _ => {
@@ -1256,6 +1351,55 @@ impl Validator<'_> {
                     "strip_prefix needs a path other than \"/\"",
                 );
             }
+            let writes = self.writes(
+                f.writes.clone(),
+                f.write_methods.clone(),
+                &k,
+                self.has_primary,
+            );
+            let mut replay_cache = Vec::new();
+            for (j, r) in f.replay_cache.unwrap_or_default().into_iter().enumerate() {
+                let rk = k.key("replay_cache").index(j);
+                let rpath = r.path.unwrap_or_else(|| path.clone());
+                if !rpath.starts_with('/') {
+                    self.err(
+                        rk.key("path"),
+                        format!("path {rpath:?} must start with '/'"),
+                    );
+                }
+                let key = match (r.cookie, r.header) {
+                    (Some(c), None) if is_token(&c) => Some(SessionKey::Cookie(c)),
+                    (None, Some(h)) if is_token(&h) => {
+                        Some(SessionKey::Header(h.to_ascii_lowercase()))
+                    }
+                    (Some(_), Some(_)) => {
+                        self.err(rk.clone(), "use either `cookie` or `header`, not both");
+                        None
+                    }
+                    (None, None) => {
+                        self.err(
+                            rk.clone(),
+                            "missing `cookie` or `header` (the session identity)",
+                        );
+                        None
+                    }
+                    _ => {
+                        self.err(rk.clone(), "invalid cookie or header name");
+                        None
+                    }
+                };
+                let ttl = dur(r.ttl, Duration::from_secs(600));
+                if ttl.is_zero() {
+                    self.err(rk.key("ttl"), "must be greater than zero");
+                }
+                if let Some(key) = key {
+                    replay_cache.push(ReplayCacheRule {
+                        path: rpath,
+                        key,
+                        ttl,
+                    });
+                }
+            }
             let request_headers = self.header_rules(f.request_headers, &k.key("request_headers"));
             let response_headers =
                 self.header_rules(f.response_headers, &k.key("response_headers"));
@@ -1269,6 +1413,8 @@ impl Validator<'_> {
                     strip_prefix,
                     request_headers,
                     response_headers,
+                    writes,
+                    replay_cache,
                 });
             }
         }

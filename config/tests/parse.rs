@@ -776,3 +776,84 @@ fn health_check_problems() {
         "shorter than eject_for",
     );
 }
+
+#[test]
+fn replay_and_write_routing() {
+    let c = ok(r#"
+[server]
+region = "ams"
+primary_region = "${PRIMARY:-iad}"
+
+[replay]
+max_body = "16MiB"
+cache_size = 500
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[upstreams.app]
+backends = ["127.0.0.1:3000"]
+writes = "primary"
+
+[upstreams.other]
+backends = ["127.0.0.1:3001"]
+
+[[routes]]
+upstream = "app"
+replay_cache = [ { cookie = "sid", ttl = "5m" }, { path = "/api", header = "X-Session" } ]
+
+[[routes]]
+path = "/reads"
+upstream = "app"
+writes = "any"
+
+[[routes]]
+path = "/o"
+upstream = "other"
+writes = "primary"
+write_methods = ["post", "DELETE"]
+"#);
+    assert_eq!(c.server.primary_region.as_deref(), Some("iad"));
+    assert_eq!(c.replay.max_body, 16 << 20);
+    assert!(c.replay.enabled);
+    assert_eq!(c.replay.cache_size, 500);
+    let app = c.upstream("app").unwrap();
+    assert!(app.writes.as_ref().unwrap().is_write("POST"));
+    assert!(!app.writes.as_ref().unwrap().is_write("GET"));
+    let routes = c.routes.routes();
+    assert_eq!(routes[0].writes, None, "follows the upstream");
+    assert_eq!(routes[0].replay_cache.len(), 2);
+    assert_eq!(
+        routes[0].replay_cache[0].key,
+        SessionKey::Cookie("sid".into())
+    );
+    assert_eq!(routes[0].replay_cache[0].path, "/");
+    assert_eq!(
+        routes[0].replay_cache[1].key,
+        SessionKey::Header("x-session".into())
+    );
+    assert_eq!(routes[0].replay_cache[1].ttl, Duration::from_secs(600));
+    assert_eq!(routes[1].writes, Some(None), "writes = any turns it off");
+    let w = routes[2].writes.clone().unwrap().unwrap();
+    assert_eq!(w.methods, vec!["POST", "DELETE"]);
+}
+
+#[test]
+fn replay_problems() {
+    let l = "[[listeners]]\naddress = \"127.0.0.1:1\"\n";
+    one_err(
+        &format!("{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\nwrites = \"primary\"\n"),
+        "needs [server] primary_region",
+    );
+    one_err(&format!("[server]\nprimary_region = \"iad\"\n{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\nwrites = \"leader\"\n"), "expected \"primary\" or \"any\"");
+    one_err(
+        &format!("{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\nwrite_methods = [\"POST\"]\n"),
+        "only applies with writes",
+    );
+    one_err(
+        &format!("[replay]\nmax_body = \"1GiB\"\n{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n"),
+        "above the limit of 64MiB",
+    );
+    one_err(&format!("{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"a\"\nreplay_cache = [{{ ttl = \"1m\" }}]\n"), "missing `cookie` or `header`");
+    one_err(&format!("{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"a\"\nreplay_cache = [{{ cookie = \"a\", header = \"b\" }}]\n"), "not both");
+}

@@ -119,6 +119,8 @@ impl Admin {
                 .with_label_values(&[up.name()])
                 .set(set.backends.iter().filter(|b| b.health.usable()).count() as i64);
         }
+        m.replay_cache_entries
+            .set(self.shared.replay_cache.len() as i64);
         let body = m.render();
         Response::builder()
             .status(StatusCode::OK)

@@ -6,6 +6,7 @@
 //! - [`upstream`]: backends, region tiers, balancing, concurrency limits and the wait queue;
 //! - [`discovery`]: DNS discovery of backends (plain names and Fly's `.internal`);
 //! - [`health`]: active health checks and passive ejection;
+//! - [`replay`]: fly-replay instructions, replay targets, the replay cache;
 //! - [`state`]: the per-generation snapshot held in an `ArcSwap`;
 //! - [`tls`]: certificates and SNI;
 //! - [`admin`], [`metrics`], [`logging`]: operations;
@@ -20,6 +21,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod replay;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -56,6 +56,16 @@ pub struct Metrics {
     pub backend_ejections: IntCounterVec,
     /// Backends able to take traffic, by upstream (set at scrape time).
     pub upstream_backends_healthy: IntGaugeVec,
+    /// Replays, by upstream that asked, kind (`header`, `json`, `cache`) and outcome.
+    pub replays: IntCounterVec,
+    /// Replays per replayed request.
+    pub replay_hops: Histogram,
+    /// Replay cache events (`hit`, `miss`, `bypass`, `invalidated`).
+    pub replay_cache: IntCounterVec,
+    /// Entries in the replay cache (set at scrape time).
+    pub replay_cache_entries: IntGauge,
+    /// Request body bytes held for replays right now.
+    pub replay_buffered_bytes: IntGauge,
     /// Generation number of the running configuration.
     pub config_generation: IntGauge,
     /// Configuration reloads, by result (`success`, `error`).
@@ -116,6 +126,15 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
         let _ = registry.register(Box::new(health_check_duration.clone()));
+        let replay_hops = Histogram::with_opts(
+            HistogramOpts::new(
+                "portico_replay_hops",
+                "Replays taken by each replayed request.",
+            )
+            .buckets(vec![1.0, 2.0, 3.0, 5.0, 10.0]),
+        )
+        .unwrap_or_else(|e| unreachable!("histogram is well-formed: {e}"));
+        let _ = registry.register(Box::new(replay_hops.clone()));
         Self {
             requests: counter_vec(
                 &registry,
@@ -219,6 +238,29 @@ impl Metrics {
                 "portico_upstream_backends_healthy",
                 "Backends of an upstream able to take traffic (checks pass, not ejected).",
                 &["upstream"],
+            ),
+            replays: counter_vec(
+                &registry,
+                "portico_replays_total",
+                "fly-replay instructions, by upstream that sent them, kind (header, json, cache) and outcome.",
+                &["upstream", "kind", "outcome"],
+            ),
+            replay_hops,
+            replay_cache: counter_vec(
+                &registry,
+                "portico_replay_cache_total",
+                "Replay cache events (hit, miss, bypass, invalidated).",
+                &["result"],
+            ),
+            replay_cache_entries: gauge(
+                &registry,
+                "portico_replay_cache_entries",
+                "Entries in the replay cache.",
+            ),
+            replay_buffered_bytes: gauge(
+                &registry,
+                "portico_replay_buffered_bytes",
+                "Request body bytes held by Portico for possible replays.",
             ),
             config_generation: gauge(
                 &registry,

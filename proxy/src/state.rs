@@ -144,6 +144,8 @@ pub struct Shared {
     pub listeners: Mutex<Vec<BoundListener>>,
     /// Reload outcome for `/status`.
     pub reload: Mutex<ReloadStatus>,
+    /// Where earlier replays went (survives reloads).
+    pub replay_cache: crate::replay::cache::ReplayCache,
     next_generation: AtomicU64,
 }
 
@@ -151,7 +153,9 @@ impl Shared {
     /// Wraps the first snapshot.
     pub fn new(first: Snapshot, metrics: Metrics, config_path: Option<PathBuf>) -> Arc<Self> {
         metrics.config_generation.set(first.generation as i64);
+        let replay_cache = crate::replay::cache::ReplayCache::new(first.config.replay.cache_size);
         Arc::new(Self {
+            replay_cache,
             next_generation: AtomicU64::new(first.generation + 1),
             current: ArcSwap::from_pointee(first),
             metrics,

@@ -10,9 +10,11 @@ pub fn log(session: &Session, ctx: &RequestCtx, status: u16) {
     let req = session.req_header();
     let host = super::request_host(req).unwrap_or("-");
     let route = ctx.route().map_or("-", |r| r.name.as_str());
-    let upstream = ctx
-        .route()
-        .map_or("-", |r| ctx.snap.config.upstreams[r.upstream].name.as_str());
+    let upstream = if ctx.route.is_some() {
+        ctx.snap.upstreams[ctx.upstream].name()
+    } else {
+        "-"
+    };
     let request_id = ctx
         .request_id
         .as_ref()
@@ -35,5 +37,7 @@ pub fn log(session: &Session, ctx: &RequestCtx, status: u16) {
         upstream,
         backend = backend.as_deref().unwrap_or("-"),
         attempts = ctx.attempts,
+        replays = ctx.replay.hops,
+        replayed_from = ctx.replay.first_from.as_deref().unwrap_or("-"),
     );
 }

@@ -76,6 +76,12 @@ pub struct RequestCtx {
     pub preferred_unavailable: bool,
     /// When the current upstream connection attempt started (for latency measurement).
     pub connect_started: Option<Instant>,
+    /// Upstream of the current attempt (the route's, or a replay target's).
+    pub upstream: usize,
+    /// fly-replay state.
+    pub replay: crate::replay::ReplayState,
+    /// This request is a replay subrequest (its parent logs the exchange).
+    pub is_subrequest: bool,
     _in_flight: InFlight,
 }
 
@@ -100,6 +106,9 @@ impl RequestCtx {
             backend_addr: None,
             preferred_unavailable: false,
             connect_started: None,
+            upstream: 0,
+            replay: Default::default(),
+            is_subrequest: false,
             _in_flight: InFlight::new(shared),
         }
     }

@@ -1,50 +1,36 @@
 //! The request path: Portico's `ProxyHttp` implementation. Each phase delegates to the module
-//! that owns the decision (routing, forwarding headers, upstream selection, responses).
+//! that owns the decision:
+//! - [`classify`]: request id, client address, `force_https`, route, declared body size;
+//! - [`pick`]: the backend of each attempt (replay target, write routing, routing headers);
+//! - [`forward`]: headers of the request sent upstream;
+//! - [`replaying`]: fly-replay instructions in responses, and the replay cache;
+//! - [`respond`]: responses Portico writes itself, and error classification;
+//! - [`access`]: the access log.
 
 pub mod access;
+pub mod classify;
 pub mod ctx;
+pub mod forward;
 pub mod forwarded;
+pub mod pick;
+pub mod replaying;
 pub mod respond;
 pub mod routing_headers;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::HOST;
 use http::HeaderValue;
-use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use portico_config::routing::normalize_path;
-use portico_config::HashKey;
 
 use crate::metrics::status_class;
 use crate::state::Shared;
-use crate::upstream::select::{backend_ptr, hash_key};
-use crate::upstream::{AcquireError, UpstreamRt, Want};
 use ctx::{LocalFailure, RequestCtx};
-
-/// Request headers only Portico may set: anything a client sends under these names is dropped
-/// before the request goes upstream.
-pub const INTERNAL_HEADERS: &[&str] = &[
-    "fly-replay-src",
-    "fly-replay-failed",
-    "fly-preferred-instance-unavailable",
-    "fly-replay-cache-status",
-];
-
-/// Fly's request headers, replaced by Portico's own values (or removed when the peer is not a
-/// trusted proxy and `fly_headers` is off).
-const FLY_HEADERS: &[&str] = &[
-    "fly-client-ip",
-    "fly-region",
-    "fly-forwarded-port",
-    "fly-request-id",
-];
 
 /// What a listener tells the request path about itself.
 #[derive(Debug, Clone)]
@@ -82,7 +68,7 @@ fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 /// Value of cookie `name` in the request's `Cookie` headers.
-fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -94,318 +80,45 @@ fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 impl Portico {
-    fn listener_cfg<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a portico_config::Listener> {
-        ctx.snap
-            .config
-            .listeners
-            .iter()
-            .find(|l| *l.name == *self.listener.name)
-    }
-
-    fn affinity_hash(&self, session: &Session, ctx: &RequestCtx, key: &HashKey) -> Option<u64> {
-        let req = session.req_header();
-        match key {
-            HashKey::ClientIp => ctx.client_ip.map(|ip| match ip {
-                IpAddr::V4(v4) => hash_key(&v4.octets()),
-                IpAddr::V6(v6) => hash_key(&v6.octets()),
-            }),
-            HashKey::Path => Some(hash_key(req.uri.path().as_bytes())),
-            HashKey::Header(name) => req
-                .headers
-                .get(name.as_str())
-                .map(|v| hash_key(v.as_bytes())),
-            HashKey::Cookie(name) => cookie(req, name).map(|v| hash_key(v.as_bytes())),
-        }
-    }
-
-    /// Identifies the request and the client; returns the redirect or local response to send,
-    /// if any.
-    fn classify_request(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> Option<LocalFailure> {
-        let server = &ctx.snap.config.server;
-        let req = session.req_header();
-        // Request id: keep a valid incoming one, else make one.
-        let incoming = req
-            .headers
-            .get(server.request_id_header.as_str())
-            .filter(|v| forwarded::valid_request_id(v.as_bytes()))
-            .cloned();
-        ctx.request_id = Some(incoming.unwrap_or_else(|| {
-            HeaderValue::from_str(&forwarded::new_request_id())
-                .unwrap_or_else(|_| HeaderValue::from_static("-"))
-        }));
-        // Client address.
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| forwarded::canonical(a.ip()));
-        if let Some(peer) = peer {
-            ctx.peer_ip = Some(peer);
-            ctx.peer_trusted = forwarded::is_trusted(peer, &server.trusted_proxies);
-            let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
-            ctx.client_ip = Some(forwarded::client_ip(peer, xff, &server.trusted_proxies));
-        }
-        let listener = self.listener_cfg(ctx)?;
-        if listener.force_https && !self.listener.tls {
-            let port = listener
-                .https_port
-                .unwrap_or(self.listener.default_https_port);
-            return Some(self.https_redirect(session, port));
-        }
-        // Routing, on the normalized path.
-        let host = request_host(req);
-        let path = normalize_path(req.uri.path());
-        match ctx.snap.config.routes.find(host, &path) {
-            Some((i, _)) => ctx.route = Some(i),
-            None => {
-                return Some(LocalFailure {
-                    status: 404,
-                    reason: "no_route",
-                    message: format!(
-                        "no route for host \"{}\" and path \"{}\"",
-                        host.unwrap_or(""),
-                        req.uri.path()
-                    ),
-                    retry_after: None,
-                })
-            }
-        }
-        // Body limit: refuse up front when the length is declared.
-        if let Some(max) = ctx.route().and_then(|r| r.max_body) {
-            let declared =
-                header_str(req, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
-                return Some(too_large(max));
-            }
-        }
-        None
-    }
-
-    fn https_redirect(&self, session: &Session, https_port: u16) -> LocalFailure {
-        let req = session.req_header();
-        let host = request_host(req).map(portico_config::routing::strip_port);
-        let Some(host) = host.filter(|h| !h.is_empty()) else {
-            return LocalFailure {
-                status: 400,
-                reason: "bad_request",
-                message: "a Host header is required".into(),
-                retry_after: None,
-            };
+    /// Route and upstream edits to the request sent upstream: host header, header rules,
+    /// `strip_prefix`.
+    fn route_request_edits(&self, up: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+        let Some(route) = ctx.route() else {
+            return Ok(());
         };
-        let port = if https_port == 443 {
-            String::new()
-        } else {
-            format!(":{https_port}")
-        };
-        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        LocalFailure {
-            status: 301,
-            reason: "force_https",
-            message: format!("https://{host}{port}{pq}"),
-            retry_after: None,
+        if let Some(host) = &ctx.snap.config.upstreams[ctx.upstream].host_header {
+            up.insert_header(HOST, host.as_str())?;
         }
-    }
-
-    fn forward_headers(
-        &self,
-        session: &Session,
-        up: &mut RequestHeader,
-        ctx: &RequestCtx,
-    ) -> Result<()> {
-        let server = &ctx.snap.config.server;
-        let trusted = ctx.peer_trusted;
-        // One pass over the (few) request headers decides whether any removal is needed, instead
-        // of hashing every reserved name on every request.
-        if up.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
-            for name in INTERNAL_HEADERS {
-                up.remove_header(*name);
-            }
-            if !trusted || server.fly_headers {
-                for name in FLY_HEADERS {
-                    up.remove_header(*name);
-                }
-            }
+        let rules = &route.request_headers;
+        for name in &rules.remove {
+            up.remove_header(name.as_str());
         }
-        if let Some(peer) = ctx.peer_ip {
-            let mut buf = [0u8; 64];
-            let peer = ip_bytes(peer, &mut buf);
-            let previous = if trusted {
-                up.headers.get("x-forwarded-for")
+        for (name, value) in &rules.set {
+            up.insert_header(name.clone(), value.as_str())?;
+        }
+        for (name, value) in &rules.add {
+            up.append_header(name.clone(), value.as_str())?;
+        }
+        if route.strip_prefix {
+            let path = up.uri.path();
+            let rest = path
+                .strip_prefix(route.path.trim_end_matches('/'))
+                .unwrap_or(path);
+            let rest = if rest.starts_with('/') {
+                rest.to_string()
             } else {
-                None
+                format!("/{rest}")
             };
-            let xff = match previous {
-                Some(prev) => {
-                    let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
-                    v.extend_from_slice(prev.as_bytes());
-                    v.extend_from_slice(b", ");
-                    v.extend_from_slice(peer);
-                    v
-                }
-                None => peer.to_vec(),
+            let new = match up.uri.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest,
             };
-            let xff = HeaderValue::from_maybe_shared(Bytes::from(xff)).map_err(|e| {
-                Error::because(
-                    pingora_error::ErrorType::InvalidHTTPHeader,
-                    "x-forwarded-for",
-                    e,
-                )
+            let uri = http::Uri::try_from(new).map_err(|e| {
+                Error::because(pingora_error::ErrorType::InternalError, "rewriting path", e)
             })?;
-            up.insert_header(names::X_FORWARDED_FOR, xff)?;
-        }
-        let keep = |up: &RequestHeader, name: &str| trusted && up.headers.contains_key(name);
-        let tls = self.listener.tls;
-        if !keep(up, "x-forwarded-proto") {
-            let v = if tls { "https" } else { "http" };
-            up.insert_header(names::X_FORWARDED_PROTO, HeaderValue::from_static(v))?;
-        }
-        if !keep(up, "x-forwarded-ssl") {
-            let v = if tls { "on" } else { "off" };
-            up.insert_header(names::X_FORWARDED_SSL, HeaderValue::from_static(v))?;
-        }
-        if !keep(up, "x-forwarded-port") {
-            up.insert_header(names::X_FORWARDED_PORT, self.listener.port_value.clone())?;
-        }
-        if !keep(up, "x-forwarded-host") {
-            if let Some(host) = session.req_header().headers.get(HOST) {
-                up.insert_header(names::X_FORWARDED_HOST, host.clone())?;
-            } else if let Some(a) = session.req_header().uri.authority() {
-                let host = a.as_str().to_string();
-                up.insert_header(names::X_FORWARDED_HOST, host)?;
-            }
-        }
-        let via = if session.is_http2() {
-            &ctx.snap.via_h2
-        } else {
-            &ctx.snap.via_h1
-        };
-        up.append_header(names::VIA, via.clone())?;
-        if let Some(id) = &ctx.request_id {
-            up.insert_header(ctx.snap.request_id_name.clone(), id.clone())?;
-        }
-        if server.fly_headers {
-            if let Some(ip) = ctx.client_ip {
-                let mut buf = [0u8; 64];
-                let ip = ip_bytes(ip, &mut buf).to_vec();
-                let v = HeaderValue::from_maybe_shared(Bytes::from(ip)).map_err(|e| {
-                    Error::because(pingora_error::ErrorType::InternalError, "client ip", e)
-                })?;
-                up.insert_header(names::FLY_CLIENT_IP, v)?;
-            }
-            up.insert_header(names::FLY_REGION, ctx.snap.region.clone())?;
-            up.insert_header(names::FLY_FORWARDED_PORT, self.listener.port_value.clone())?;
-            if let Some(id) = &ctx.request_id {
-                up.insert_header(names::FLY_REQUEST_ID, id.clone())?;
-            }
+            up.set_uri(uri);
         }
         Ok(())
-    }
-}
-
-/// Header names as sent upstream, in their conventional case. Static `Bytes` spare pingora's
-/// case-preserving map an allocation per insert.
-mod names {
-    use bytes::Bytes;
-    pub const X_FORWARDED_FOR: Bytes = Bytes::from_static(b"X-Forwarded-For");
-    pub const X_FORWARDED_PROTO: Bytes = Bytes::from_static(b"X-Forwarded-Proto");
-    pub const X_FORWARDED_SSL: Bytes = Bytes::from_static(b"X-Forwarded-Ssl");
-    pub const X_FORWARDED_PORT: Bytes = Bytes::from_static(b"X-Forwarded-Port");
-    pub const X_FORWARDED_HOST: Bytes = Bytes::from_static(b"X-Forwarded-Host");
-    pub const VIA: Bytes = Bytes::from_static(b"Via");
-    pub const FLY_CLIENT_IP: Bytes = Bytes::from_static(b"Fly-Client-IP");
-    pub const FLY_REGION: Bytes = Bytes::from_static(b"Fly-Region");
-    pub const FLY_FORWARDED_PORT: Bytes = Bytes::from_static(b"Fly-Forwarded-Port");
-    pub const FLY_REQUEST_ID: Bytes = Bytes::from_static(b"Fly-Request-Id");
-}
-
-/// Formats an IP address into `buf` without allocating.
-fn ip_bytes(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
-    use std::io::Write;
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cur, "{ip}");
-    let n = cur.position() as usize;
-    &buf[..n]
-}
-
-/// The response for a request that got no backend.
-fn acquire_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx) -> LocalFailure {
-    let name = up.name();
-    match e {
-        AcquireError::Empty => LocalFailure {
-            status: 503,
-            reason: "no_backend",
-            message: format!("upstream \"{name}\" has no backends: {}", up.empty_reason()),
-            retry_after: Some(up.retry_after()),
-        },
-        AcquireError::AllTried if ctx.last_error_status == 504 => LocalFailure {
-            status: 504,
-            reason: "upstream_timeout",
-            message: format!(
-                "upstream \"{name}\" did not answer in time: {}",
-                ctx.last_error.as_deref().unwrap_or("timeout")
-            ),
-            retry_after: None,
-        },
-        AcquireError::AllTried => LocalFailure {
-            status: 502,
-            reason: "upstream_unreachable",
-            message: format!(
-                "upstream \"{name}\" unreachable: {}",
-                ctx.last_error.as_deref().unwrap_or("every backend failed")
-            ),
-            retry_after: None,
-        },
-        AcquireError::QueueTimeout => LocalFailure {
-            status: 503,
-            reason: "queue_timeout",
-            message: format!(
-                "every backend of upstream \"{name}\" is at its hard limit; waited {}",
-                portico_config::units::format_duration(up.cfg.queue_timeout)
-            ),
-            retry_after: Some(up.retry_after()),
-        },
-        AcquireError::QueueFull => LocalFailure {
-            status: 503,
-            reason: "queue_full",
-            message: format!(
-                "every backend of upstream \"{name}\" is at its hard limit and {} requests are already waiting",
-                up.cfg.max_queue
-            ),
-            retry_after: Some(up.retry_after()),
-        },
-        AcquireError::InstanceMissing(id) => LocalFailure {
-            status: 503,
-            reason: "instance_not_found",
-            message: format!("instance \"{id}\" is not a backend of upstream \"{name}\" (fly-force-instance-id)"),
-            retry_after: None,
-        },
-        AcquireError::AllUnhealthy(summary) => LocalFailure {
-            status: 503,
-            reason: "all_unhealthy",
-            message: format!("upstream \"{name}\": {summary}"),
-            retry_after: Some(up.retry_after()),
-        },
-        AcquireError::RegionMissing(regions) => LocalFailure {
-            status: 503,
-            reason: "region_not_found",
-            message: format!(
-                "upstream \"{name}\" has no backend in region {regions} (fly-force-region); it has {}",
-                up.set.load().regions(&up.local_region).join(", ")
-            ),
-            retry_after: None,
-        },
-    }
-}
-
-fn too_large(max: u64) -> LocalFailure {
-    LocalFailure {
-        status: 413,
-        reason: "body_too_large",
-        message: format!("request body larger than the {max} bytes allowed on this route"),
-        retry_after: None,
     }
 }
 
@@ -417,11 +130,21 @@ impl ProxyHttp for Portico {
         RequestCtx::new(&self.shared)
     }
 
+    fn allow_spawning_subrequest(&self, _session: &Session, ctx: &RequestCtx) -> bool {
+        // Replays of bodies larger than pingora's retry buffer run as subrequests.
+        ctx.snap.config.replay.enabled
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.adopt_carried(session, ctx) {
+            return Ok(false);
+        }
         if self.shared.is_draining() {
             session.set_keepalive(None);
         }
         let Some(failure) = self.classify_request(session, ctx) else {
+            ctx.upstream = ctx.route().map_or(0, |r| r.upstream);
+            self.route_by_cache(session, ctx);
             return Ok(false);
         };
         // An unread body would have to be drained to reuse the connection: close it instead.
@@ -450,46 +173,7 @@ impl ProxyHttp for Portico {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route()
-            .ok_or_else(|| Error::explain(pingora_error::ErrorType::InternalError, "no route"))?;
-        let up = ctx.snap.upstreams[route.upstream].clone();
-        // A retry: the previous backend failed; leave it and try another.
-        if let Some(prev) = ctx.lease.take() {
-            ctx.tried.push(backend_ptr(&prev.backend));
-            up.record_retry();
-        }
-        let hash = up
-            .cfg
-            .hash_on
-            .as_ref()
-            .and_then(|k| self.affinity_hash(session, ctx, k));
-        ctx.attempts += 1;
-        let routing = ctx.snap.config.server.routing_headers;
-        let want = if routing {
-            routing_headers::want_from_headers(session.req_header())
-        } else {
-            Want::default()
-        };
-        match up.acquire(hash, &ctx.tried, &want).await {
-            Ok(acquired) => {
-                let lease = acquired.lease;
-                let mut peer = Box::new(lease.backend.peer.clone());
-                // WebSocket and other upgrades only work over HTTP/1.1.
-                if session.is_upgrade_req() && peer.is_tls() {
-                    peer.options.alpn = ALPN::H1;
-                }
-                ctx.backend_addr = Some(lease.backend.addr);
-                ctx.preferred_unavailable = acquired.preferred_unavailable;
-                ctx.lease = Some(lease);
-                ctx.connect_started = Some(std::time::Instant::now());
-                Ok(peer)
-            }
-            Err(e) => {
-                let failure = acquire_failure(&up, e, ctx);
-                Err(respond::fail(ctx, failure))
-            }
-        }
+        self.pick_peer(session, ctx).await
     }
 
     async fn connected_to_upstream(
@@ -515,43 +199,8 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         self.forward_headers(session, upstream_request, ctx)?;
-        let Some(route) = ctx.route() else {
-            return Ok(());
-        };
-        let up_cfg = &ctx.snap.config.upstreams[route.upstream];
-        if let Some(host) = &up_cfg.host_header {
-            upstream_request.insert_header(HOST, host.as_str())?;
-        }
-        let rules = &route.request_headers;
-        for name in &rules.remove {
-            upstream_request.remove_header(name.as_str());
-        }
-        for (name, value) in &rules.set {
-            upstream_request.insert_header(name.clone(), value.as_str())?;
-        }
-        for (name, value) in &rules.add {
-            upstream_request.append_header(name.clone(), value.as_str())?;
-        }
-        if route.strip_prefix {
-            let path = upstream_request.uri.path();
-            let rest = path
-                .strip_prefix(route.path.trim_end_matches('/'))
-                .unwrap_or(path);
-            let rest = if rest.starts_with('/') {
-                rest.to_string()
-            } else {
-                format!("/{rest}")
-            };
-            let new = match upstream_request.uri.query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest,
-            };
-            let uri = http::Uri::try_from(new).map_err(|e| {
-                Error::because(pingora_error::ErrorType::InternalError, "rewriting path", e)
-            })?;
-            upstream_request.set_uri(uri);
-        }
-        Ok(())
+        self.route_request_edits(upstream_request, ctx)?;
+        self.replay_request_headers(upstream_request, ctx)
     }
 
     async fn request_body_filter(
@@ -564,7 +213,19 @@ impl ProxyHttp for Portico {
         let Some(chunk) = body else {
             return Ok(());
         };
-        ctx.body_bytes += chunk.len() as u64;
+        // pingora re-feeds its retry buffer on every attempt: only bytes new from the client
+        // count, and Portico keeps its own copy for replays the retry buffer cannot hold.
+        let replay = &ctx.snap.config.replay;
+        let held = ctx.replay.body.held();
+        let fresh = ctx
+            .replay
+            .body
+            .observe(chunk, replay.max_body, replay.enabled);
+        let delta = ctx.replay.body.held() as i64 - held as i64;
+        if delta != 0 {
+            self.shared.metrics.replay_buffered_bytes.add(delta);
+        }
+        ctx.body_bytes += fresh;
         if let Some(max) = ctx.route().and_then(|r| r.max_body) {
             if ctx.body_bytes > max {
                 self.shared
@@ -572,7 +233,7 @@ impl ProxyHttp for Portico {
                     .rejected
                     .with_label_values(&["body_too_large"])
                     .inc();
-                return Err(respond::fail(ctx, too_large(max)));
+                return Err(respond::fail(ctx, classify::too_large(max)));
             }
         }
         Ok(())
@@ -580,13 +241,13 @@ impl ProxyHttp for Portico {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // Real traffic feeds passive ejection (consecutive 5xx, and resets connect failures).
-        if let (Some(lease), Some(route)) = (&ctx.lease, ctx.route()) {
-            let up = &ctx.snap.upstreams[route.upstream];
+        if let Some(lease) = &ctx.lease {
+            let up = &ctx.snap.upstreams[ctx.upstream];
             let status = upstream_response.status.as_u16();
             if status >= 200 {
                 let has_checks = !up.cfg.checks.is_empty();
@@ -600,7 +261,18 @@ impl ProxyHttp for Portico {
                 }
             }
         }
-        Ok(())
+        self.inspect_response(session, upstream_response, ctx)
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        self.inspect_body(session, body, end_of_stream, ctx)?;
+        Ok(None)
     }
 
     async fn response_filter(
@@ -623,10 +295,7 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let Some(route) = ctx.route() else {
-            return e;
-        };
-        let up = ctx.snap.upstreams[route.upstream].clone();
+        let up = ctx.snap.upstreams[ctx.upstream].clone();
         if let Some(lease) = &ctx.lease {
             up.record_connect_error(&lease.backend);
             let has_checks = !up.cfg.checks.is_empty();
@@ -658,24 +327,44 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        if ctx.replay.pending {
+            // The upstream asked for a replay: retry whatever the method, with the body from
+            // pingora's retry buffer, or through Portico's copy when that buffer overflowed.
+            let mut e = e;
+            if session.as_ref().retry_buffer_truncated() {
+                ctx.replay.pending = false;
+                ctx.replay.needs_large = true;
+                e.set_retry(false);
+            } else {
+                e.set_retry(true);
+            }
+            return e;
+        }
+        if ctx.failure.is_some() {
+            // Portico itself decided this request's answer (a refused replay): final.
+            let mut e = e;
+            e.set_retry(false);
+            return e;
+        }
         let mut e = e.more_context(format!("backend {}", peer.address()));
         ctx.last_error = Some(e.to_string());
-        // The request may have reached the backend: only idempotent requests go again, only
-        // before any of the response reached the client, and within the retry budget. Like
-        // nginx's proxy_next_upstream, this holds for fresh connections as well as pooled ones.
-        let retries = ctx
-            .route()
-            .map_or(0, |r| ctx.snap.config.upstreams[r.upstream].retries);
         // Timeouts are not retried: a slow backend asked again is a retry storm in the making.
         let timed_out = matches!(
             e.etype(),
             pingora_error::ErrorType::ReadTimedout | pingora_error::ErrorType::WriteTimedout
         );
         ctx.last_error_status = if timed_out { 504 } else { 502 };
+        // The request may have reached the backend: only idempotent requests go again, only
+        // before any of the response reached the client, and within the retry budget. Like
+        // nginx's proxy_next_upstream, this holds for fresh connections as well as pooled ones.
+        let retries = ctx.snap.config.upstreams[ctx.upstream].retries;
+        let nothing_sent = session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational());
         let retry = !timed_out
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            && session.response_written().is_none()
+            && nothing_sent
             && (ctx.attempts as usize) <= retries;
         if retry {
             e.set_retry(true);
@@ -713,6 +402,21 @@ impl ProxyHttp for Portico {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.replay.needs_large {
+            ctx.replay.needs_large = false;
+            match crate::replay::large::run(session, ctx).await {
+                Ok(status) => {
+                    return FailToProxy {
+                        error_code: status,
+                        can_reuse_downstream: false,
+                    }
+                }
+                Err(f) => {
+                    self.count_replay(ctx, f.reason);
+                    ctx.failure = Some(f);
+                }
+            }
+        }
         let (code, reason, message) = match &ctx.failure {
             Some(f) => (f.status, f.reason, f.message.clone()),
             None => respond::classify(e, ctx),
@@ -724,13 +428,16 @@ impl ProxyHttp for Portico {
         } else {
             tracing::debug!(status = code, reason, %message, "request refused");
         }
+        let written = session
+            .response_written()
+            .is_some_and(|r| !r.status.is_informational());
         if code > 0 {
             self.shared
                 .metrics
                 .rejected
                 .with_label_values(&[reason])
                 .inc();
-            if session.response_written().is_none() {
+            if !written {
                 let failure = LocalFailure {
                     status: code,
                     reason,
@@ -751,6 +458,14 @@ impl ProxyHttp for Portico {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         // Give the backend slot back before anything else.
         ctx.lease = None;
+        let held = ctx.replay.body.held();
+        if held > 0 {
+            self.shared.metrics.replay_buffered_bytes.sub(held as i64);
+        }
+        if ctx.is_subrequest {
+            // The request being replayed accounts for the whole exchange.
+            return;
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let metrics = match ctx.route {
             Some(i) => &ctx.snap.route_metrics[i],
@@ -758,6 +473,12 @@ impl ProxyHttp for Portico {
         };
         metrics.requests[status_class(status)].inc();
         metrics.duration.observe(ctx.start.elapsed().as_secs_f64());
+        if ctx.replay.hops > 0 {
+            self.shared
+                .metrics
+                .replay_hops
+                .observe(f64::from(ctx.replay.hops));
+        }
         if ctx.snap.config.server.access_log {
             access::log(session, ctx, status);
         }

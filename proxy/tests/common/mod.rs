@@ -500,9 +500,13 @@ impl Drop for Origin {
 
 /// A plain-text response.
 pub fn text(status: u16, body: &str, headers: &[(&str, &str)]) -> Response<Full<Bytes>> {
-    let mut b = Response::builder()
-        .status(status)
-        .header("content-type", "text/plain");
+    let mut b = Response::builder().status(status);
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        b = b.header("content-type", "text/plain");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }

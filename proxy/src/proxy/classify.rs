@@ -1,0 +1,124 @@
+//! Identifying a request: request id, client address, `force_https`, the route, and the
+//! declared body size. Runs once per request, before any upstream is chosen.
+
+use http::header::CONTENT_LENGTH;
+use http::HeaderValue;
+use pingora_proxy::Session;
+use portico_config::routing::normalize_path;
+
+use super::ctx::{LocalFailure, RequestCtx};
+use super::{forwarded, header_str, request_host, Portico};
+
+impl Portico {
+    pub(super) fn listener_cfg<'a>(
+        &self,
+        ctx: &'a RequestCtx,
+    ) -> Option<&'a portico_config::Listener> {
+        ctx.snap
+            .config
+            .listeners
+            .iter()
+            .find(|l| *l.name == *self.listener.name)
+    }
+
+    /// Identifies the request and the client; returns the redirect or local response to send,
+    /// if any.
+    pub(super) fn classify_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<LocalFailure> {
+        let server = &ctx.snap.config.server;
+        let req = session.req_header();
+        // Request id: keep a valid incoming one, else make one.
+        let incoming = req
+            .headers
+            .get(server.request_id_header.as_str())
+            .filter(|v| forwarded::valid_request_id(v.as_bytes()))
+            .cloned();
+        ctx.request_id = Some(incoming.unwrap_or_else(|| {
+            HeaderValue::from_str(&forwarded::new_request_id())
+                .unwrap_or_else(|_| HeaderValue::from_static("-"))
+        }));
+        // Client address.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| forwarded::canonical(a.ip()));
+        if let Some(peer) = peer {
+            ctx.peer_ip = Some(peer);
+            ctx.peer_trusted = forwarded::is_trusted(peer, &server.trusted_proxies);
+            let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+            ctx.client_ip = Some(forwarded::client_ip(peer, xff, &server.trusted_proxies));
+        }
+        let listener = self.listener_cfg(ctx)?;
+        if listener.force_https && !self.listener.tls {
+            let port = listener
+                .https_port
+                .unwrap_or(self.listener.default_https_port);
+            return Some(self.https_redirect(session, port));
+        }
+        // Routing, on the normalized path.
+        let host = request_host(req);
+        let path = normalize_path(req.uri.path());
+        match ctx.snap.config.routes.find(host, &path) {
+            Some((i, _)) => ctx.route = Some(i),
+            None => {
+                return Some(LocalFailure {
+                    status: 404,
+                    reason: "no_route",
+                    message: format!(
+                        "no route for host \"{}\" and path \"{}\"",
+                        host.unwrap_or(""),
+                        req.uri.path()
+                    ),
+                    retry_after: None,
+                })
+            }
+        }
+        // Body limit: refuse up front when the length is declared.
+        if let Some(max) = ctx.route().and_then(|r| r.max_body) {
+            let declared =
+                header_str(req, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Some(too_large(max));
+            }
+        }
+        None
+    }
+
+    fn https_redirect(&self, session: &Session, https_port: u16) -> LocalFailure {
+        let req = session.req_header();
+        let host = request_host(req).map(portico_config::routing::strip_port);
+        let Some(host) = host.filter(|h| !h.is_empty()) else {
+            return LocalFailure {
+                status: 400,
+                reason: "bad_request",
+                message: "a Host header is required".into(),
+                retry_after: None,
+            };
+        };
+        let port = if https_port == 443 {
+            String::new()
+        } else {
+            format!(":{https_port}")
+        };
+        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        LocalFailure {
+            status: 301,
+            reason: "force_https",
+            message: format!("https://{host}{port}{pq}"),
+            retry_after: None,
+        }
+    }
+}
+
+/// The 413 of a route's `max_body`.
+pub(super) fn too_large(max: u64) -> LocalFailure {
+    LocalFailure {
+        status: 413,
+        reason: "body_too_large",
+        message: format!("request body larger than the {max} bytes allowed on this route"),
+        retry_after: None,
+    }
+}

@@ -1,0 +1,280 @@
+//! Choosing the backend of an attempt: the target (a replay, write routing, the client's
+//! routing headers, or plain balancing), the affinity hash, the wait queue, and what to answer
+//! when nothing can be chosen.
+
+use std::net::IpAddr;
+
+use pingora_proxy::Session;
+use portico_config::HashKey;
+
+use super::ctx::{LocalFailure, RequestCtx};
+use super::{cookie, Portico};
+use crate::upstream::select::hash_key;
+use crate::upstream::{AcquireError, UpstreamRt};
+
+impl Portico {
+    pub(super) fn affinity_hash(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        key: &HashKey,
+    ) -> Option<u64> {
+        let req = session.req_header();
+        match key {
+            HashKey::ClientIp => ctx.client_ip.map(|ip| match ip {
+                IpAddr::V4(v4) => hash_key(&v4.octets()),
+                IpAddr::V6(v6) => hash_key(&v6.octets()),
+            }),
+            HashKey::Path => Some(hash_key(req.uri.path().as_bytes())),
+            HashKey::Header(name) => req
+                .headers
+                .get(name.as_str())
+                .map(|v| hash_key(v.as_bytes())),
+            HashKey::Cookie(name) => cookie(req, name).map(|v| hash_key(v.as_bytes())),
+        }
+    }
+}
+
+/// The response for a request that got no backend.
+pub(super) fn acquire_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx) -> LocalFailure {
+    let name = up.name();
+    match e {
+        AcquireError::Empty => LocalFailure {
+            status: 503,
+            reason: "no_backend",
+            message: format!("upstream \"{name}\" has no backends: {}", up.empty_reason()),
+            retry_after: Some(up.retry_after()),
+        },
+        AcquireError::AllTried if ctx.last_error_status == 504 => LocalFailure {
+            status: 504,
+            reason: "upstream_timeout",
+            message: format!(
+                "upstream \"{name}\" did not answer in time: {}",
+                ctx.last_error.as_deref().unwrap_or("timeout")
+            ),
+            retry_after: None,
+        },
+        AcquireError::AllTried => LocalFailure {
+            status: 502,
+            reason: "upstream_unreachable",
+            message: format!(
+                "upstream \"{name}\" unreachable: {}",
+                ctx.last_error.as_deref().unwrap_or("every backend failed")
+            ),
+            retry_after: None,
+        },
+        AcquireError::QueueTimeout => LocalFailure {
+            status: 503,
+            reason: "queue_timeout",
+            message: format!(
+                "every backend of upstream \"{name}\" is at its hard limit; waited {}",
+                portico_config::units::format_duration(up.cfg.queue_timeout)
+            ),
+            retry_after: Some(up.retry_after()),
+        },
+        AcquireError::QueueFull => LocalFailure {
+            status: 503,
+            reason: "queue_full",
+            message: format!(
+                "every backend of upstream \"{name}\" is at its hard limit and {} requests are already waiting",
+                up.cfg.max_queue
+            ),
+            retry_after: Some(up.retry_after()),
+        },
+        AcquireError::InstanceMissing(id) => LocalFailure {
+            status: 503,
+            reason: "instance_not_found",
+            message: format!("instance \"{id}\" is not a backend of upstream \"{name}\" (fly-force-instance-id)"),
+            retry_after: None,
+        },
+        AcquireError::AllUnhealthy(summary) => LocalFailure {
+            status: 503,
+            reason: "all_unhealthy",
+            message: format!("upstream \"{name}\": {summary}"),
+            retry_after: Some(up.retry_after()),
+        },
+        AcquireError::RegionMissing(regions) => LocalFailure {
+            status: 503,
+            reason: "region_not_found",
+            message: format!(
+                "upstream \"{name}\" has no backend in region {regions} (fly-force-region); it has {}",
+                up.set.load().regions(&up.local_region).join(", ")
+            ),
+            retry_after: None,
+        },
+    }
+}
+
+/// The response for a replay whose target could not be served.
+fn replay_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx) -> LocalFailure {
+    let name = up.name();
+    let (status, reason, why) = match e {
+        AcquireError::InstanceMissing(id) => (
+            503,
+            "replay_no_target",
+            format!("instance \"{id}\" is not a backend of upstream \"{name}\""),
+        ),
+        AcquireError::RegionMissing(r) => (
+            503,
+            "replay_no_target",
+            format!(
+                "upstream \"{name}\" has no backend in region {r}; it has {}",
+                up.set.load().regions(&up.local_region).join(", ")
+            ),
+        ),
+        AcquireError::AllTried => (
+            502,
+            "replay_unreachable",
+            format!(
+                "upstream \"{name}\" unreachable: {}",
+                ctx.last_error
+                    .as_deref()
+                    .unwrap_or("every candidate failed")
+            ),
+        ),
+        AcquireError::Empty => (
+            503,
+            "replay_no_target",
+            format!("upstream \"{name}\" has no backends: {}", up.empty_reason()),
+        ),
+        AcquireError::AllUnhealthy(s) => {
+            (503, "replay_no_target", format!("upstream \"{name}\": {s}"))
+        }
+        AcquireError::QueueTimeout | AcquireError::QueueFull => (
+            503,
+            "replay_no_target",
+            format!("every candidate of upstream \"{name}\" is at its hard limit"),
+        ),
+    };
+    LocalFailure {
+        status,
+        reason,
+        message: format!("replay target has no usable instance: {why}"),
+        retry_after: None,
+    }
+}
+
+impl Portico {
+    /// Chooses the backend of one attempt and returns its peer.
+    pub(super) async fn pick_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<Box<pingora_core::upstreams::peer::HttpPeer>> {
+        use crate::replay::{fallback_target, remaining, FailReason};
+        use crate::upstream::select::backend_ptr;
+        use crate::upstream::Want;
+        use pingora_core::protocols::ALPN;
+
+        let snap = ctx.snap.clone();
+        let Some(route_idx) = ctx.route else {
+            return Err(pingora_error::Error::explain(
+                pingora_error::ErrorType::InternalError,
+                "no route",
+            ));
+        };
+        let route = &snap.config.routes.routes()[route_idx];
+        // A retry: the previous backend failed; leave it and try another.
+        if let Some(prev) = ctx.lease.take() {
+            ctx.tried.push(backend_ptr(&prev.backend));
+            snap.upstreams[ctx.upstream].record_retry();
+        }
+        // pingora re-sends its retry buffer from the start on every attempt.
+        ctx.replay.body.attempt_offset = 0;
+        ctx.replay.pending = false;
+        loop {
+            let up_idx = ctx
+                .replay
+                .target
+                .as_ref()
+                .map_or(route.upstream, |t| t.upstream);
+            let up = snap.upstreams[up_idx].clone();
+            ctx.upstream = up_idx;
+            let deadline_left = ctx.replay.target.as_ref().and_then(remaining);
+            let outcome = if deadline_left.is_some_and(|d| d.is_zero()) {
+                Err(AcquireError::QueueTimeout)
+            } else {
+                let hash = up
+                    .cfg
+                    .hash_on
+                    .as_ref()
+                    .and_then(|k| self.affinity_hash(session, ctx, k));
+                let req = session.req_header();
+                let mut tried = ctx.tried.clone();
+                let want = match &ctx.replay.target {
+                    Some(t) => {
+                        tried.extend(t.exclude.iter().copied());
+                        t.want()
+                    }
+                    None => {
+                        let writes = route
+                            .writes
+                            .clone()
+                            .unwrap_or_else(|| up.cfg.writes.clone());
+                        match (writes, snap.config.server.primary_region.as_deref()) {
+                            (Some(w), Some(primary)) if w.is_write(req.method.as_str()) => Want {
+                                regions: std::iter::once(primary).collect(),
+                                regions_forced: true,
+                                ..Want::default()
+                            },
+                            _ if snap.config.server.routing_headers => {
+                                super::routing_headers::want_from_headers(req)
+                            }
+                            _ => Want::default(),
+                        }
+                    }
+                };
+                let acquire = up.acquire(hash, &tried, &want);
+                match deadline_left {
+                    Some(left) => tokio::time::timeout(left, acquire)
+                        .await
+                        .unwrap_or(Err(AcquireError::QueueTimeout)),
+                    None => acquire.await,
+                }
+            };
+            ctx.attempts += 1;
+            match outcome {
+                Ok(acquired) => {
+                    let lease = acquired.lease;
+                    let mut peer = Box::new(lease.backend.peer.clone());
+                    // WebSocket and other upgrades only work over HTTP/1.1.
+                    if session.is_upgrade_req() && peer.is_tls() {
+                        peer.options.alpn = ALPN::H1;
+                    }
+                    ctx.backend_addr = Some(lease.backend.addr);
+                    ctx.preferred_unavailable = acquired.preferred_unavailable;
+                    ctx.lease = Some(lease);
+                    ctx.connect_started = Some(std::time::Instant::now());
+                    return Ok(peer);
+                }
+                Err(e) => {
+                    let Some(target) = ctx.replay.target.clone() else {
+                        let failure = acquire_failure(&up, e, ctx);
+                        return Err(super::respond::fail(ctx, failure));
+                    };
+                    let reason = match &e {
+                        AcquireError::AllTried => FailReason::RetriesExhausted,
+                        AcquireError::QueueTimeout if target.deadline.is_some() => {
+                            FailReason::Timeout
+                        }
+                        _ => FailReason::NoCandidate,
+                    };
+                    if let Some(fb) = fallback_target(&target, reason) {
+                        tracing::info!(
+                            reason = reason.as_str(),
+                            "replay target unavailable; falling back to the issuing instance"
+                        );
+                        ctx.replay.target = Some(fb);
+                        ctx.replay.by_fallback = true;
+                        ctx.tried.clear();
+                        self.count_replay(ctx, "fallback");
+                        continue;
+                    }
+                    let failure = replay_failure(&up, e, ctx);
+                    self.count_replay(ctx, failure.reason);
+                    return Err(super::respond::fail(ctx, failure));
+                }
+            }
+        }
+    }
+}

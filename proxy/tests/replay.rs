@@ -1,0 +1,860 @@
+//! fly-replay across regions of real origins discovered through a real DNS server.
+//!
+//! Every replica runs the same handler. Request headers tell a replica how to answer, so that
+//! one request can be replayed along a chosen path: `x-replay-from-<id>: <fly-replay value>`
+//! makes replica `<id>` answer with that instruction, `x-json-from-<id>: <json>` with the JSON
+//! form, `x-chain: N` makes every replica replay to the next one until the request has been
+//! replayed N times. Replicas that answer describe the request they got as JSON.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::dns::TestDns;
+use common::*;
+use serde_json::Value;
+
+const IDS: [(&str, &str); 5] = [
+    ("a1", "ams"),
+    ("a2", "ams"),
+    ("p1", "iad"),
+    ("f1", "fra"),
+    ("o1", "lhr"),
+];
+
+fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn replica_handler(
+    id: &'static str,
+) -> impl Fn(Seen) -> futures_like::BoxFut + Send + Sync + 'static {
+    move |s: Seen| {
+        Box::pin(async move {
+            let h = |n: &str| s.header(n).map(str::to_string);
+            // Like a real app, an instance handed a failed replay answers it itself, unless
+            // the test wants it to (wrongly) ask again.
+            let handed_back = h("fly-replay-failed").is_some() && h("x-stubborn").is_none();
+            if let Some(v) = h(&format!("x-replay-from-{id}")).filter(|_| !handed_back) {
+                let mut headers = vec![("fly-replay", v.clone())];
+                if let Some(c) = h(&format!("x-cache-from-{id}")) {
+                    let mut parts = c.split(';');
+                    headers.push(("fly-replay-cache", parts.next().unwrap_or("").to_string()));
+                    headers.push((
+                        "fly-replay-cache-ttl-secs",
+                        parts.next().unwrap_or("10").to_string(),
+                    ));
+                    if parts.next() == Some("bypass") {
+                        headers.push(("fly-replay-cache-allow-bypass", "yes".to_string()));
+                    }
+                }
+                if h(&format!("x-invalidate-at-{id}")).is_some() {
+                    headers.push(("fly-replay-cache", "invalidate".to_string()));
+                }
+                let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                return text(307, &format!("{id} says: replay {v}"), &hs);
+            }
+            if let Some(json) = h(&format!("x-json-from-{id}")) {
+                return text(
+                    200,
+                    &json,
+                    &[("content-type", "application/vnd.fly.replay+json")],
+                );
+            }
+            if let Some(n) = h("x-chain") {
+                let n: u32 = n.parse().unwrap();
+                let done: u32 = s
+                    .header("fly-replay-src")
+                    .and_then(|src| src.split(';').find_map(|kv| kv.strip_prefix("state=")))
+                    .map_or(0, |v| v.parse().unwrap());
+                if done < n {
+                    let next = IDS[(IDS.iter().position(|(i, _)| *i == id).unwrap() + 1) % 4].0;
+                    let v = format!("instance={next};state={}", done + 1);
+                    return text(307, "chain", &[("fly-replay", v.as_str())]);
+                }
+            }
+            let body = serde_json::json!({
+                "id": id,
+                "method": s.method,
+                "uri": s.uri,
+                "body_len": s.body.len(),
+                "body_fnv": fnv(&s.body),
+                "src": s.header("fly-replay-src"),
+                "failed": s.header("fly-replay-failed"),
+                "unavailable": s.header("fly-preferred-instance-unavailable"),
+                "cache_status": s.header("fly-replay-cache-status"),
+                "x_added": s.header("x-added"),
+                "cookie": s.header("cookie"),
+            });
+            text(
+                200,
+                &body.to_string(),
+                &[("content-type", "application/json")],
+            )
+        })
+    }
+}
+
+struct Cluster {
+    p: Portico,
+    dns: TestDns,
+    origins: HashMap<&'static str, Origin>,
+}
+
+async fn cluster(extra_server: &str, extra_upstream: &str, extra: &str) -> Cluster {
+    let origins: Vec<Origin> = 'retry: loop {
+        let first = Origin::start_on("127.0.0.2:0", IDS[0].0, replica_handler(IDS[0].0)).await;
+        let port = first.addr.port();
+        let mut out = vec![first];
+        for (i, (id, _)) in IDS.iter().enumerate().skip(1) {
+            let addr = format!("127.0.0.{}:{port}", 2 + i);
+            if std::net::TcpListener::bind(&addr).is_err() {
+                continue 'retry;
+            }
+            out.push(Origin::start_on(&addr, id, replica_handler(id)).await);
+        }
+        break out;
+    };
+    let port = origins[0].addr.port();
+    let dns = TestDns::start().await;
+    dns.set_txt("vms.web.internal", "a1 ams,a2 ams,p1 iad,f1 fra", 30);
+    dns.set_txt("vms.other.internal", "o1 lhr", 30);
+    for (i, (id, _)) in IDS.iter().enumerate() {
+        let app = if *id == "o1" { "other" } else { "web" };
+        dns.set_ips(
+            &format!("{id}.vm.{app}.internal"),
+            &[origins[i].addr.ip()],
+            30,
+        );
+    }
+    let config = format!(
+        r#"
+[server]
+region = "ams"
+primary_region = "iad"
+region_order = ["iad", "fra", "lhr"]
+{extra_server}
+
+[dns]
+servers = ["{dns}"]
+timeout = "500ms"
+min_ttl = "1s"
+
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstreams.web]
+discovery = {{ fly_app = "web", port = {port} }}
+balance = "round_robin"
+{extra_upstream}
+
+[upstreams.other]
+discovery = {{ fly_app = "other", port = {port} }}
+
+[[routes]]
+upstream = "web"
+{extra}
+"#,
+        dns = dns.addr
+    );
+    let p = Portico::start(&config);
+    let origins = IDS.iter().map(|(id, _)| *id).zip(origins).collect();
+    Cluster { p, dns, origins }
+}
+
+impl Cluster {
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (u16, HashMap<String, String>, String) {
+        let c = client();
+        let mut rb = c
+            .request(method.parse().unwrap(), self.p.url("http", path))
+            .body(body);
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        let r = rb.send().await.unwrap();
+        let status = r.status().as_u16();
+        let hs = r
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        (status, hs, r.text().await.unwrap())
+    }
+
+    async fn json(&self, method: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Value {
+        let (status, _, text) = self.send(method, "/", headers, body).await;
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    fn count(&self, id: &str) -> usize {
+        self.origins[id].count()
+    }
+}
+
+fn src_field(v: &Value, key: &str) -> Option<String> {
+    v["src"]
+        .as_str()?
+        .split(';')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replayed_to_the_primary_with_their_bodies() {
+    let c = cluster("", "", "").await;
+    // A GET is answered locally.
+    let v = c.json("GET", &[], vec![]).await;
+    assert!(v["id"].as_str().unwrap().starts_with('a'), "{v}");
+    assert_eq!(v["src"], Value::Null);
+    for size in [0usize, 1024, 60 * 1024, 1024 * 1024] {
+        let body: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let want_fnv = fnv(&body);
+        let before_local = c.count("a1") + c.count("a2");
+        let v = c
+            .json(
+                "POST",
+                &[
+                    ("x-replay-from-a1", "region=iad;state=write-1"),
+                    ("x-replay-from-a2", "region=iad;state=write-1"),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(v["id"], "p1", "size {size}: {v}");
+        assert_eq!(v["body_len"], size, "size {size}");
+        assert_eq!(v["body_fnv"], want_fnv, "size {size}");
+        assert_eq!(src_field(&v, "region").as_deref(), Some("ams"));
+        assert_eq!(src_field(&v, "state").as_deref(), Some("write-1"));
+        let inst = src_field(&v, "instance").unwrap();
+        assert!(inst == "a1" || inst == "a2");
+        let t: u128 = src_field(&v, "t").unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros();
+        assert!(now - t < 10_000_000, "t is in microseconds since the epoch");
+        assert_eq!(
+            c.count("a1") + c.count("a2"),
+            before_local + 1,
+            "asked the local replica once"
+        );
+    }
+    assert!(
+        metric(
+            &c.p,
+            "portico_replays_total",
+            &[("upstream", "web"), ("outcome", "replayed")]
+        )
+        .await
+            >= 4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_prefer_instance_app_and_elsewhere() {
+    let c = cluster("", "", "").await;
+    let all_local = |v: &str| {
+        vec![
+            ("x-replay-from-a1", v.to_string()),
+            ("x-replay-from-a2", v.to_string()),
+        ]
+    };
+
+    let h = all_local("instance=f1");
+    let v = c.json("GET", &hs(&h), vec![]).await;
+    assert_eq!(v["id"], "f1");
+
+    // A preferred instance that does not exist: any instance matching the rest, and the
+    // request says so.
+    let h = all_local("prefer_instance=gone;region=iad");
+    let v = c.json("GET", &hs(&h), vec![]).await;
+    assert_eq!(v["id"], "p1");
+    assert_eq!(v["unavailable"], "gone");
+
+    // Another app (upstream).
+    let h = all_local("app=other");
+    let v = c.json("GET", &hs(&h), vec![]).await;
+    assert_eq!(v["id"], "o1");
+
+    // elsewhere: the responder is excluded, so the other local replica answers.
+    let v = c
+        .json("GET", &[("x-replay-from-a1", "elsewhere=true")], vec![])
+        .await;
+    let v2 = c
+        .json("GET", &[("x-replay-from-a1", "elsewhere=true")], vec![])
+        .await;
+    for v in [v, v2] {
+        assert_eq!(v["id"], "a2", "{v}");
+    }
+
+    // A forced instance that does not exist: 503 naming it.
+    let (status, _, text) = c
+        .send("GET", "/", &hs(&all_local("instance=nope")), vec![])
+        .await;
+    assert_eq!(status, 503);
+    assert!(text.contains("replay target has no usable instance: instance \"nope\" is not a backend of upstream \"web\""), "{text}");
+    // An unknown app: 502.
+    let (status, _, text) = c
+        .send("GET", "/", &hs(&all_local("app=ghost")), vec![])
+        .await;
+    assert_eq!(status, 502, "{text}\n{}", c.p.stderr_text());
+    assert!(
+        text.contains("replay target app \"ghost\" is not an upstream"),
+        "{text}"
+    );
+    // A malformed instruction: 502.
+    let (status, _, text) = c
+        .send("GET", "/", &hs(&all_local("region=\"iad")), vec![])
+        .await;
+    assert_eq!(status, 502);
+    assert!(
+        text.contains("sent a malformed replay instruction"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn region_lists_with_and_without_any() {
+    let c = cluster("", "", "").await;
+    let local = |v: &'static str| [("x-replay-from-a1", v), ("x-replay-from-a2", v)];
+    assert_eq!(
+        c.json("GET", &local("region=\"fra,iad\""), vec![]).await["id"],
+        "f1"
+    );
+    // Forced list with no instance: 503.
+    let (status, _, text) = c
+        .send("GET", "/", &local("region=\"syd,nrt\""), vec![])
+        .await;
+    assert_eq!(status, 503);
+    assert!(text.contains("no backend in region syd,nrt"), "{text}");
+    // With `any`, another region answers (the nearest: iad by region_order after ams... but
+    // the local replicas asked to leave, and the local region comes first in normal order).
+    let v = c
+        .json(
+            "GET",
+            &[("x-replay-from-a1", "region=\"syd,any\";elsewhere=true")],
+            vec![],
+        )
+        .await;
+    assert_eq!(v["id"], "a2", "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_and_fallbacks() {
+    let mut c = cluster("", "", "").await;
+    // The primary is down: the replay target cannot be reached.
+    let p1 = c.origins.get_mut("p1").unwrap();
+    p1.stop().await;
+    let local = |v: &'static str| [("x-replay-from-a1", v), ("x-replay-from-a2", v)];
+    let (status, _, text) = c
+        .send("POST", "/", &local("region=iad"), b"x".to_vec())
+        .await;
+    assert_eq!(status, 502, "{text}\n{}", c.p.stderr_text());
+    assert!(
+        text.contains("replay target has no usable instance"),
+        "{text}"
+    );
+
+    // force_self: back to the instance that asked, which is told why.
+    let v = c
+        .json(
+            "POST",
+            &[("x-replay-from-a1", "region=iad;fallback=force_self")],
+            b"x".to_vec(),
+        )
+        .await;
+    // a2 did not ask: the request went to a1 or a2 first; whichever asked gets it back.
+    let id = v["id"].as_str().unwrap().to_string();
+    let failed = v["failed"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        failed.starts_with(&format!(
+            "instance={id};app=web;region=ams;reason=retries_exhausted;elapsed_ms="
+        )),
+        "{failed}"
+    );
+
+    // prefer_self with no candidate at all.
+    let v = c
+        .json(
+            "POST",
+            &local("region=syd;fallback=prefer_self"),
+            b"x".to_vec(),
+        )
+        .await;
+    assert!(v["id"].as_str().unwrap().starts_with('a'));
+    assert!(
+        v["failed"]
+            .as_str()
+            .unwrap()
+            .contains("reason=no_candidate"),
+        "{v}"
+    );
+
+    // A timeout bounds how long the target is tried: every iad candidate is at its limit.
+    // (Region iad has no live instance; timeout with fallback reports `timeout` when the
+    // deadline passes first.)
+    let start = Instant::now();
+    let v = c
+        .json(
+            "POST",
+            &local("region=iad;timeout=300ms;fallback=force_self"),
+            b"x".to_vec(),
+        )
+        .await;
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let failed = v["failed"].as_str().unwrap();
+    assert!(
+        failed.contains("reason=retries_exhausted") || failed.contains("reason=timeout"),
+        "{failed}"
+    );
+
+    // A request delivered by a fallback may not replay again.
+    let (status, _, text) = c
+        .send(
+            "POST",
+            "/",
+            &[
+                ("x-replay-from-a1", "region=syd;fallback=force_self"),
+                ("x-replay-from-a2", "region=syd;fallback=force_self"),
+                ("x-stubborn", "1"),
+            ],
+            b"x".to_vec(),
+        )
+        .await;
+    assert_eq!(status, 502, "{text}\n{}", c.p.stderr_text());
+    assert!(
+        text.contains("delivered by a replay fallback may not be replayed again"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_form_with_transforms() {
+    let c = cluster("", "", "").await;
+    let json = r#"{"region":"iad","state":"j","transform":{"path":"/rewritten?q=1","delete_headers":["Cookie"],"set_headers":[{"name":"X-Added","value":"yes"}]}}"#;
+    for http2 in [false, true] {
+        let _ = http2;
+        let v = c
+            .json(
+                "POST",
+                &[
+                    ("x-json-from-a1", json),
+                    ("x-json-from-a2", json),
+                    ("cookie", "secret=1"),
+                ],
+                b"payload".to_vec(),
+            )
+            .await;
+        assert_eq!(v["id"], "p1");
+        assert_eq!(v["uri"], "/rewritten?q=1");
+        assert_eq!(v["x_added"], "yes");
+        assert_eq!(v["cookie"], Value::Null);
+        assert_eq!(v["body_len"], 7);
+        assert_eq!(src_field(&v, "state").as_deref(), Some("j"));
+    }
+    // A broken JSON instruction is a 502, and nothing of it reaches the client.
+    let bad = r#"{"region":5}"#;
+    let (status, _, text) = c
+        .send(
+            "GET",
+            "/",
+            &[("x-json-from-a1", bad), ("x-json-from-a2", bad)],
+            vec![],
+        )
+        .await;
+    assert_eq!(status, 502);
+    assert!(text.contains("malformed replay instruction"), "{text}");
+    assert!(
+        metric(
+            &c.p,
+            "portico_replays_total",
+            &[("kind", "json"), ("outcome", "replayed")]
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_form_over_raw_http1_shows_only_the_final_response() {
+    let c = cluster("", "", "").await;
+    let json = r#"{"region":"fra"}"#;
+    let req = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-json-from-a1: {json}\r\nx-json-from-a2: {json}\r\n\r\n"
+    );
+    let resp = raw(c.p.addr("http"), req.as_bytes(), Duration::from_secs(5)).await;
+    // An interim 100 may precede the final answer; the instruction body never appears.
+    let final_part = resp.rsplit("HTTP/1.1 ").next().unwrap();
+    assert!(final_part.starts_with("200"), "{resp}");
+    assert!(resp.contains("\"id\":\"f1\""), "{resp}");
+    assert!(!resp.contains("\"region\":\"fra\""), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_of_ten_replays_succeed_and_the_eleventh_fails() {
+    let c = cluster("", "", "").await;
+    let v = c.json("POST", &[("x-chain", "10")], b"body".to_vec()).await;
+    assert_eq!(src_field(&v, "state").as_deref(), Some("10"), "{v}");
+    assert_eq!(v["body_len"], 4);
+    let (status, _, text) = c
+        .send("POST", "/", &[("x-chain", "11")], b"body".to_vec())
+        .await;
+    assert_eq!(status, 508, "{text}");
+    assert!(text.contains("replayed 10 times already"), "{text}");
+    assert!(
+        metric(
+            &c.p,
+            "portico_replays_total",
+            &[("outcome", "replay_hop_limit")]
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_internal_headers_never_reach_an_upstream() {
+    let c = cluster("", "", "").await;
+    let spoof = [
+        ("fly-replay-src", "instance=evil;region=xxx;t=1;state=admin"),
+        ("fly-replay-failed", "instance=evil"),
+        ("fly-preferred-instance-unavailable", "evil"),
+        ("fly-replay-cache-status", "hit"),
+    ];
+    let v = c.json("GET", &spoof, vec![]).await;
+    assert_eq!(v["src"], Value::Null);
+    assert_eq!(v["failed"], Value::Null);
+    assert_eq!(v["unavailable"], Value::Null);
+    assert_eq!(v["cache_status"], Value::Null);
+    // On a replayed request the header is Portico's, not the client's.
+    let mut h = spoof.to_vec();
+    h.push(("x-replay-from-a1", "region=iad"));
+    h.push(("x-replay-from-a2", "region=iad"));
+    let v = c.json("GET", &h, vec![]).await;
+    assert_eq!(src_field(&v, "region").as_deref(), Some("ams"));
+    assert_eq!(v["failed"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_routing_sends_writes_straight_to_the_primary() {
+    let c = cluster("", "writes = \"primary\"", "").await;
+    let local_before = c.count("a1") + c.count("a2");
+    for _ in 0..5 {
+        let v = c.json("POST", &[], b"w".to_vec()).await;
+        assert_eq!(v["id"], "p1");
+        assert_eq!(v["src"], Value::Null, "not a replay");
+    }
+    assert_eq!(
+        c.count("a1") + c.count("a2"),
+        local_before,
+        "the local replicas saw nothing"
+    );
+    // Reads stay local.
+    let v = c.json("GET", &[], vec![]).await;
+    assert!(v["id"].as_str().unwrap().starts_with('a'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_cache_hit_invalidate_bypass() {
+    let c = cluster("", "", "").await;
+    let replay_with_cache = |bypass: bool| {
+        let cache = if bypass {
+            "x.test/app/*;30;bypass"
+        } else {
+            "x.test/app/*;30"
+        };
+        vec![
+            ("host", "x.test"),
+            ("x-replay-from-a1", "region=iad"),
+            ("x-replay-from-a2", "region=iad"),
+            ("x-cache-from-a1", cache),
+            ("x-cache-from-a2", cache),
+        ]
+    };
+    let get = |path: &'static str, headers: Vec<(&'static str, &'static str)>| {
+        let c = &c;
+        async move {
+            let (status, _, text) = c.send("GET", path, &headers, vec![]).await;
+            assert_eq!(status, 200, "{text}");
+            serde_json::from_str::<Value>(&text).unwrap()
+        }
+    };
+    // First request: the origin replays and asks for the entry; the target sees a miss.
+    let v = get("/app/one", replay_with_cache(true)).await;
+    assert_eq!(v["id"], "p1");
+    assert_eq!(v["cache_status"], "miss");
+    // Second request: straight to the primary, the origin is skipped.
+    let local = c.count("a1") + c.count("a2");
+    let v = get("/app/two", vec![("host", "x.test")]).await;
+    assert_eq!(v["id"], "p1");
+    assert_eq!(v["cache_status"], "hit");
+    assert_eq!(
+        v["src"],
+        Value::Null,
+        "no fly-replay-src on a request routed by the cache"
+    );
+    assert_eq!(c.count("a1") + c.count("a2"), local);
+    // Other paths are not covered.
+    let v = get("/other", vec![("host", "x.test")]).await;
+    assert!(v["id"].as_str().unwrap().starts_with('a'));
+    // Bypass, allowed by the origin: the request goes to the origin again.
+    let mut h = replay_with_cache(true);
+    h.push(("fly-replay-cache-control", "skip"));
+    let local = c.count("a1") + c.count("a2");
+    let v = get("/app/three", h).await;
+    assert_eq!(c.count("a1") + c.count("a2"), local + 1);
+    assert_eq!(v["cache_status"], "bypass");
+    // The target invalidates: it replays back with fly-replay-cache: invalidate.
+    let (status, _, text) = c
+        .send(
+            "GET",
+            "/app/four",
+            &[
+                ("host", "x.test"),
+                ("x-replay-from-p1", "instance=a1"),
+                ("x-invalidate-at-p1", "1"),
+            ],
+            vec![],
+        )
+        .await;
+    assert_eq!(status, 200, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["id"], "a1");
+    let v = get("/app/five", vec![("host", "x.test")]).await;
+    assert!(
+        v["id"].as_str().unwrap().starts_with('a'),
+        "entry gone: {v}"
+    );
+    assert!(metric(&c.p, "portico_replay_cache_total", &[("result", "hit")]).await >= 1.0);
+    assert!(
+        metric(
+            &c.p,
+            "portico_replay_cache_total",
+            &[("result", "invalidated")]
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_cache_entries_expire() {
+    let c = cluster("", "", "").await;
+    let h = [
+        ("host", "y.test"),
+        ("x-replay-from-a1", "region=fra"),
+        ("x-replay-from-a2", "region=fra"),
+        ("x-cache-from-a1", "y.test/*;10"),
+        ("x-cache-from-a2", "y.test/*;10"),
+    ];
+    assert_eq!(c.json("GET", &h, vec![]).await["id"], "f1");
+    assert_eq!(
+        c.json("GET", &[("host", "y.test")], vec![]).await["id"],
+        "f1"
+    );
+    tokio::time::sleep(Duration::from_millis(10_300)).await;
+    let v = c.json("GET", &[("host", "y.test")], vec![]).await;
+    assert!(
+        v["id"].as_str().unwrap().starts_with('a'),
+        "expired after its ttl: {v}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_replay_cache() {
+    let c = cluster(
+        "",
+        "",
+        "replay_cache = [{ cookie = \"sid\", ttl = \"1m\" }]",
+    )
+    .await;
+    let h = [
+        ("cookie", "sid=s-1"),
+        ("x-replay-from-a1", "instance=f1"),
+        ("x-replay-from-a2", "instance=f1"),
+    ];
+    assert_eq!(c.json("GET", &h, vec![]).await["id"], "f1");
+    let local = c.count("a1") + c.count("a2");
+    let v = c.json("GET", &[("cookie", "sid=s-1")], vec![]).await;
+    assert_eq!(v["id"], "f1");
+    assert_eq!(v["cache_status"], "hit");
+    assert_eq!(c.count("a1") + c.count("a2"), local);
+    // Another session is not affected.
+    let v = c.json("GET", &[("cookie", "sid=s-2")], vec![]).await;
+    assert!(v["id"].as_str().unwrap().starts_with('a'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_too_large_to_replay() {
+    let c = cluster("", "", "").await;
+    let c2 = Cluster {
+        p: Portico::start(
+            &std::fs::read_to_string(&c.p.config_path)
+                .unwrap()
+                .replace("[dns]", "[replay]\nmax_body = \"100KiB\"\n\n[dns]"),
+        ),
+        dns: TestDns::start().await,
+        origins: HashMap::new(),
+    };
+    let _ = &c2.dns;
+    let (status, _, text) = c2
+        .send(
+            "POST",
+            "/",
+            &[
+                ("x-replay-from-a1", "region=iad"),
+                ("x-replay-from-a2", "region=iad"),
+            ],
+            vec![7u8; 200 * 1024],
+        )
+        .await;
+    assert_eq!(status, 413, "{text}");
+    assert!(
+        text.contains("larger than the 102400 bytes that can be replayed"),
+        "{text}"
+    );
+    // Within the limit it works.
+    let (status, _, _) = c2
+        .send(
+            "POST",
+            "/",
+            &[
+                ("x-replay-from-a1", "region=iad"),
+                ("x-replay-from-a2", "region=iad"),
+            ],
+            vec![7u8; 90 * 1024],
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_over_http2_and_tls() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.leaf(dir.path(), "s", &["r.test"]);
+    let c = cluster("", "", "").await;
+    let cfg = std::fs::read_to_string(&c.p.config_path).unwrap().replace(
+        "[admin]",
+        &format!(
+            "[[listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[admin]",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let p = Portico::start(&cfg);
+    let addr = p.addr("https");
+    let client = pki.client(&[("r.test", addr)], true);
+    let json = r#"{"region":"iad"}"#;
+    // Small bodies ride pingora's retry buffer, large ones a subrequest; both header and JSON.
+    for (size, hname) in [
+        (10 * 1024, "x-replay-from"),
+        (300 * 1024, "x-replay-from"),
+        (10 * 1024, "x-json-from"),
+        (300 * 1024, "x-json-from"),
+    ] {
+        let body = vec![3u8; size];
+        let value = if hname == "x-json-from" {
+            json
+        } else {
+            "region=iad"
+        };
+        let r = client
+            .post(format!("https://r.test:{}/", addr.port()))
+            .header(format!("{hname}-a1"), value)
+            .header(format!("{hname}-a2"), value)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status(), 200, "{size} {hname}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["id"], "p1");
+        assert_eq!(v["body_len"], body.len());
+        assert_eq!(v["body_fnv"], fnv(&body));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_replayed_and_the_target_upgrades() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // Local replica: an HTTP origin that answers the upgrade with fly-replay. Target: a real
+    // WebSocket echo server, on the same port at another address.
+    let local = Origin::start_on("127.0.0.2:0", "a1", |_| {
+        Box::pin(async { text(409, "go to iad", &[("fly-replay", "region=iad")]) })
+    })
+    .await;
+    let port = local.addr.port();
+    let ws_listener = tokio::net::TcpListener::bind(("127.0.0.4", port))
+        .await
+        .unwrap();
+    let ws_task = tokio::spawn(async move {
+        loop {
+            let (tcp, _) = ws_listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut src = None;
+                #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
+                let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    src = req.headers().get("fly-replay-src").map(|v| v.to_str().unwrap().to_string());
+                    Ok(resp)
+                };
+                let mut ws = tokio_tungstenite::accept_hdr_async(tcp, cb).await.unwrap();
+                let src = src.unwrap_or_default();
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() {
+                        ws.send(Message::text(format!("{src}|{}", m.to_text().unwrap())))
+                            .await
+                            .unwrap();
+                    } else if m.is_close() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let dns = TestDns::start().await;
+    dns.set_txt("vms.web.internal", "a1 ams,p1 iad", 30);
+    dns.set_ips("a1.vm.web.internal", &[local.addr.ip()], 30);
+    dns.set_ips("p1.vm.web.internal", &["127.0.0.4".parse().unwrap()], 30);
+    let p = Portico::start(&format!(
+        "[server]\nregion = \"ams\"\n[dns]\nservers = [\"{}\"]\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\ndiscovery = {{ fly_app = \"web\", port = {port} }}\n",
+        dns.addr
+    ));
+    let (mut ws, resp) =
+        tokio_tungstenite::connect_async(format!("ws://{}/socket", p.addr("http")))
+            .await
+            .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    let text = echoed.to_text().unwrap();
+    assert!(text.starts_with("instance=a1;region=ams;t="), "{text}");
+    assert!(text.ends_with("|hello"), "{text}");
+    ws.close(None).await.unwrap();
+    assert_eq!(local.count(), 1);
+    ws_task.abort();
+    let _ = Arc::new(());
+}
+
+/// Borrows owned header values as the `(&str, &str)` pairs the client helpers take.
+fn hs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    v.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
