@@ -107,3 +107,6 @@ upstream = "app"
 
 /// The name shown for the embedded configuration in messages.
 pub const EMBEDDED_NAME: &str = "<embedded default>";
+
+/// Default name of the affinity cookie.
+pub const STICKY_COOKIE: &str = "portico_affinity";

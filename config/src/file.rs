@@ -307,6 +307,23 @@ pub struct RouteFile {
     pub writes: Option<String>,
     pub write_methods: Option<Vec<String>>,
     pub replay_cache: Option<Vec<ReplayCacheFile>>,
+    pub sticky: Option<StickyFile>,
+    pub ws_idle_timeout: Option<Dur>,
+    pub max_websockets: Option<Int<u64>>,
+}
+
+/// `sticky = { mode = "cookie", ... }` of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyFile {
+    pub mode: Option<String>,
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub max_age: Option<Dur>,
+    pub secure: Option<Flag>,
+    pub http_only: Option<Flag>,
+    pub same_site: Option<String>,
+    pub key: Option<String>,
 }
 
 /// Header edits: `set` replaces, `add` appends, `remove` deletes.

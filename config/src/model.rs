@@ -292,6 +292,8 @@ pub enum HashKey {
     ClientIp,
     /// The request path.
     Path,
+    /// A query-string parameter.
+    Query(String),
 }
 
 /// What the concurrency limits count (fly.toml's `type`).
@@ -531,4 +533,38 @@ pub struct Route {
     pub writes: Option<Option<WriteRouting>>,
     /// Session-based replay cache rules.
     pub replay_cache: Vec<ReplayCacheRule>,
+    /// Client affinity.
+    pub sticky: Option<Sticky>,
+    /// Idle time after which an upgraded connection (WebSocket) is closed; `None`: never.
+    pub ws_idle_timeout: Option<Duration>,
+    /// Upgraded connections open at once through this route; `None`: unlimited.
+    pub max_websockets: Option<usize>,
+}
+
+/// How a route keeps a client on one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A signed cookie naming the chosen backend.
+    Cookie(StickyCookie),
+    /// Consistent hashing on a request property.
+    Hash(HashKey),
+}
+
+/// The affinity cookie of `sticky = { mode = "cookie" }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyCookie {
+    /// Cookie name.
+    pub name: String,
+    /// Cookie `Path`.
+    pub path: String,
+    /// Cookie `Max-Age`; `None` makes a session cookie.
+    pub max_age: Option<Duration>,
+    /// `Secure`: `None` sets it on requests that arrived over TLS.
+    pub secure: Option<bool>,
+    /// `HttpOnly`.
+    pub http_only: bool,
+    /// `SameSite` value (`Lax`, `Strict`, `None`).
+    pub same_site: Option<String>,
+    /// Signing key; `None` uses a key generated at start (cookies then die with the process).
+    pub key: Option<String>,
 }

@@ -233,6 +233,9 @@ mod tests {
             response_headers: HeaderRules::default(),
             writes: None,
             replay_cache: Vec::new(),
+            sticky: None,
+            ws_idle_timeout: None,
+            max_websockets: None,
         }
     }
 

@@ -1263,6 +1263,9 @@ impl Validator<'_> {
                     response_headers: HeaderRules::default(),
                     writes: None,
                     replay_cache: Vec::new(),
+                    sticky: None,
+                    ws_idle_timeout: None,
+                    max_websockets: None,
                 }],
                 [] => Vec::new(),
                 _ => {
@@ -1403,6 +1406,18 @@ impl Validator<'_> {
             let request_headers = self.header_rules(f.request_headers, &k.key("request_headers"));
             let response_headers =
                 self.header_rules(f.response_headers, &k.key("response_headers"));
+            let sticky = f.sticky.and_then(|s| self.sticky(s, &k.key("sticky")));
+            let ws_idle_timeout = f.ws_idle_timeout.map(|d| d.0).filter(|d| !d.is_zero());
+            let max_websockets = match f.max_websockets.map(|n| n.0) {
+                Some(0) => {
+                    self.err(
+                        k.key("max_websockets"),
+                        "must be at least 1 (leave it out for no limit)",
+                    );
+                    None
+                }
+                n => n.map(|n| n as usize),
+            };
             if let Some(upstream) = upstream {
                 out.push(Route {
                     name,
@@ -1415,10 +1430,114 @@ impl Validator<'_> {
                     response_headers,
                     writes,
                     replay_cache,
+                    sticky,
+                    ws_idle_timeout,
+                    max_websockets,
                 });
             }
         }
         out
+    }
+
+    /// `sticky = { mode = "cookie" | "header" | "query" | "client_ip", ... }`.
+    fn sticky(&mut self, f: StickyFile, k: &KeyPath) -> Option<Sticky> {
+        let mode = f.mode.as_deref().unwrap_or("cookie");
+        let name_ok = |n: &str| is_token(n);
+        let cookie_only = [
+            ("path", f.path.is_some()),
+            ("max_age", f.max_age.is_some()),
+            ("secure", f.secure.is_some()),
+            ("http_only", f.http_only.is_some()),
+            ("same_site", f.same_site.is_some()),
+            ("key", f.key.is_some()),
+        ];
+        if mode != "cookie" {
+            for (key, set) in cookie_only {
+                if set {
+                    self.err(k.key(key), "only applies with mode = \"cookie\"");
+                }
+            }
+        }
+        match mode {
+            "cookie" => {
+                let name = f.name.unwrap_or_else(|| d::STICKY_COOKIE.to_string());
+                if !name_ok(&name) {
+                    self.err(k.key("name"), format!("invalid cookie name {name:?}"));
+                }
+                let path = f.path.unwrap_or_else(|| "/".to_string());
+                if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control())
+                {
+                    self.err(k.key("path"), format!("invalid cookie path {path:?}"));
+                }
+                let same_site = match f
+                    .same_site
+                    .as_deref()
+                    .map(str::to_ascii_lowercase)
+                    .as_deref()
+                {
+                    None => Some("Lax".to_string()),
+                    Some("lax") => Some("Lax".to_string()),
+                    Some("strict") => Some("Strict".to_string()),
+                    Some("none") => Some("None".to_string()),
+                    Some("") | Some("off") => None,
+                    Some(other) => {
+                        self.err(
+                            k.key("same_site"),
+                            format!("unknown value {other:?}: expected \"lax\", \"strict\", \"none\" or \"off\""),
+                        );
+                        None
+                    }
+                };
+                let key = f.key.filter(|k| !k.is_empty());
+                if key.as_ref().is_some_and(|s| s.len() < 16) {
+                    self.err(k.key("key"), "signing key too short: use at least 16 characters (e.g. `openssl rand -hex 32`)");
+                }
+                Some(Sticky::Cookie(StickyCookie {
+                    name,
+                    path,
+                    max_age: f.max_age.map(|d| d.0),
+                    secure: f.secure.map(|v| v.0),
+                    http_only: f.http_only.is_none_or(|v| v.0),
+                    same_site,
+                    key,
+                }))
+            }
+            "header" | "query" => {
+                let Some(name) = f.name else {
+                    self.err(
+                        k.key("name"),
+                        format!("mode = {mode:?} needs `name` (the {mode} to hash on)"),
+                    );
+                    return None;
+                };
+                if mode == "header" {
+                    if !name_ok(&name) {
+                        self.err(k.key("name"), format!("invalid header name {name:?}"));
+                        return None;
+                    }
+                    Some(Sticky::Hash(HashKey::Header(name.to_ascii_lowercase())))
+                } else {
+                    if name.is_empty() || name.contains(['&', '=', '#']) {
+                        self.err(k.key("name"), format!("invalid query parameter {name:?}"));
+                        return None;
+                    }
+                    Some(Sticky::Hash(HashKey::Query(name)))
+                }
+            }
+            "client_ip" => {
+                if f.name.is_some() {
+                    self.err(k.key("name"), "mode = \"client_ip\" takes no name");
+                }
+                Some(Sticky::Hash(HashKey::ClientIp))
+            }
+            other => {
+                self.err(
+                    k.key("mode"),
+                    format!("unknown mode {other:?}: expected \"cookie\", \"header\", \"query\" or \"client_ip\""),
+                );
+                None
+            }
+        }
     }
 }
 
@@ -1452,13 +1571,16 @@ pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
 /// Parses `hash_on`: `client_ip`, `path`, `header:NAME` or `cookie:NAME`.
 pub fn parse_hash_key(spec: &str) -> Result<HashKey, String> {
     let usage = || {
-        format!("invalid hash_on {spec:?}: expected \"client_ip\", \"path\", \"header:NAME\" or \"cookie:NAME\"")
+        format!("invalid hash_on {spec:?}: expected \"client_ip\", \"path\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"")
     };
     match spec.split_once(':') {
         None if spec == "client_ip" => Ok(HashKey::ClientIp),
         None if spec == "path" => Ok(HashKey::Path),
         Some(("header", name)) if is_token(name) => Ok(HashKey::Header(name.to_ascii_lowercase())),
         Some(("cookie", name)) if is_token(name) => Ok(HashKey::Cookie(name.to_string())),
+        Some(("query", name)) if !name.is_empty() && !name.contains(['&', '=', '#']) => {
+            Ok(HashKey::Query(name.to_string()))
+        }
         _ => Err(usage()),
     }
 }
@@ -1535,7 +1657,11 @@ mod tests {
             parse_hash_key("cookie:sid"),
             Ok(HashKey::Cookie("sid".into()))
         );
-        for bad in ["", "ip", "header:", "cookie:a b", "query:x"] {
+        assert_eq!(
+            parse_hash_key("query:sid"),
+            Ok(HashKey::Query("sid".into()))
+        );
+        for bad in ["", "ip", "header:", "cookie:a b", "query:", "query:a=b"] {
             assert!(parse_hash_key(bad).is_err(), "{bad:?}");
         }
     }

@@ -443,7 +443,7 @@ fn upstream_problems() {
         &format!("{l}[upstreams.a]\nbackends=[\"127.0.0.1:2\"]\nhash_on = \"client_ip\"\n"),
         "only applies with balance",
     );
-    one_err(&format!("{l}[upstreams.a]\nbackends=[\"127.0.0.1:2\"]\nbalance=\"consistent_hash\"\nhash_on = \"query:x\"\n"), "invalid hash_on");
+    one_err(&format!("{l}[upstreams.a]\nbackends=[\"127.0.0.1:2\"]\nbalance=\"consistent_hash\"\nhash_on = \"query:\"\n"), "invalid hash_on");
     one_err(
         &format!("{l}[upstreams.a]\nbackends=[\"127.0.0.1:2\"]\ntls_skip_verify = true\n"),
         "only applies with protocol = \"https\"",
@@ -510,6 +510,48 @@ fn route_problems() {
         &format!("routes = {{ upstream = \"app\" }}\n{base}"),
         "expected an array of tables",
     );
+    let sticky = |s: &str| format!("{base}[[routes]]\nupstream = \"app\"\nsticky = {s}\n");
+    one_err(&sticky("{ mode = \"sticky\" }"), "unknown mode \"sticky\"");
+    one_err(&sticky("{ mode = \"header\" }"), "needs `name`");
+    one_err(
+        &sticky("{ mode = \"header\", name = \"a b\" }"),
+        "invalid header name",
+    );
+    one_err(
+        &sticky("{ mode = \"client_ip\", max_age = \"1h\" }"),
+        "only applies with mode = \"cookie\"",
+    );
+    one_err(&sticky("{ key = \"short\" }"), "signing key too short");
+    one_err(&sticky("{ same_site = \"sometimes\" }"), "expected \"lax\"");
+    one_err(&sticky("{ mod = \"cookie\" }"), "mode");
+    one_err(
+        &format!("{base}[[routes]]\nupstream = \"app\"\nmax_websockets = 0\n"),
+        "at least 1",
+    );
+}
+
+#[test]
+fn sticky_routes() {
+    let c = ok(&format!(
+        "{MINIMAL}[[routes]]\nupstream = \"app\"\nsticky = {{ key = \"0123456789abcdef\", max_age = \"1h\", same_site = \"strict\" }}\nmax_websockets = 10\nws_idle_timeout = \"5m\"\n[[routes]]\npath = \"/q\"\nupstream = \"app\"\nsticky = {{ mode = \"query\", name = \"sid\" }}\n"
+    ));
+    let r = &c.routes.routes();
+    let cookie = r.iter().find(|r| r.path == "/").unwrap();
+    match &cookie.sticky {
+        Some(Sticky::Cookie(k)) => {
+            assert_eq!(k.name, "portico_affinity");
+            assert_eq!(k.max_age, Some(Duration::from_secs(3600)));
+            assert_eq!(k.same_site.as_deref(), Some("Strict"));
+            assert!(k.http_only);
+            assert_eq!(k.secure, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(cookie.max_websockets, Some(10));
+    assert_eq!(cookie.ws_idle_timeout, Some(Duration::from_secs(300)));
+    let q = r.iter().find(|r| r.path == "/q").unwrap();
+    assert_eq!(q.sticky, Some(Sticky::Hash(HashKey::Query("sid".into()))));
+    assert_eq!(q.ws_idle_timeout, None);
 }
 
 #[test]

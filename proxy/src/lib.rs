@@ -24,5 +24,6 @@ pub mod proxy;
 pub mod replay;
 pub mod server;
 pub mod state;
+pub mod sticky;
 pub mod tls;
 pub mod upstream;

@@ -66,6 +66,14 @@ pub struct Metrics {
     pub replay_cache_entries: IntGauge,
     /// Request body bytes held for replays right now.
     pub replay_buffered_bytes: IntGauge,
+    /// Open upgraded connections (WebSockets), by route and upstream.
+    pub websockets_open: IntGaugeVec,
+    /// Upgraded connections accepted, by route.
+    pub websockets_total: IntCounterVec,
+    /// Bytes through upgraded connections, by route and direction (`in`: from clients).
+    pub websocket_bytes: IntCounterVec,
+    /// Sticky routing outcomes (`hit`, `moved`, `new`, `invalid`), by route.
+    pub sticky: IntCounterVec,
     /// Generation number of the running configuration.
     pub config_generation: IntGauge,
     /// Configuration reloads, by result (`success`, `error`).
@@ -262,6 +270,30 @@ impl Metrics {
                 "portico_replay_buffered_bytes",
                 "Request body bytes held by Portico for possible replays.",
             ),
+            websockets_open: gauge_vec(
+                &registry,
+                "portico_websockets_open",
+                "Open upgraded connections (WebSockets), by route and upstream.",
+                &["route", "upstream"],
+            ),
+            websockets_total: counter_vec(
+                &registry,
+                "portico_websockets_total",
+                "Upgraded connections established, by route.",
+                &["route"],
+            ),
+            websocket_bytes: counter_vec(
+                &registry,
+                "portico_websocket_bytes_total",
+                "Bytes through upgraded connections, by route and direction (in: client to upstream, out: upstream to client).",
+                &["route", "direction"],
+            ),
+            sticky: counter_vec(
+                &registry,
+                "portico_sticky_total",
+                "Requests of sticky routes, by route and outcome (hit: pinned backend used, moved: pinned backend unusable, new: no pin, invalid: pin that did not verify).",
+                &["route", "outcome"],
+            ),
             config_generation: gauge(
                 &registry,
                 "portico_config_generation",
@@ -315,6 +347,14 @@ pub struct RouteMetrics {
     pub requests: [IntCounter; 6],
     /// `portico_http_request_duration_seconds{route}`.
     pub duration: Histogram,
+    /// `portico_websockets_open{route, upstream}`.
+    pub ws_open: IntGauge,
+    /// `portico_websockets_total{route}`.
+    pub ws_total: IntCounter,
+    /// `portico_websocket_bytes_total{route, direction="in"}`.
+    pub ws_bytes_in: IntCounter,
+    /// `portico_websocket_bytes_total{route, direction="out"}`.
+    pub ws_bytes_out: IntCounter,
 }
 
 impl RouteMetrics {
@@ -323,6 +363,10 @@ impl RouteMetrics {
         Self {
             requests: STATUS_CLASSES.map(|c| m.requests.with_label_values(&[route, upstream, c])),
             duration: m.request_duration.with_label_values(&[route]),
+            ws_open: m.websockets_open.with_label_values(&[route, upstream]),
+            ws_total: m.websockets_total.with_label_values(&[route]),
+            ws_bytes_in: m.websocket_bytes.with_label_values(&[route, "in"]),
+            ws_bytes_out: m.websocket_bytes.with_label_values(&[route, "out"]),
         }
     }
 }

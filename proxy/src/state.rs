@@ -41,6 +41,8 @@ pub struct Snapshot {
     pub region: HeaderValue,
     /// The request id header's name, ready for pingora's header maps.
     pub request_id_name: bytes::Bytes,
+    /// Affinity cookie signers, indexed like `config.routes.routes()` (cookie routes only).
+    pub sticky_signers: Vec<Option<Arc<crate::sticky::CookieSigner>>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -86,8 +88,18 @@ impl Snapshot {
             .iter()
             .map(|r| RouteMetrics::new(metrics, &r.name, &config.upstreams[r.upstream].name))
             .collect();
+        let sticky_signers = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| match &r.sticky {
+                Some(portico_config::Sticky::Cookie(c)) => Some(crate::sticky::signer(c)),
+                _ => None,
+            })
+            .collect();
         let name = &config.server.name;
         Ok(Snapshot {
+            sticky_signers,
             generation,
             loaded_at: SystemTime::now(),
             via_h1: header_value(&format!("1.1 {name}")),
@@ -146,6 +158,8 @@ pub struct Shared {
     pub reload: Mutex<ReloadStatus>,
     /// Where earlier replays went (survives reloads).
     pub replay_cache: crate::replay::cache::ReplayCache,
+    /// Open WebSockets per route (survives reloads).
+    pub ws_counts: crate::proxy::websocket::WsCounts,
     next_generation: AtomicU64,
 }
 
@@ -156,6 +170,7 @@ impl Shared {
         let replay_cache = crate::replay::cache::ReplayCache::new(first.config.replay.cache_size);
         Arc::new(Self {
             replay_cache,
+            ws_counts: Default::default(),
             next_generation: AtomicU64::new(first.generation + 1),
             current: ArcSwap::from_pointee(first),
             metrics,

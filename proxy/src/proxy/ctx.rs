@@ -82,6 +82,10 @@ pub struct RequestCtx {
     pub replay: crate::replay::ReplayState,
     /// This request is a replay subrequest (its parent logs the exchange).
     pub is_subrequest: bool,
+    /// Upgrade request state (admission slot, tunnel metrics).
+    pub ws: Option<super::websocket::WsState>,
+    /// Backend key of a verified affinity cookie.
+    pub sticky_pin: Option<String>,
     _in_flight: InFlight,
 }
 
@@ -109,6 +113,8 @@ impl RequestCtx {
             upstream: 0,
             replay: Default::default(),
             is_subrequest: false,
+            ws: None,
+            sticky_pin: None,
             _in_flight: InFlight::new(shared),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`access`]: the access log.
 
 pub mod access;
+pub mod affinity;
 pub mod classify;
 pub mod ctx;
 pub mod forward;
@@ -16,6 +17,7 @@ pub mod pick;
 pub mod replaying;
 pub mod respond;
 pub mod routing_headers;
+pub mod websocket;
 
 use std::sync::Arc;
 
@@ -142,10 +144,16 @@ impl ProxyHttp for Portico {
         if self.shared.is_draining() {
             session.set_keepalive(None);
         }
-        let Some(failure) = self.classify_request(session, ctx) else {
-            ctx.upstream = ctx.route().map_or(0, |r| r.upstream);
-            self.route_by_cache(session, ctx);
-            return Ok(false);
+        let failure = match self.classify_request(session, ctx) {
+            Some(f) => f,
+            None => match websocket::admit(&self.shared, session, ctx) {
+                Some(f) => f,
+                None => {
+                    ctx.upstream = ctx.route().map_or(0, |r| r.upstream);
+                    self.route_by_cache(session, ctx);
+                    return Ok(false);
+                }
+            },
         };
         // An unread body would have to be drained to reuse the connection: close it instead.
         if !session.is_body_empty() {
@@ -213,6 +221,10 @@ impl ProxyHttp for Portico {
         let Some(chunk) = body else {
             return Ok(());
         };
+        if websocket::count_in(ctx, chunk.len()) {
+            // A tunnel: no body limits, no replay copy.
+            return Ok(());
+        }
         // pingora re-feeds its retry buffer on every attempt: only bytes new from the client
         // count, and Portico keeps its own copy for replays the retry buffer cannot hold.
         let replay = &ctx.snap.config.replay;
@@ -285,7 +297,22 @@ impl ProxyHttp for Portico {
         if !session.is_http2() && session.req_header().version == http::Version::HTTP_11 {
             upstream_response.set_version(http::Version::HTTP_11);
         }
+        websocket::on_response(ctx, upstream_response.status.as_u16());
+        self.pin_response(session, upstream_response, ctx)?;
         respond::common_headers(upstream_response, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(b) = body {
+            websocket::count_out(ctx, b.len());
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(

@@ -31,6 +31,9 @@ impl Portico {
                 .get(name.as_str())
                 .map(|v| hash_key(v.as_bytes())),
             HashKey::Cookie(name) => cookie(req, name).map(|v| hash_key(v.as_bytes())),
+            HashKey::Query(name) => {
+                crate::sticky::query_param(req.uri.query(), name).map(|v| hash_key(v.as_bytes()))
+            }
         }
     }
 }
@@ -179,6 +182,10 @@ impl Portico {
             ctx.tried.push(backend_ptr(&prev.backend));
             snap.upstreams[ctx.upstream].record_retry();
         }
+        if ctx.attempts == 0 {
+            self.read_pin(session, ctx);
+        }
+        let sticky_pin = ctx.sticky_pin.clone();
         // pingora re-sends its retry buffer from the start on every attempt.
         ctx.replay.body.attempt_offset = 0;
         ctx.replay.pending = false;
@@ -194,14 +201,15 @@ impl Portico {
             let outcome = if deadline_left.is_some_and(|d| d.is_zero()) {
                 Err(AcquireError::QueueTimeout)
             } else {
-                let hash = up
-                    .cfg
-                    .hash_on
-                    .as_ref()
-                    .and_then(|k| self.affinity_hash(session, ctx, k));
+                // A route's sticky key outranks the upstream's hash_on.
+                let key = match &route.sticky {
+                    Some(portico_config::Sticky::Hash(k)) => Some(k),
+                    _ => up.cfg.hash_on.as_ref(),
+                };
+                let hash = key.and_then(|k| self.affinity_hash(session, ctx, k));
                 let req = session.req_header();
                 let mut tried = ctx.tried.clone();
-                let want = match &ctx.replay.target {
+                let mut want = match &ctx.replay.target {
                     Some(t) => {
                         tried.extend(t.exclude.iter().copied());
                         t.want()
@@ -224,6 +232,9 @@ impl Portico {
                         }
                     }
                 };
+                if ctx.replay.target.is_none() {
+                    want.sticky = sticky_pin.as_deref();
+                }
                 let acquire = up.acquire(hash, &tried, &want);
                 match deadline_left {
                     Some(left) => tokio::time::timeout(left, acquire)
@@ -238,8 +249,12 @@ impl Portico {
                     let lease = acquired.lease;
                     let mut peer = Box::new(lease.backend.peer.clone());
                     // WebSocket and other upgrades only work over HTTP/1.1.
-                    if session.is_upgrade_req() && peer.is_tls() {
-                        peer.options.alpn = ALPN::H1;
+                    if session.is_upgrade_req() {
+                        if peer.is_tls() {
+                            peer.options.alpn = ALPN::H1;
+                        }
+                        // A tunnel may idle as long as the route allows (forever by default).
+                        peer.options.read_timeout = route.ws_idle_timeout;
                     }
                     ctx.backend_addr = Some(lease.backend.addr);
                     ctx.preferred_unavailable = acquired.preferred_unavailable;

@@ -89,6 +89,7 @@ impl Target {
             regions_forced: self.regions_forced,
             instance: self.instance.as_deref(),
             instance_forced: self.instance_forced,
+            sticky: None,
         }
     }
 }

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use portico_config::{AllUnhealthy, BackendAddr, Balance, Discovery, DiscoverySource, Upstream};
+use portico_config::{AllUnhealthy, BackendAddr, Discovery, DiscoverySource, Upstream};
 use prometheus::{IntCounter, IntGauge};
 use smallvec::SmallVec;
 use tokio::sync::Notify;
@@ -42,8 +42,10 @@ pub struct Tier {
 pub struct BackendSet {
     /// The backends.
     pub backends: Vec<Arc<BackendRt>>,
-    /// Consistent-hash ring (only for `consistent_hash`).
+    /// Consistent-hash ring over backend keys (for `consistent_hash` and sticky routes).
     pub ring: Option<Ring>,
+    /// Backend index by stable key (instance id, else address), for affinity cookies.
+    pub by_key: HashMap<Arc<str>, usize>,
     /// Region tiers; `tiers[0]` is the local one. A single tier means no region routing.
     pub tiers: Vec<Tier>,
     /// Backend index by instance id.
@@ -72,7 +74,8 @@ impl BackendSet {
                 .unwrap_or_else(|| Arc::new(BackendRt::new(s, up)))
             })
             .collect();
-        let ring = (up.balance == Balance::ConsistentHash).then(|| Ring::new(&backends));
+        // Built for every upstream: any route may hash onto it (`sticky`).
+        let ring = Some(Ring::new(&backends));
         let n = backends.len();
         let mut tiers = vec![Tier {
             region: None,
@@ -103,9 +106,15 @@ impl BackendSet {
             .enumerate()
             .filter_map(|(i, b)| b.id.clone().map(|id| (id, i)))
             .collect();
+        let by_key = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.key.clone(), i))
+            .collect();
         Self {
             backends,
             ring,
+            by_key,
             tiers,
             by_id,
         }
@@ -170,12 +179,14 @@ pub struct Want<'a> {
     pub instance: Option<&'a str>,
     /// Only that instance may answer.
     pub instance_forced: bool,
+    /// A backend key from an affinity cookie: used when usable, else normal selection.
+    pub sticky: Option<&'a str>,
 }
 
 impl Want<'_> {
     /// True when there is no constraint.
     pub fn is_any(&self) -> bool {
-        self.regions.is_empty() && self.instance.is_none()
+        self.regions.is_empty() && self.instance.is_none() && self.sticky.is_none()
     }
 }
 
@@ -462,6 +473,24 @@ impl UpstreamRt {
                     )))
                 }
                 None => preferred_unavailable = true,
+            }
+        }
+        if let Some(&i) = want
+            .sticky
+            .filter(|_| want.instance.is_none())
+            .and_then(|k| set.by_key.get(k))
+        {
+            let b = &set.backends[i];
+            let in_regions = want.regions.is_empty()
+                || b.region
+                    .as_deref()
+                    .is_some_and(|r| want.regions.contains(&r));
+            if in_regions
+                && b.health.usable()
+                && !tried.contains(&backend_ptr(b))
+                && b.try_acquire(c.hard_limit)
+            {
+                return Ok(self.lease(b, false));
             }
         }
         // Tiers to try, in order.

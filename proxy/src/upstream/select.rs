@@ -109,9 +109,9 @@ impl Selection<'_> {
         if self.backends.is_empty() {
             return Err(NoBackend::Empty);
         }
-        if let (Balance::ConsistentHash, Some(ring), Some(hash)) =
-            (self.balance, self.ring, self.hash)
-        {
+        // A hash (from `consistent_hash` or a route's sticky key) walks the ring whatever the
+        // balance, so a key keeps its backend.
+        if let (Some(ring), Some(hash)) = (self.ring, self.hash) {
             let mut any_untried = false;
             for i in ring.walk(hash) {
                 let b = &self.backends[i];

@@ -1,0 +1,83 @@
+//! Cookie affinity of `sticky = { mode = "cookie" }` routes: reading the client's pin before
+//! a backend is chosen, and pinning the client to the backend that answered.
+
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+use portico_config::Sticky;
+
+use super::ctx::RequestCtx;
+use super::{cookie, Portico};
+
+impl Portico {
+    /// Reads and verifies the affinity cookie; a bad one counts as none.
+    pub(super) fn read_pin(&self, session: &Session, ctx: &mut RequestCtx) {
+        let Some(route_idx) = ctx.route else { return };
+        let snap = &ctx.snap;
+        let route = &snap.config.routes.routes()[route_idx];
+        let (Some(Sticky::Cookie(c)), Some(Some(signer))) =
+            (&route.sticky, snap.sticky_signers.get(route_idx))
+        else {
+            return;
+        };
+        let Some(value) = cookie(session.req_header(), &c.name) else {
+            return;
+        };
+        let upstream = snap.upstreams[route.upstream].name();
+        ctx.sticky_pin = signer.verify(upstream, value);
+        if ctx.sticky_pin.is_none() {
+            self.shared
+                .metrics
+                .sticky
+                .with_label_values(&[&route.name, "invalid"])
+                .inc();
+            tracing::debug!(route = %route.name, "affinity cookie did not verify; ignored");
+        }
+    }
+
+    /// Sets the affinity cookie when the backend that answered is not the one pinned.
+    pub(super) fn pin_response(
+        &self,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &RequestCtx,
+    ) -> pingora_error::Result<()> {
+        let (Some(route_idx), Some(lease)) = (ctx.route, &ctx.lease) else {
+            return Ok(());
+        };
+        let snap = &ctx.snap;
+        let route = &snap.config.routes.routes()[route_idx];
+        let (Some(Sticky::Cookie(c)), Some(Some(signer))) =
+            (&route.sticky, snap.sticky_signers.get(route_idx))
+        else {
+            return Ok(());
+        };
+        // Only the route's own upstream pins (a replay target elsewhere does not).
+        if ctx.upstream != route.upstream {
+            return Ok(());
+        }
+        let key = &*lease.backend.key;
+        let outcome = match ctx.sticky_pin.as_deref() {
+            Some(p) if p == key => "hit",
+            Some(_) => "moved",
+            None => "new",
+        };
+        self.shared
+            .metrics
+            .sticky
+            .with_label_values(&[&route.name, outcome])
+            .inc();
+        if outcome == "hit" {
+            return Ok(());
+        }
+        let tls = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .is_some();
+        let value = signer.value(snap.upstreams[route.upstream].name(), key);
+        resp.append_header(
+            http::header::SET_COOKIE,
+            crate::sticky::set_cookie(c, &value, tls),
+        )?;
+        Ok(())
+    }
+}
