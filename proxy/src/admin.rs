@@ -1,4 +1,4 @@
-//! The admin listener: `/metrics`, `/healthz`, `/ready`, `/status` (and `/reload` later).
+//! The admin listener: `/metrics`, `/healthz`, `/ready`, `/status` and `POST /reload`.
 //!
 //! It binds to loopback unless the config says otherwise, and runs on the control runtime so
 //! that it answers even when the proxy's workers are saturated.
@@ -42,6 +42,7 @@ fn health_json(b: &crate::upstream::BackendRt) -> Value {
 /// The admin HTTP application.
 pub struct Admin {
     shared: Arc<Shared>,
+    reloader: Option<Arc<crate::reload::Reloader>>,
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
@@ -70,7 +71,16 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
 impl Admin {
     /// An admin app over `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            reloader: None,
+        }
+    }
+
+    /// Serves `POST /reload` with this reloader.
+    pub fn with_reloader(mut self, reloader: Arc<crate::reload::Reloader>) -> Self {
+        self.reloader = Some(reloader);
+        self
     }
 
     /// Readiness: not draining, and every route's upstream has a backend to send to.
@@ -271,9 +281,36 @@ impl ServeHttp for Admin {
                 }
             }
             "/status" => json_response(StatusCode::OK, &self.status()),
+            "/reload" if method != http::Method::POST => {
+                let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
+                r.headers_mut()
+                    .insert("allow", http::HeaderValue::from_static("POST"));
+                r
+            }
+            "/reload" => match &self.reloader {
+                None => text(StatusCode::SERVICE_UNAVAILABLE, "reload is not available\n"),
+                Some(r) => match r.reload("POST /reload").await {
+                    Ok(done) => json_response(
+                        StatusCode::OK,
+                        &json!({
+                            "result": "reloaded",
+                            "generation": done.generation,
+                            "not_applied": done.not_applied,
+                        }),
+                    ),
+                    Err(e) => json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &json!({
+                            "result": "error",
+                            "error": e,
+                            "generation": self.shared.current.load().generation,
+                        }),
+                    ),
+                },
+            },
             "/" => text(
                 StatusCode::OK,
-                "portico admin: /metrics /healthz /ready /status\n",
+                "portico admin: /metrics /healthz /ready /status, POST /reload\n",
             ),
             _ => text(
                 StatusCode::NOT_FOUND,

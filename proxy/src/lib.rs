@@ -21,6 +21,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod replay;
 pub mod server;
 pub mod state;

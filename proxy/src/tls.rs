@@ -205,6 +205,11 @@ impl SniResolver {
     pub fn replace(&self, store: CertStore) {
         self.store.store(Arc::new(store));
     }
+
+    /// Takes over the certificates of another resolver (a reload's freshly loaded ones).
+    pub fn replace_from(&self, other: &SniResolver) {
+        self.store.store(other.store.load_full());
+    }
 }
 
 impl ResolvesServerCert for SniResolver {

@@ -130,7 +130,7 @@ enum Stop {
     Fast,
 }
 
-async fn wait_for_signal() -> std::io::Result<Stop> {
+async fn wait_for_signal(reloader: Arc<crate::reload::Reloader>) -> std::io::Result<Stop> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -139,7 +139,7 @@ async fn wait_for_signal() -> std::io::Result<Stop> {
             _ = term.recv() => return Ok(Stop::Graceful),
             _ = int.recv() => return Ok(Stop::Fast),
             _ = hup.recv() => {
-                tracing::info!("SIGHUP received; configuration reload is not available in this build");
+                let _ = reloader.reload("SIGHUP").await;
             }
         }
     }
@@ -243,11 +243,13 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     // Discovered upstreams get their first answers (or `startup_wait` passes) before traffic
     // is accepted; listeners are bound already, so early clients wait in the backlog.
     let first = shared.current.load_full();
+    // Discovery tasks belong to a config generation: a reload stops them and starts new ones.
+    let (discovery_stop, discovery_rx) = watch::channel(false);
     let discovered = control
         .block_on(crate::discovery::start(
             &first,
             shared.clone(),
-            shutdown_rx.clone(),
+            discovery_rx,
             true,
         ))
         .map_err(|e| anyhow::anyhow!("dns: {e}"))?;
@@ -275,6 +277,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .map_or(portico_config::defaults::HTTPS_PORT, |(_, (_, local))| {
             local.port()
         });
+    let resolvers = config
+        .listeners
+        .iter()
+        .zip(&tls)
+        .map(|(l, t)| (l.name.to_string(), t.as_ref().map(|t| t.resolver.clone())))
+        .collect();
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        shared.clone(),
+        resolvers,
+        discovery_stop,
+    ));
     for ((l, (sock, local)), tls) in config.listeners.iter().zip(bound).zip(tls) {
         let mut proxy = http_proxy(
             &server_conf,
@@ -317,8 +330,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         if let Some(sock) = admin_sock {
             tokio::spawn(crate::admin::serve(
                 sock,
-                Arc::new(Admin::new(shared.clone())),
+                Arc::new(Admin::new(shared.clone()).with_reloader(reloader.clone())),
                 shutdown_rx.clone(),
+            ));
+        }
+        if let Some(path) = opts.config.clone() {
+            tokio::spawn(crate::reload::watch_file(
+                reloader.clone(),
+                path,
+                Duration::from_millis(500),
             ));
         }
         tracing::info!(
@@ -327,7 +347,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             threads,
             "portico started"
         );
-        wait_for_signal().await
+        wait_for_signal(reloader.clone()).await
     })?;
 
     match stop {

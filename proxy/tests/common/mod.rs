@@ -64,6 +64,15 @@ impl Portico {
         Self::spawn(cmd, dir, config_path, env)
     }
 
+    /// Starts `portico run -c path` on a config the test manages itself.
+    #[allow(dead_code)]
+    pub fn start_path(path: &Path, env: &[(&str, &str)]) -> Portico {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("run").arg("-c").arg(path);
+        Self::spawn(cmd, dir, path.to_path_buf(), env)
+    }
+
     /// Starts `portico run` with no config file (the embedded default).
     pub fn start_default(env: &[(&str, &str)]) -> Portico {
         let dir = tempfile::tempdir().unwrap();
