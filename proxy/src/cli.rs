@@ -21,6 +21,11 @@ enum Command {
         /// Config file; without one, the embedded default is used.
         #[arg(short = 'c', long = "config", env = "PORTICO_CONFIG")]
         config: Option<PathBuf>,
+        /// Take the listening sockets over from a running Portico, which hands them over on
+        /// SIGQUIT (zero-downtime binary upgrade). The socket path is $PORTICO_UPGRADE_SOCKET,
+        /// default /tmp/portico-upgrade.sock.
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a config file and print a summary; exit 2 and list every problem if it is invalid.
     Check {
@@ -37,8 +42,9 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run {
         config: std::env::var_os("PORTICO_CONFIG").map(PathBuf::from),
+        upgrade: false,
     }) {
-        Command::Run { config } => match server::run(RunOptions { config }) {
+        Command::Run { config, upgrade } => match server::run(RunOptions { config, upgrade }) {
             Ok(()) => 0,
             Err(e) => match e.downcast_ref::<Reported>() {
                 Some(Reported(code)) => *code,

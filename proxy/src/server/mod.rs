@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod head;
 pub mod listener;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ use conn::{ListenerCtx, Tracker};
 pub struct RunOptions {
     /// Config file; `None` uses the embedded default.
     pub config: Option<PathBuf>,
+    /// Take the listening sockets over from a running Portico (graceful binary upgrade).
+    pub upgrade: bool,
 }
 
 /// A startup failure that has already been explained to the user (exit code 2 for config
@@ -128,15 +131,18 @@ fn raise_nofile(wanted: Option<u64>) {
 enum Stop {
     Graceful,
     Fast,
+    Upgrade,
 }
 
 async fn wait_for_signal(reloader: Arc<crate::reload::Reloader>) -> std::io::Result<Stop> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut quit = signal(SignalKind::quit())?;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(Stop::Graceful),
+            _ = quit.recv() => return Ok(Stop::Upgrade),
             _ = int.recv() => return Ok(Stop::Fast),
             _ = hup.recv() => {
                 let _ = reloader.reload("SIGHUP").await;
@@ -179,16 +185,33 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
     let config = snapshot.config.clone();
     let shared = Shared::new(snapshot, metrics, opts.config.clone());
 
+    // A graceful upgrade takes the running process's sockets before binding anything.
+    let mut inherited = if opts.upgrade {
+        upgrade::receive(&upgrade::socket_path(), Duration::from_secs(60)).map_err(|e| {
+            eprintln!("portico: upgrade failed: {e:#}");
+            Reported(1)
+        })?
+    } else {
+        upgrade::Inherited::default()
+    };
+    // Copies of the listening sockets, to hand to a successor on SIGQUIT.
+    let mut handover: Vec<(String, std::os::fd::OwnedFd)> = Vec::new();
     // Bind everything before starting anything, so a taken port fails fast and clearly.
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
-        let sock = listener::bind(l).map_err(|e| {
+        let key = upgrade::key("listener", &l.address.to_string());
+        let sock = match inherited.take(&key) {
+            Some(fd) => listener::adopt(fd, l),
+            None => listener::bind(l),
+        }
+        .map_err(|e| {
             anyhow::anyhow!(
                 "listeners[{i}] ({}): cannot listen on {}: {e}",
                 l.name,
                 l.address
             )
         })?;
+        handover.push((key, sock.try_clone()?.into()));
         let local: SocketAddr = sock.local_addr()?;
         tracing::info!(listener = %l.name, address = %local, tls = l.tls.is_some(), "listening");
         bound.push((sock, local));
@@ -211,14 +234,20 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                 backlog: 128,
                 tcp_fastopen: None,
             };
-            let sock = listener::bind(&l)
-                .map_err(|e| anyhow::anyhow!("admin: cannot listen on {}: {e}", a.address))?;
+            let key = upgrade::key("admin", &a.address.to_string());
+            let sock = match inherited.take(&key) {
+                Some(fd) => listener::adopt(fd, &l),
+                None => listener::bind(&l),
+            }
+            .map_err(|e| anyhow::anyhow!("admin: cannot listen on {}: {e}", a.address))?;
+            handover.push((key, sock.try_clone()?.into()));
             let local = sock.local_addr()?;
             tracing::info!(address = %local, "admin listening");
             Some(sock)
         }
         None => None,
     };
+    inherited.close_rest();
     if let Ok(mut ls) = shared.listeners.lock() {
         *ls = config
             .listeners
@@ -326,7 +355,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
 
-    let stop = control.block_on(async {
+    control.block_on(async {
         if let Some(sock) = admin_sock {
             tokio::spawn(crate::admin::serve(
                 sock,
@@ -345,17 +374,35 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             version = env!("CARGO_PKG_VERSION"),
             config = %config.source_name,
             threads,
+            upgraded = opts.upgrade,
             "portico started"
         );
-        wait_for_signal(reloader.clone()).await
-    })?;
+    });
+    let stop = loop {
+        match control.block_on(wait_for_signal(reloader.clone()))? {
+            Stop::Upgrade => {
+                let path = upgrade::socket_path();
+                tracing::info!(socket = %path.display(), "SIGQUIT received: handing the listening sockets to the new portico");
+                match upgrade::send(&path, &handover) {
+                    Ok(()) => {
+                        tracing::info!("sockets handed over; draining");
+                        break Stop::Graceful;
+                    }
+                    // Nobody to take over: keep serving.
+                    Err(e) => tracing::error!("upgrade failed, still serving: {e:#}"),
+                }
+            }
+            other => break other,
+        }
+    };
+    drop(handover);
 
     match stop {
         Stop::Fast => {
             tracing::info!("SIGINT received: stopping now");
             let _ = shutdown_tx.send(true);
         }
-        Stop::Graceful => {
+        Stop::Graceful | Stop::Upgrade => {
             let timeout = config.server.shutdown_timeout;
             tracing::info!(open = tracker.open(), timeout = ?timeout, "SIGTERM received: draining");
             shared

@@ -73,6 +73,16 @@ impl Portico {
         Self::spawn(cmd, dir, path.to_path_buf(), env)
     }
 
+    /// Starts `portico run --upgrade -c path`: it takes the sockets of a running Portico,
+    /// which must be sent SIGQUIT meanwhile.
+    #[allow(dead_code)]
+    pub fn start_upgrade(path: &Path, env: &[(&str, &str)]) -> Portico {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("run").arg("--upgrade").arg("-c").arg(path);
+        Self::spawn(cmd, dir, path.to_path_buf(), env)
+    }
+
     /// Starts `portico run` with no config file (the embedded default).
     pub fn start_default(env: &[(&str, &str)]) -> Portico {
         let dir = tempfile::tempdir().unwrap();
