@@ -308,8 +308,28 @@ pub struct RouteFile {
     pub write_methods: Option<Vec<String>>,
     pub replay_cache: Option<Vec<ReplayCacheFile>>,
     pub sticky: Option<StickyFile>,
+    #[serde(rename = "static")]
+    pub static_files: Option<StaticFile>,
     pub ws_idle_timeout: Option<Dur>,
     pub max_websockets: Option<Int<u64>>,
+}
+
+/// `static = { root = "...", ... }` of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFile {
+    pub root: Option<String>,
+    pub index: Option<String>,
+    pub fallback: Option<String>,
+    pub try_files: Option<Flag>,
+    pub cache_control: Option<String>,
+    pub immutable_cache_control: Option<String>,
+    pub hashed_names: Option<Flag>,
+    pub immutable_paths: Option<Vec<String>>,
+    pub precompressed: Option<Flag>,
+    pub compress: Option<Flag>,
+    pub compress_min_size: Option<Size>,
+    pub dotfiles: Option<Flag>,
 }
 
 /// `sticky = { mode = "cookie", ... }` of a route.

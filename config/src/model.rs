@@ -535,10 +535,41 @@ pub struct Route {
     pub replay_cache: Vec<ReplayCacheRule>,
     /// Client affinity.
     pub sticky: Option<Sticky>,
+    /// Files served from disk instead of (or before) proxying.
+    pub static_files: Option<StaticFiles>,
     /// Idle time after which an upgraded connection (WebSocket) is closed; `None`: never.
     pub ws_idle_timeout: Option<Duration>,
     /// Upgraded connections open at once through this route; `None`: unlimited.
     pub max_websockets: Option<usize>,
+}
+
+/// `static = { ... }`: a route serving files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticFiles {
+    /// Directory the files come from (absolute, as configured).
+    pub root: std::path::PathBuf,
+    /// File served for a directory.
+    pub index: Option<String>,
+    /// File served for unknown paths without an extension (single-page apps).
+    pub fallback: Option<String>,
+    /// Proxy to the route's upstream when no file matches (else 404).
+    pub try_files: bool,
+    /// `Cache-Control` of ordinary files.
+    pub cache_control: String,
+    /// `Cache-Control` of content-hashed files.
+    pub immutable_cache_control: String,
+    /// Detect content-hashed names (`app-3f9a1c2b.js`, `main.3f9a1c2b.css`).
+    pub hashed_names: bool,
+    /// Path prefixes whose files are all treated as immutable.
+    pub immutable_paths: Vec<String>,
+    /// Serve `.br` / `.gz` siblings to clients that accept them.
+    pub precompressed: bool,
+    /// Gzip compressible files on the fly (when no sibling exists).
+    pub compress: bool,
+    /// Smallest file compressed on the fly.
+    pub compress_min_size: u64,
+    /// Serve files and directories whose name starts with a dot.
+    pub dotfiles: bool,
 }
 
 /// How a route keeps a client on one backend.

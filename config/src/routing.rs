@@ -234,6 +234,7 @@ mod tests {
             writes: None,
             replay_cache: Vec::new(),
             sticky: None,
+            static_files: None,
             ws_idle_timeout: None,
             max_websockets: None,
         }

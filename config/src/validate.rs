@@ -1264,6 +1264,7 @@ impl Validator<'_> {
                     writes: None,
                     replay_cache: Vec::new(),
                     sticky: None,
+                    static_files: None,
                     ws_idle_timeout: None,
                     max_websockets: None,
                 }],
@@ -1306,7 +1307,10 @@ impl Validator<'_> {
                     ),
                 );
             }
+            let upstream_given = f.upstream.is_some();
             let upstream = match &f.upstream {
+                // A static route needs no upstream (metrics label it with the first one).
+                None if f.static_files.is_some() && !upstreams.is_empty() => Some(0),
                 None => {
                     self.err(
                         k.clone(),
@@ -1407,6 +1411,9 @@ impl Validator<'_> {
             let response_headers =
                 self.header_rules(f.response_headers, &k.key("response_headers"));
             let sticky = f.sticky.and_then(|s| self.sticky(s, &k.key("sticky")));
+            let static_files = f
+                .static_files
+                .and_then(|s| self.static_files(s, &k.key("static"), upstream_given));
             let ws_idle_timeout = f.ws_idle_timeout.map(|d| d.0).filter(|d| !d.is_zero());
             let max_websockets = match f.max_websockets.map(|n| n.0) {
                 Some(0) => {
@@ -1431,12 +1438,86 @@ impl Validator<'_> {
                     writes,
                     replay_cache,
                     sticky,
+                    static_files,
                     ws_idle_timeout,
                     max_websockets,
                 });
             }
         }
         out
+    }
+
+    /// `static = { root = "...", ... }`.
+    fn static_files(
+        &mut self,
+        f: StaticFile,
+        k: &KeyPath,
+        upstream_given: bool,
+    ) -> Option<StaticFiles> {
+        let Some(root) = f.root.filter(|r| !r.is_empty()) else {
+            self.err(k.key("root"), "missing: the directory to serve files from");
+            return None;
+        };
+        let root_path = std::path::PathBuf::from(&root);
+        if !root_path.is_absolute() {
+            self.err(k.key("root"), format!("{root:?} must be an absolute path"));
+        }
+        let try_files = f.try_files.is_some_and(|v| v.0);
+        if try_files && !upstream_given {
+            self.err(
+                k.key("try_files"),
+                "try_files proxies to the route's upstream when no file matches: set `upstream`",
+            );
+        }
+        let name_ok =
+            |n: &str| !n.is_empty() && !n.contains(['/', '\\', '\0']) && n != "." && n != "..";
+        for (key, v) in [("index", &f.index), ("fallback", &f.fallback)] {
+            if let Some(n) = v {
+                if !name_ok(n.trim_start_matches('/')) {
+                    self.err(k.key(key), format!("{n:?} must be a file name inside root"));
+                }
+            }
+        }
+        let header_ok =
+            |v: &str| !v.is_empty() && v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
+        let cache_control = f.cache_control.unwrap_or_else(|| "no-cache".to_string());
+        if !header_ok(&cache_control) {
+            self.err(k.key("cache_control"), "not a valid header value");
+        }
+        let immutable_cache_control = f
+            .immutable_cache_control
+            .unwrap_or_else(|| "public, max-age=31536000, immutable".to_string());
+        if !header_ok(&immutable_cache_control) {
+            self.err(k.key("immutable_cache_control"), "not a valid header value");
+        }
+        let immutable_paths = f.immutable_paths.unwrap_or_default();
+        for (i, p) in immutable_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                self.err(
+                    k.key("immutable_paths").index(i),
+                    format!("{p:?} must start with '/'"),
+                );
+            }
+        }
+        Some(StaticFiles {
+            root: root_path,
+            index: Some(f.index.unwrap_or_else(|| "index.html".to_string()))
+                .filter(|s| !s.is_empty())
+                .map(|s| s.trim_start_matches('/').to_string()),
+            fallback: f
+                .fallback
+                .filter(|s| !s.is_empty())
+                .map(|s| s.trim_start_matches('/').to_string()),
+            try_files,
+            cache_control,
+            immutable_cache_control,
+            hashed_names: f.hashed_names.is_none_or(|v| v.0),
+            immutable_paths,
+            precompressed: f.precompressed.is_none_or(|v| v.0),
+            compress: f.compress.is_some_and(|v| v.0),
+            compress_min_size: f.compress_min_size.map_or(1024, |s| s.0),
+            dotfiles: f.dotfiles.is_some_and(|v| v.0),
+        })
     }
 
     /// `sticky = { mode = "cookie" | "header" | "query" | "client_ip", ... }`.

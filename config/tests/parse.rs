@@ -528,6 +528,30 @@ fn route_problems() {
         &format!("{base}[[routes]]\nupstream = \"app\"\nmax_websockets = 0\n"),
         "at least 1",
     );
+    let stat = |s: &str| format!("{base}[[routes]]\nstatic = {s}\n");
+    one_err(
+        &stat("{ index = \"index.html\" }"),
+        "missing: the directory",
+    );
+    one_err(&stat("{ root = \"dist\" }"), "must be an absolute path");
+    one_err(
+        &stat("{ root = \"/srv\", try_files = true }"),
+        "set `upstream`",
+    );
+    one_err(
+        &stat("{ root = \"/srv\", fallback = \"../x.html\" }"),
+        "must be a file name inside root",
+    );
+    one_err(
+        &stat("{ root = \"/srv\", immutable_paths = [\"assets\"] }"),
+        "must start with '/'",
+    );
+    one_err(&stat("{ root = \"/srv\", listing = true }"), "listing");
+    let c = ok(&stat("{ root = \"/srv/app\" }"));
+    let sf = c.routes.routes()[0].static_files.clone().unwrap();
+    assert_eq!(sf.index.as_deref(), Some("index.html"));
+    assert_eq!(sf.cache_control, "no-cache");
+    assert!(sf.hashed_names && sf.precompressed && !sf.compress && !sf.try_files);
 }
 
 #[test]

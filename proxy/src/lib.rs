@@ -25,6 +25,7 @@ pub mod reload;
 pub mod replay;
 pub mod server;
 pub mod state;
+pub mod statics;
 pub mod sticky;
 pub mod tls;
 pub mod upstream;

@@ -86,7 +86,15 @@ impl Snapshot {
             .routes
             .routes()
             .iter()
-            .map(|r| RouteMetrics::new(metrics, &r.name, &config.upstreams[r.upstream].name))
+            .map(|r| {
+                let static_only = r.static_files.as_ref().is_some_and(|s| !s.try_files);
+                let upstream = if static_only {
+                    "static"
+                } else {
+                    config.upstreams[r.upstream].name.as_str()
+                };
+                RouteMetrics::new(metrics, &r.name, upstream)
+            })
             .collect();
         let sticky_signers = config
             .routes
@@ -160,6 +168,8 @@ pub struct Shared {
     pub replay_cache: crate::replay::cache::ReplayCache,
     /// Open WebSockets per route (survives reloads).
     pub ws_counts: crate::proxy::websocket::WsCounts,
+    /// Static files in memory.
+    pub files: crate::statics::cache::FileCache,
     next_generation: AtomicU64,
 }
 
@@ -171,6 +181,7 @@ impl Shared {
         Arc::new(Self {
             replay_cache,
             ws_counts: Default::default(),
+            files: Default::default(),
             next_generation: AtomicU64::new(first.generation + 1),
             current: ArcSwap::from_pointee(first),
             metrics,

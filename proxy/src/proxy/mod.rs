@@ -150,6 +150,22 @@ impl ProxyHttp for Portico {
                 Some(f) => f,
                 None => {
                     ctx.upstream = ctx.route().map_or(0, |r| r.upstream);
+                    let snap = ctx.snap.clone();
+                    if let Some(route) = ctx.route.map(|i| &snap.config.routes.routes()[i]) {
+                        if let Some(files) = &route.static_files {
+                            let served = crate::statics::serve(
+                                &self.shared.files,
+                                session,
+                                ctx,
+                                route,
+                                files,
+                            )
+                            .await?;
+                            if let crate::statics::Outcome::Served = served {
+                                return Ok(true);
+                            }
+                        }
+                    }
                     self.route_by_cache(session, ctx);
                     return Ok(false);
                 }

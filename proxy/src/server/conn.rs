@@ -207,6 +207,7 @@ async fn http1(
             },
             header_timeout: settings.header_timeout,
             max_size: settings.max_header_size,
+            fresh: served == 0,
         };
         let mut buf = BytesMut::new();
         match read_head(&mut stream, &mut buf, limits, &mut shutdown).await {

@@ -54,6 +54,9 @@ pub struct HeadLimits {
     pub header_timeout: Duration,
     /// Largest head accepted.
     pub max_size: usize,
+    /// The connection is new: its client is about to send a request and expects an answer,
+    /// so a shutdown does not close it before its first request (within `idle`).
+    pub fresh: bool,
 }
 
 /// Reads until `buf` holds a complete request head. Bytes after the head (a body) may be in
@@ -66,14 +69,19 @@ pub async fn read_head<S: AsyncRead + Unpin>(
 ) -> Result<(), HeadError> {
     // Phase 1: wait for the first byte (the connection is idle until then).
     if buf.is_empty() {
-        if *shutdown.borrow() {
+        if *shutdown.borrow() && !limits.fresh {
             return Err(HeadError::Shutdown);
         }
         buf.reserve(4096);
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.changed() => return Err(HeadError::Shutdown),
-            r = tokio::time::timeout(limits.idle, stream.read_buf(buf)) => r,
+        let first = if limits.fresh {
+            // Accepted just before a shutdown (or handed over by an upgrade): serve it.
+            tokio::time::timeout(limits.idle, stream.read_buf(buf)).await
+        } else {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return Err(HeadError::Shutdown),
+                r = tokio::time::timeout(limits.idle, stream.read_buf(buf)) => r,
+            }
         };
         match first {
             Err(_) => return Err(HeadError::Idle),
@@ -129,6 +137,7 @@ mod tests {
 
     fn limits() -> HeadLimits {
         HeadLimits {
+            fresh: false,
             idle: Duration::from_millis(200),
             header_timeout: Duration::from_millis(200),
             max_size: 64,

@@ -134,18 +134,34 @@ enum Stop {
     Upgrade,
 }
 
-async fn wait_for_signal(reloader: Arc<crate::reload::Reloader>) -> std::io::Result<Stop> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut quit = signal(SignalKind::quit())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(Stop::Graceful),
-            _ = quit.recv() => return Ok(Stop::Upgrade),
-            _ = int.recv() => return Ok(Stop::Fast),
-            _ = hup.recv() => {
-                let _ = reloader.reload("SIGHUP").await;
+/// The signals Portico handles, registered before it announces that it started (so an early
+/// SIGQUIT or SIGHUP is never the default action, which would kill the process).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    async fn next(&mut self, reloader: &crate::reload::Reloader) -> Stop {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return Stop::Graceful,
+                _ = self.quit.recv() => return Stop::Upgrade,
+                _ = self.int.recv() => return Stop::Fast,
+                _ = self.hup.recv() => {
+                    let _ = reloader.reload("SIGHUP").await;
+                }
             }
         }
     }
@@ -355,6 +371,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         ));
     }
 
+    let mut signals = control.block_on(async { Signals::register() })?;
     control.block_on(async {
         if let Some(sock) = admin_sock {
             tokio::spawn(crate::admin::serve(
@@ -379,7 +396,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         );
     });
     let stop = loop {
-        match control.block_on(wait_for_signal(reloader.clone()))? {
+        match control.block_on(signals.next(&reloader)) {
             Stop::Upgrade => {
                 let path = upgrade::socket_path();
                 tracing::info!(socket = %path.display(), "SIGQUIT received: handing the listening sockets to the new portico");
