@@ -170,6 +170,8 @@ pub struct Shared {
     pub ws_counts: crate::proxy::websocket::WsCounts,
     /// Static files in memory.
     pub files: crate::statics::cache::FileCache,
+    /// Upgraded client connections, to close cleanly at shutdown.
+    pub ws_conns: crate::server::wsclose::Registry,
     next_generation: AtomicU64,
 }
 
@@ -182,6 +184,7 @@ impl Shared {
             replay_cache,
             ws_counts: Default::default(),
             files: Default::default(),
+            ws_conns: Default::default(),
             next_generation: AtomicU64::new(first.generation + 1),
             current: ArcSwap::from_pointee(first),
             metrics,

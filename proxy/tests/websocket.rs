@@ -573,7 +573,7 @@ async fn idle_sockets_live_until_ws_idle_timeout() {
 }
 
 #[tokio::test]
-async fn graceful_shutdown_leaves_sockets_until_the_timeout() {
+async fn graceful_shutdown_leaves_sockets_open_then_closes_them_with_close_frames() {
     let s = WsServer::start("a").await;
     let mut p = Portico::start(&format!(
         "[server]\nshutdown_timeout = \"1s\"\n{}",
@@ -588,17 +588,29 @@ async fn graceful_shutdown_leaves_sockets_until_the_timeout() {
         ws.next().await.unwrap().unwrap(),
         Message::text("still here")
     );
-    // Then the connection is closed when the shutdown timeout passes, and Portico exits.
+    // At the shutdown timeout both peers get a close frame (1001, going away): the server
+    // from Portico, the client from the server's answer.
     let start = Instant::now();
+    let mut code = None;
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = ws.next().await {}
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                code = f.map(|f| u16::from(f.code));
+            }
+        }
     })
     .await;
     assert!(
         ended.is_ok(),
         "socket still open after the shutdown timeout"
     );
+    assert_eq!(code, Some(1001));
     assert!(start.elapsed() < Duration::from_secs(3));
     let (status, _) = p.wait_exit(Duration::from_secs(5));
     assert_eq!(status, Some(0));
+    let t = Instant::now();
+    while s.closes.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(*s.closes.lock().unwrap(), vec![1001]);
 }

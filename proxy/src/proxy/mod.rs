@@ -313,7 +313,7 @@ impl ProxyHttp for Portico {
         if !session.is_http2() && session.req_header().version == http::Version::HTTP_11 {
             upstream_response.set_version(http::Version::HTTP_11);
         }
-        websocket::on_response(ctx, upstream_response.status.as_u16());
+        websocket::on_response(&self.shared, ctx, upstream_response.status.as_u16());
         self.pin_response(session, upstream_response, ctx)?;
         respond::common_headers(upstream_response, ctx)
     }

@@ -92,7 +92,7 @@ pub fn admit(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Op
 }
 
 /// The upstream answered an upgrade request: counts the socket as open on a 101.
-pub fn on_response(ctx: &mut RequestCtx, status: u16) {
+pub fn on_response(shared: &Shared, ctx: &mut RequestCtx, status: u16) {
     let Some(route_idx) = ctx.route else { return };
     let Some(ws) = ctx.ws.as_mut() else { return };
     if status == 101 && ws.open.is_none() {
@@ -100,6 +100,7 @@ pub fn on_response(ctx: &mut RequestCtx, status: u16) {
         m.ws_total.inc();
         m.ws_open.inc();
         ws.open = Some(m.ws_open.clone());
+        shared.ws_conns.mark_upgraded();
     }
 }
 

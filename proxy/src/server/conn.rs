@@ -187,7 +187,10 @@ pub async fn serve(
         lctx.proxy.process_new(stream, &shutdown).await;
         return;
     }
-    http1(stream, peer, &lctx, shutdown, settings).await;
+    // HTTP/1.1 may upgrade to a WebSocket, which a shutdown should close with a close frame.
+    let state = Arc::new(super::wsclose::ConnState::default());
+    let stream: Stream = Box::new(super::wsclose::CloseOnShutdown::new(stream, state.clone()));
+    super::wsclose::scope(state, http1(stream, peer, &lctx, shutdown, settings)).await;
 }
 
 async fn http1(

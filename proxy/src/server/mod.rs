@@ -8,6 +8,7 @@ pub mod conn;
 pub mod head;
 pub mod listener;
 pub mod upgrade;
+pub mod wsclose;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -434,10 +435,26 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             if drained {
                 tracing::info!("all connections drained");
             } else {
-                tracing::warn!(
-                    open = tracker.open(),
-                    "shutdown timeout reached; closing remaining connections"
-                );
+                // WebSockets get a close frame and a moment to finish the closing handshake.
+                let asked = shared.ws_conns.close_all();
+                let closed = asked > 0
+                    && control.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(2), tracker.wait_idle())
+                            .await
+                            .is_ok()
+                    });
+                if closed {
+                    tracing::info!(
+                        websockets = asked,
+                        "shutdown timeout reached; WebSockets closed with a close frame"
+                    );
+                } else {
+                    tracing::warn!(
+                        open = tracker.open(),
+                        websockets = asked,
+                        "shutdown timeout reached; closing remaining connections"
+                    );
+                }
             }
         }
     }
