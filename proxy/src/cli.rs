@@ -129,12 +129,20 @@ fn check(path: Option<PathBuf>) -> i32 {
         } else {
             r.hosts.join(",")
         };
+        let target = match &r.static_files {
+            Some(f) if f.try_files => format!(
+                "files in {}, else {}",
+                f.root.display(),
+                c.upstreams[r.upstream].name
+            ),
+            Some(f) => format!("files in {}", f.root.display()),
+            None => c.upstreams[r.upstream].name.clone(),
+        };
         outln!(
             out,
-            "  route    {:<12} {hosts}{} -> {}",
+            "  route    {:<12} {hosts}{} -> {target}",
             r.name,
-            r.path,
-            c.upstreams[r.upstream].name
+            r.path
         );
     }
     // A closed pipe (`portico check | head`) is not an error worth a panic.
