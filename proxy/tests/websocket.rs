@@ -551,6 +551,22 @@ async fn admission_cap_refuses_at_the_limit_and_accepts_after_a_close() {
 }
 
 #[tokio::test]
+async fn idle_sockets_outlive_the_upstream_read_timeout() {
+    let s = WsServer::start("a").await;
+    let p = Portico::start(
+        &config(&[s.addr], "").replace("connect_timeout = \"1s\"", "read_timeout = \"300ms\""),
+    );
+    let (mut ws, _, _) = connect(&ws_url(&p, "/"), &[]).await;
+    // A request's read timeout does not apply to a tunnel: silence is normal there.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ws.send(Message::text("still open")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still open")
+    );
+}
+
+#[tokio::test]
 async fn idle_sockets_live_until_ws_idle_timeout() {
     let s = WsServer::start("a").await;
     let p = Portico::start(&config(&[s.addr], "ws_idle_timeout = \"700ms\""));

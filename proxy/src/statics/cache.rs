@@ -110,8 +110,15 @@ impl FileCache {
         segments: &[String],
         dir_request: bool,
     ) -> Option<Arc<Entry>> {
-        let mut key = cfg.root.to_string_lossy().into_owned();
-        key.push('\0');
+        // Routes sharing a root may differ in what an entry holds (index, encodings).
+        let mut key = format!(
+            "{}\0{}\0{}{}{}\0",
+            cfg.root.to_string_lossy(),
+            cfg.index.as_deref().unwrap_or(""),
+            u8::from(cfg.precompressed),
+            u8::from(cfg.compress),
+            cfg.compress_min_size
+        );
         key.push_str(&segments.join("/"));
         if dir_request {
             key.push('/');
