@@ -231,8 +231,12 @@ fn resolve(
     let name = p.file_name()?.to_string_lossy().into_owned();
     let content_type = mime::content_type(&name);
     let (len, modified) = stamp(&meta);
+    let body = read_small(&p, len);
+    // What was read is what gets served: a file changing between stat and read must not
+    // leave a length that disagrees with the bytes.
+    let len = body.as_ref().map_or(len, |b| b.len() as u64);
     let identity = Repr {
-        body: read_small(&p, len),
+        body,
         path: p.clone(),
         len,
         modified,
@@ -253,8 +257,10 @@ fn resolve(
                 continue;
             }
             let (vlen, vmod) = stamp(&m);
+            let body = read_small(&sp, vlen);
+            let vlen = body.as_ref().map_or(vlen, |b| b.len() as u64);
             variants.push(Repr {
-                body: read_small(&sp, vlen),
+                body,
                 path: sp,
                 len: vlen,
                 modified: vmod,
