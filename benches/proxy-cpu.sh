@@ -11,6 +11,7 @@
 # Needs: nginx, haproxy, wrk (apt-get install nginx-light haproxy wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 DURATION=${1:-10}
 CONNS=${2:-64}
@@ -26,18 +27,8 @@ PLAIN=target/release/examples/plain_pingora
 THREADS=${THREADS:-2}
 ROUNDS=${ROUNDS:-3}
 
-for tool in nginx haproxy wrk; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light haproxy wrk)" >&2; exit 1; }
-done
+need nginx haproxy wrk
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 ORIGIN_PORT=18081
 PROXY_PORT=18080

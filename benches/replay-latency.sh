@@ -13,23 +13,14 @@
 # Needs: nginx, wrk (apt-get install nginx-light wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 
 DURATION=${1:-5}
 CONNS=${2:-32}
 THREADS=${THREADS:-2}
-for tool in nginx wrk; do
-  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install nginx-light wrk)" >&2; exit 1; }
-done
+need nginx wrk
 cargo build --quiet --release --bin portico
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 A1=18191
 P1=18192

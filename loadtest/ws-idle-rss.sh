@@ -5,20 +5,13 @@
 # Usage: loadtest/ws-idle-rss.sh [N]   (default 10000; needs ~3N file descriptors)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/lib.sh
 N=${1:-10000}
 THREADS=${THREADS:-2}
 # Portico needs two descriptors per proxied socket; raise the limit when allowed (root).
 ulimit -Hn $((N * 3 + 1000)) 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 cargo build --quiet --release --bin portico --example ws_idle
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 ORIGIN=127.0.0.1:18291
 PROXY=127.0.0.1:18290
