@@ -543,6 +543,13 @@ pub struct Route {
     pub max_websockets: Option<usize>,
 }
 
+impl Route {
+    /// Whether requests of this route may go to its upstream (not a files-only route).
+    pub fn proxies(&self) -> bool {
+        self.static_files.as_ref().is_none_or(|s| s.try_files)
+    }
+}
+
 /// `static = { ... }`: a route serving files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticFiles {

@@ -212,6 +212,12 @@ impl Validator<'_> {
         let listeners = self.listeners(s.listeners, s.listeners_present);
         let admin = self.admin(s.admin.unwrap_or_default(), &listeners);
         let routes = self.routes(s.routes, s.routes_present, &upstreams, &upstream_index);
+        if upstreams.is_empty() && (routes.is_empty() || routes.iter().any(Route::proxies)) {
+            self.err(
+                KeyPath::root().key("upstreams"),
+                "no upstreams: add an [upstreams.NAME] table with backends",
+            );
+        }
         if !self.problems.is_empty() {
             return None;
         }
@@ -666,12 +672,8 @@ impl Validator<'_> {
         present: bool,
     ) -> (Vec<Upstream>, HashMap<String, usize>) {
         let root = KeyPath::root().key("upstreams");
-        if files.is_empty() && !present {
-            self.err(
-                root.clone(),
-                "no upstreams: add an [upstreams.NAME] table with backends",
-            );
-        }
+        // No upstreams is fine when every route serves files only (checked with the routes).
+        let _ = present;
         let mut out = Vec::new();
         let mut index = HashMap::new();
         for (name, f) in files {
@@ -1309,8 +1311,8 @@ impl Validator<'_> {
             }
             let upstream_given = f.upstream.is_some();
             let upstream = match &f.upstream {
-                // A static route needs no upstream (metrics label it with the first one).
-                None if f.static_files.is_some() && !upstreams.is_empty() => Some(0),
+                // A files-only route needs no upstream (the index is never used).
+                None if f.static_files.is_some() => Some(0),
                 None => {
                     self.err(
                         k.clone(),

@@ -547,6 +547,13 @@ fn route_problems() {
         "must start with '/'",
     );
     one_err(&stat("{ root = \"/srv\", listing = true }"), "listing");
+    let files_only =
+        ok("[[listeners]]\naddress = \"127.0.0.1:1\"\n[[routes]]\nstatic = { root = \"/srv\" }\n");
+    assert!(files_only.upstreams.is_empty() && !files_only.routes.routes()[0].proxies());
+    one_err(
+        "[[listeners]]\naddress = \"127.0.0.1:1\"\n[[routes]]\npath = \"/\"\nstatic = { root = \"/srv\" }\n[[routes]]\npath = \"/api\"\nupstream = \"api\"\n",
+        "no upstream named",
+    );
     let c = ok(&stat("{ root = \"/srv/app\" }"));
     let sf = c.routes.routes()[0].static_files.clone().unwrap();
     assert_eq!(sf.index.as_deref(), Some("index.html"));

@@ -91,8 +91,10 @@ impl Admin {
             reasons.push("shutting down".to_string());
         }
         let snap = self.shared.current.load();
-        for r in snap.config.routes.routes() {
-            let up = &snap.upstreams[r.upstream];
+        for r in snap.config.routes.routes().iter().filter(|r| r.proxies()) {
+            let Some(up) = snap.upstreams.get(r.upstream) else {
+                continue;
+            };
             let set = up.set.load();
             if !set.backends.is_empty() && !set.backends.iter().any(|b| b.health.usable()) {
                 let msg = format!("upstream \"{}\": {}", up.name(), up.unhealthy_summary(&set));
@@ -170,7 +172,8 @@ impl Admin {
                     "name": r.name,
                     "hosts": r.hosts,
                     "path": r.path,
-                    "upstream": cfg.upstreams[r.upstream].name,
+                    "upstream": r.proxies().then(|| cfg.upstreams.get(r.upstream).map(|u| u.name.clone())).flatten(),
+                    "static_root": r.static_files.as_ref().map(|f| f.root.display().to_string()),
                 })
             })
             .collect();

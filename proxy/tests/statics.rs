@@ -421,5 +421,20 @@ async fn try_files_serves_files_and_proxies_the_rest() {
     assert_eq!(app.count(), 2);
 }
 
-#[allow(dead_code)]
-fn _unused(_: &Path) {}
+#[tokio::test]
+async fn a_files_only_config_needs_no_upstream() {
+    let s = site();
+    let p = Portico::start(&format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[routes]]\nstatic = {{ root = \"{}\" }}\n",
+        s.root.display()
+    ));
+    assert_eq!(get(&p, "/robots.txt", &[]).await.status(), 200);
+    assert_eq!(get(&p, "/missing.txt", &[]).await.status(), 404);
+    let ready = client().get(p.admin_url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(
+        metric(&p, "portico_http_requests_total", &[("upstream", "static")]).await,
+        2.0
+    );
+    let _ = Path::new("/");
+}
