@@ -544,6 +544,26 @@ pub struct Route {
 }
 
 impl Route {
+    /// A route sending what matches `hosts` and `path` to `upstream`, with nothing else set.
+    pub fn new(name: &str, hosts: Vec<String>, path: &str, upstream: usize) -> Self {
+        Self {
+            name: name.to_string(),
+            hosts,
+            path: path.to_string(),
+            upstream,
+            max_body: None,
+            strip_prefix: false,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
+            writes: None,
+            replay_cache: Vec::new(),
+            sticky: None,
+            static_files: None,
+            ws_idle_timeout: None,
+            max_websockets: None,
+        }
+    }
+
     /// Whether requests of this route may go to its upstream (not a files-only route).
     pub fn proxies(&self) -> bool {
         self.static_files.as_ref().is_none_or(|s| s.try_files)

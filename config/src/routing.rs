@@ -218,26 +218,10 @@ pub fn normalize_path(path: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::HeaderRules;
     use proptest::prelude::*;
 
     fn route(name: &str, hosts: &[&str], path: &str) -> Route {
-        Route {
-            name: name.into(),
-            hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            path: path.into(),
-            upstream: 0,
-            max_body: None,
-            strip_prefix: false,
-            request_headers: HeaderRules::default(),
-            response_headers: HeaderRules::default(),
-            writes: None,
-            replay_cache: Vec::new(),
-            sticky: None,
-            static_files: None,
-            ws_idle_timeout: None,
-            max_websockets: None,
-        }
+        Route::new(name, hosts.iter().map(|h| h.to_string()).collect(), path, 0)
     }
 
     fn name<'a>(t: &'a RouteTable, host: Option<&str>, path: &str) -> Option<&'a str> {

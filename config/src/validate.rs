@@ -1254,22 +1254,7 @@ impl Validator<'_> {
         if files.is_empty() && !present {
             // Without routes, a single upstream takes every request.
             return match upstreams {
-                [_] => vec![Route {
-                    name: "default".into(),
-                    hosts: Vec::new(),
-                    path: "/".into(),
-                    upstream: 0,
-                    max_body: None,
-                    strip_prefix: false,
-                    request_headers: HeaderRules::default(),
-                    response_headers: HeaderRules::default(),
-                    writes: None,
-                    replay_cache: Vec::new(),
-                    sticky: None,
-                    static_files: None,
-                    ws_idle_timeout: None,
-                    max_websockets: None,
-                }],
+                [_] => vec![Route::new("default", Vec::new(), "/", 0)],
                 [] => Vec::new(),
                 _ => {
                     self.err(root, "several upstreams and no routes: add [[routes]] saying which requests go to which upstream");

@@ -10,15 +10,7 @@ pub fn log(session: &Session, ctx: &RequestCtx, status: u16) {
     let req = session.req_header();
     let host = super::request_host(req).unwrap_or("-");
     let route = ctx.route().map_or("-", |r| r.name.as_str());
-    let upstream = match ctx.route() {
-        Some(r) if !r.proxies() => "static",
-        Some(_) => ctx
-            .snap
-            .upstreams
-            .get(ctx.upstream)
-            .map_or("-", |u| u.name()),
-        None => "-",
-    };
+    let upstream = ctx.upstream_label();
     let request_id = ctx
         .request_id
         .as_ref()

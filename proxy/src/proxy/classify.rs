@@ -7,7 +7,7 @@ use pingora_proxy::Session;
 use portico_config::routing::normalize_path;
 
 use super::ctx::{LocalFailure, RequestCtx};
-use super::{forwarded, header_str, request_host, Portico};
+use super::{forwarded, header_value, request_host, Portico};
 
 impl Portico {
     pub(super) fn listener_cfg<'a>(
@@ -78,8 +78,8 @@ impl Portico {
         }
         // Body limit: refuse up front when the length is declared.
         if let Some(max) = ctx.route().and_then(|r| r.max_body) {
-            let declared =
-                header_str(req, CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+            let declared = header_value(&req.headers, CONTENT_LENGTH.as_str())
+                .and_then(|v| v.parse::<u64>().ok());
             if declared.is_some_and(|n| n > max) {
                 return Some(too_large(max));
             }

@@ -23,6 +23,18 @@ pub struct LocalFailure {
     pub retry_after: Option<u64>,
 }
 
+impl LocalFailure {
+    /// A failure without `Retry-After`.
+    pub fn new(status: u16, reason: &'static str, message: String) -> Self {
+        Self {
+            status,
+            reason,
+            message,
+            retry_after: None,
+        }
+    }
+}
+
 /// Counts the request in `portico_http_requests_in_flight` while it lives.
 pub struct InFlight(Arc<Shared>);
 
@@ -122,5 +134,19 @@ impl RequestCtx {
     /// The matched route.
     pub fn route(&self) -> Option<&portico_config::Route> {
         self.route.map(|i| &self.snap.config.routes.routes()[i])
+    }
+
+    /// The upstream's name for logs and error bodies: `static` for a files-only route, `-`
+    /// before routing.
+    pub fn upstream_label(&self) -> &str {
+        match self.route() {
+            Some(r) if !r.proxies() => "static",
+            Some(_) => self
+                .snap
+                .upstreams
+                .get(self.upstream)
+                .map_or("-", |u| u.name()),
+            None => "-",
+        }
     }
 }

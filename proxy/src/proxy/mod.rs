@@ -65,8 +65,12 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
-fn header_str<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers.get(name).and_then(|v| v.to_str().ok())
+/// A header's value as text, trimmed; `None` when it is absent, empty or not visible ASCII.
+pub(crate) fn header_value<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// Value of cookie `name` in the request's `Cookie` headers.

@@ -11,23 +11,10 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::ctx::{LocalFailure, RequestCtx};
-use super::{cookie, request_host, Portico};
+use super::{cookie, header_value as header, request_host, Portico};
 use crate::replay::cache::{self, CacheKey, CachedTarget};
 use crate::replay::large::Carried;
 use crate::replay::{self as rp, instruction, Instruction, Issuer, Target};
-
-fn failure(status: u16, reason: &'static str, message: String) -> LocalFailure {
-    LocalFailure {
-        status,
-        reason,
-        message,
-        retry_after: None,
-    }
-}
-
-fn header<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
-    h.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
-}
 
 impl Portico {
     /// Counts a replay outcome.
@@ -298,7 +285,7 @@ impl Portico {
 
     fn malformed(&self, ctx: &RequestCtx, why: &str) -> LocalFailure {
         let from = ctx.backend_addr.map(|a| a.to_string()).unwrap_or_default();
-        failure(
+        LocalFailure::new(
             502,
             "replay_malformed",
             format!(
@@ -321,7 +308,7 @@ impl Portico {
         ctx.replay.kind = kind;
         let snap = ctx.snap.clone();
         if ctx.replay.by_fallback {
-            let f = failure(
+            let f = LocalFailure::new(
                 502,
                 "replay_after_fallback",
                 "a request delivered by a replay fallback may not be replayed again".into(),
@@ -329,7 +316,7 @@ impl Portico {
             return self.refuse(ctx, f);
         }
         if ctx.replay.hops >= rp::MAX_HOPS {
-            let f = failure(
+            let f = LocalFailure::new(
                 508,
                 "replay_hop_limit",
                 format!(
@@ -347,7 +334,7 @@ impl Portico {
             Some(app) => match snap.upstreams.iter().position(|u| u.name() == app) {
                 Some(i) => i,
                 None => {
-                    let f = failure(
+                    let f = LocalFailure::new(
                         502,
                         "replay_unknown_app",
                         format!("replay target app \"{app}\" is not an upstream of this proxy"),

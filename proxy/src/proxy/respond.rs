@@ -96,14 +96,7 @@ pub async fn send_failure(session: &mut Session, ctx: &RequestCtx, f: &LocalFail
 /// How a pingora error ends a request: the status to send (0 when the client is gone) and
 /// the explanation for the body.
 pub fn classify(e: &Error, ctx: &RequestCtx) -> (u16, &'static str, String) {
-    let upstream = match ctx.route() {
-        Some(_) => ctx
-            .snap
-            .upstreams
-            .get(ctx.upstream)
-            .map_or("-", |u| u.name()),
-        None => "-",
-    };
+    let upstream = ctx.upstream_label();
     let detail = || ctx.last_error.clone().unwrap_or_else(|| e.to_string());
     match e.etype() {
         ErrorType::HTTPStatus(code) => (*code, "status", e.reason_str().to_string()),

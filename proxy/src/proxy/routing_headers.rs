@@ -11,11 +11,7 @@ use smallvec::SmallVec;
 use crate::upstream::Want;
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
-    req.headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+    super::header_value(&req.headers, name)
 }
 
 fn regions(list: &str) -> SmallVec<[&str; 4]> {

@@ -55,15 +55,6 @@ pub fn carried(session: &Session) -> Option<Carried> {
         .cloned()
 }
 
-fn failure(status: u16, reason: &'static str, message: String) -> LocalFailure {
-    LocalFailure {
-        status,
-        reason,
-        message,
-        retry_after: None,
-    }
-}
-
 /// Replays the request through a subrequest. On success the response was written to the
 /// client and its status is returned.
 pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, LocalFailure> {
@@ -80,7 +71,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(failure(
+                return Err(LocalFailure::new(
                     400,
                     "client_gone",
                     format!("reading the rest of the request body for the replay failed: {e}"),
@@ -92,10 +83,14 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
         return Err(super_too_large(max));
     }
     let (Some(target), Some(route)) = (ctx.replay.target.clone(), ctx.route) else {
-        return Err(failure(500, "internal", "replay without a target".into()));
+        return Err(LocalFailure::new(
+            500,
+            "internal",
+            "replay without a target".into(),
+        ));
     };
     if session.subrequest_spawner.is_none() {
-        return Err(failure(
+        return Err(LocalFailure::new(
             500,
             "internal",
             "subrequests are not available".into(),
@@ -139,7 +134,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
         }
     }
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
-        return Err(failure(
+        return Err(LocalFailure::new(
             500,
             "internal",
             "subrequests are not available".into(),
@@ -169,7 +164,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
             }
             match session.response_written() {
                 Some(r) if !r.status.is_informational() => Ok(r.status.as_u16()),
-                _ => Err(failure(
+                _ => Err(LocalFailure::new(
                     502,
                     "replay_failed",
                     "the replayed request produced no response".into(),
@@ -183,7 +178,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
             {
                 return Ok(r.status.as_u16());
             }
-            Err(failure(
+            Err(LocalFailure::new(
                 502,
                 "replay_failed",
                 format!("the replayed request failed: {}", e.error),
@@ -194,7 +189,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
 
 /// The failure for a body too large to replay.
 pub fn super_too_large(max: u64) -> LocalFailure {
-    failure(
+    LocalFailure::new(
         413,
         "replay_body_too_large",
         format!(

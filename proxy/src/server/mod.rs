@@ -265,6 +265,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         None => None,
     };
     inherited.close_rest();
+    let handover = Arc::new(handover);
     if let Ok(mut ls) = shared.listeners.lock() {
         *ls = config
             .listeners
@@ -401,7 +402,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             Stop::Upgrade => {
                 let path = upgrade::socket_path();
                 tracing::info!(socket = %path.display(), "SIGQUIT received: handing the listening sockets to the new portico");
-                match upgrade::send(&path, &handover) {
+                // The handover may wait for the successor; keep the control runtime (admin,
+                // health checks, discovery) running meanwhile.
+                let sockets = handover.clone();
+                let sent = control.block_on(async move {
+                    tokio::task::spawn_blocking(move || upgrade::send(&path, &sockets))
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("upgrade task failed: {e}")))
+                });
+                match sent {
                     Ok(()) => {
                         tracing::info!("sockets handed over; draining");
                         break Stop::Graceful;

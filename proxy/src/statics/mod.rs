@@ -110,7 +110,7 @@ async fn write(
     entry: &Arc<Entry>,
 ) -> Result<()> {
     let req = session.req_header();
-    let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+    let header = |n: &str| crate::proxy::header_value(&req.headers, n);
     let head_only = req.method == http::Method::HEAD;
     let accept = header("accept-encoding");
     let available: Vec<Coding> = entry.variants.iter().filter_map(|v| v.coding).collect();
