@@ -108,5 +108,5 @@ upstream = "app"
 /// The name shown for the embedded configuration in messages.
 pub const EMBEDDED_NAME: &str = "<embedded default>";
 
-/// Default name of the affinity cookie.
+/// Prefix of the affinity cookie's default name (`portico_affinity_<upstream>`).
 pub const STICKY_COOKIE: &str = "portico_affinity";

@@ -229,6 +229,9 @@ pub struct Listener {
     /// Port used in `force_https` redirects (443 is left out of the URL). `None`: the port of
     /// the first TLS listener as bound, else 443.
     pub https_port: Option<u16>,
+    /// Status of `force_https` redirects; `None`: 301 for GET and HEAD, 308 for other methods
+    /// (a 301 turns a POST into a GET in browsers; a 308 keeps the method and body).
+    pub redirect_status: Option<u16>,
     /// Accept HTTP/2 without TLS (prior knowledge).
     pub h2c: bool,
     /// Connections open at once; past it, new ones wait in the kernel's backlog.
@@ -577,8 +580,12 @@ pub struct StaticFiles {
     pub root: std::path::PathBuf,
     /// File served for a directory.
     pub index: Option<String>,
-    /// File served for unknown paths without an extension (single-page apps).
+    /// File served for unknown paths (single-page apps): those without an extension, or
+    /// every one with [`StaticFiles::fallback_all`].
     pub fallback: Option<String>,
+    /// The fallback also answers unknown paths with a dot (`/users/john.doe`), like nginx's
+    /// `try_files $uri /index.html`.
+    pub fallback_all: bool,
     /// Proxy to the route's upstream when no file matches (else 404).
     pub try_files: bool,
     /// `Cache-Control` of ordinary files.

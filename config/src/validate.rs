@@ -527,6 +527,21 @@ impl Validator<'_> {
                     "force_https redirects plain HTTP to https; it cannot be set on a TLS listener",
                 );
             }
+            let redirect_status = f.redirect_status.map(|v| v.0);
+            if let Some(s) = redirect_status {
+                if ![301, 302, 307, 308].contains(&s) {
+                    self.err(
+                        k.key("redirect_status"),
+                        format!("{s} is not a redirect status (301, 302, 307 or 308)"),
+                    );
+                }
+                if !force_https {
+                    self.err(
+                        k.key("redirect_status"),
+                        "only applies with force_https = true",
+                    );
+                }
+            }
             let h2c = f.h2c.is_some_and(|v| v.0);
             if h2c && tls.is_some() {
                 self.err(
@@ -560,6 +575,7 @@ impl Validator<'_> {
                 tls,
                 force_https,
                 https_port: f.https_port.map(|p| p.0),
+                redirect_status,
                 h2c,
                 max_connections,
                 header_read_timeout,
@@ -1265,6 +1281,8 @@ impl Validator<'_> {
         let mut out = Vec::new();
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         let mut names: HashSet<String> = HashSet::new();
+        // Affinity cookie name -> (route index, upstream name) of the first route using it.
+        let mut cookies: HashMap<String, (usize, String)> = HashMap::new();
         for (i, f) in files {
             let k = root.index(i);
             let mut hosts = Vec::new();
@@ -1397,7 +1415,26 @@ impl Validator<'_> {
             let request_headers = self.header_rules(f.request_headers, &k.key("request_headers"));
             let response_headers =
                 self.header_rules(f.response_headers, &k.key("response_headers"));
-            let sticky = f.sticky.and_then(|s| self.sticky(s, &k.key("sticky")));
+            let sticky = f
+                .sticky
+                .and_then(|s| self.sticky(s, &k.key("sticky"), f.upstream.as_deref()));
+            if let (Some(Sticky::Cookie(c)), Some(up)) = (&sticky, &f.upstream) {
+                // Two upstreams cannot share one pin cookie: each would find the other's pin
+                // invalid and overwrite it, so their clients would never stay put.
+                match cookies.get(&c.name) {
+                    Some((prev, other)) if other != up => self.err(
+                        k.key("sticky").key("name"),
+                        format!(
+                            "cookie {:?} already pins clients of routes[{prev}] to upstream {other:?}; routes to different upstreams need different cookie names",
+                            c.name
+                        ),
+                    ),
+                    Some(_) => {}
+                    None => {
+                        cookies.insert(c.name.clone(), (i, up.clone()));
+                    }
+                }
+            }
             let static_files = f
                 .static_files
                 .and_then(|s| self.static_files(s, &k.key("static"), upstream_given));
@@ -1465,6 +1502,23 @@ impl Validator<'_> {
                 }
             }
         }
+        let fallback_all = match f.fallback_for.as_deref() {
+            None | Some("extensionless") => false,
+            Some("all") => true,
+            Some(other) => {
+                self.err(
+                    k.key("fallback_for"),
+                    format!("{other:?} is not one of \"extensionless\", \"all\""),
+                );
+                false
+            }
+        };
+        if f.fallback_for.is_some() && f.fallback.is_none() {
+            self.err(
+                k.key("fallback_for"),
+                "only applies with `fallback` (the file to serve)",
+            );
+        }
         let header_ok =
             |v: &str| !v.is_empty() && v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b));
         let cache_control = f.cache_control.unwrap_or_else(|| "no-cache".to_string());
@@ -1495,6 +1549,7 @@ impl Validator<'_> {
                 .fallback
                 .filter(|s| !s.is_empty())
                 .map(|s| s.trim_start_matches('/').to_string()),
+            fallback_all,
             try_files,
             cache_control,
             immutable_cache_control,
@@ -1508,7 +1563,7 @@ impl Validator<'_> {
     }
 
     /// `sticky = { mode = "cookie" | "header" | "query" | "client_ip", ... }`.
-    fn sticky(&mut self, f: StickyFile, k: &KeyPath) -> Option<Sticky> {
+    fn sticky(&mut self, f: StickyFile, k: &KeyPath, upstream: Option<&str>) -> Option<Sticky> {
         let mode = f.mode.as_deref().unwrap_or("cookie");
         let name_ok = |n: &str| is_token(n);
         let cookie_only = [
@@ -1528,7 +1583,12 @@ impl Validator<'_> {
         }
         match mode {
             "cookie" => {
-                let name = f.name.unwrap_or_else(|| d::STICKY_COOKIE.to_string());
+                // One cookie per upstream by default, so routes to different upstreams on one
+                // host keep their pins apart.
+                let name = f.name.unwrap_or_else(|| match upstream {
+                    Some(u) => format!("{}_{u}", d::STICKY_COOKIE),
+                    None => d::STICKY_COOKIE.to_string(),
+                });
                 if !name_ok(&name) {
                     self.err(k.key("name"), format!("invalid cookie name {name:?}"));
                 }

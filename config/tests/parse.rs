@@ -524,6 +524,13 @@ fn route_problems() {
     one_err(&sticky("{ key = \"short\" }"), "signing key too short");
     one_err(&sticky("{ same_site = \"sometimes\" }"), "expected \"lax\"");
     one_err(&sticky("{ mod = \"cookie\" }"), "mode");
+    // One cookie name cannot pin clients to two upstreams.
+    one_err(
+        &format!(
+            "{base}[upstreams.api]\nbackends = [\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"app\"\nsticky = {{ name = \"pin\" }}\n[[routes]]\npath = \"/api\"\nupstream = \"api\"\nsticky = {{ name = \"pin\" }}\n"
+        ),
+        "routes to different upstreams need different cookie names",
+    );
     one_err(
         &format!("{base}[[routes]]\nupstream = \"app\"\nmax_websockets = 0\n"),
         "at least 1",
@@ -541,6 +548,14 @@ fn route_problems() {
     one_err(
         &stat("{ root = \"/srv\", fallback = \"../x.html\" }"),
         "must be a file name inside root",
+    );
+    one_err(
+        &stat("{ root = \"/srv\", fallback = \"index.html\", fallback_for = \"dots\" }"),
+        "is not one of \"extensionless\", \"all\"",
+    );
+    one_err(
+        &stat("{ root = \"/srv\", fallback_for = \"all\" }"),
+        "only applies with `fallback`",
     );
     one_err(
         &stat("{ root = \"/srv\", immutable_paths = [\"assets\"] }"),

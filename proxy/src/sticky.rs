@@ -1,76 +1,110 @@
-//! Client affinity: the signed cookie of `sticky = { mode = "cookie" }`, and the query-string
+//! Client affinity: the sealed cookie of `sticky = { mode = "cookie" }`, and the query-string
 //! key of hash modes.
 //!
-//! The cookie value is `<hex(backend key)>.<hex(tag)>`, the tag being the first 16 bytes of
-//! HMAC-SHA256 over the upstream name and backend key. Clients can read which backend they
-//! are pinned to but cannot forge a pin to another one; a value that does not verify is
-//! ignored like no cookie at all.
+//! The cookie value is opaque: the backend's stable key (instance id, else address) sealed
+//! with AES-256-GCM under a key derived from the route's secret, with the upstream name as
+//! associated data, in URL-safe base64 (`nonce || ciphertext || tag`). Clients learn nothing
+//! about internal addresses and cannot forge a pin or move one to another upstream; the same
+//! secret opens pins made before a restart or by another Portico. A value that does not open
+//! is ignored like no cookie at all. ring's AEAD is used rather than a keyed hash because it
+//! needs no table from hashes back to backends: opening the value names the backend.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
 
-/// Bytes of the HMAC kept in the cookie (128 bits).
-const TAG_LEN: usize = 16;
+/// Longest backend key a pin may carry (instance ids and addresses are far shorter).
+const MAX_KEY: usize = 512;
 
-/// Signs and verifies affinity cookies.
+/// Seals and opens affinity cookies.
 pub struct CookieSigner {
-    key: hmac::Key,
+    key: LessSafeKey,
+    rng: SystemRandom,
 }
 
 impl CookieSigner {
-    /// A signer with a secret from the config or environment.
+    /// A sealer whose key is derived from a secret from the config or environment.
     pub fn new(secret: &[u8]) -> Self {
+        // The AEAD key is an HMAC of a fixed label under the secret (a one-step KDF): any
+        // secret length works and the raw secret is never used as a cipher key.
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, secret),
+            b"portico affinity cookie v2",
+        );
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&derived.as_ref()[..32]);
+        Self::from_key_bytes(&key)
+    }
+
+    fn from_key_bytes(bytes: &[u8; 32]) -> Self {
+        // AES-256 takes any 32-byte key: this cannot fail.
+        #[allow(clippy::expect_used)]
+        let key = LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, bytes).expect("a 32-byte key is an AES-256 key"),
+        );
         Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            key,
+            rng: SystemRandom::new(),
         }
     }
 
-    /// A signer with a random secret: cookies stop verifying when the process restarts.
+    /// A sealer with a random key: cookies stop opening when the process restarts.
     pub fn random() -> Self {
-        let rng = ring::rand::SystemRandom::new();
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+        let rng = SystemRandom::new();
+        let mut bytes = [0u8; 32];
+        if rng.fill(&mut bytes).is_err() {
             // The system RNG failing is not a reason to stop; fall back to a weaker secret.
-            let seed = format!("{:x}{:x}", fastrand::u64(..), fastrand::u64(..));
-            hmac::Key::new(hmac::HMAC_SHA256, seed.as_bytes())
-        });
-        Self { key }
-    }
-
-    fn tag(&self, upstream: &str, backend: &str) -> hmac::Tag {
-        let mut ctx = hmac::Context::with_key(&self.key);
-        ctx.update(upstream.as_bytes());
-        ctx.update(b"\0");
-        ctx.update(backend.as_bytes());
-        ctx.sign()
+            for chunk in bytes.chunks_mut(8) {
+                chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
+            }
+        }
+        Self::from_key_bytes(&bytes)
     }
 
     /// The cookie value pinning a client to `backend` of `upstream`.
     pub fn value(&self, upstream: &str, backend: &str) -> String {
-        let tag = self.tag(upstream, backend);
-        let mut out = String::with_capacity(backend.len() * 2 + 1 + TAG_LEN * 2);
-        hex(&mut out, backend.as_bytes());
-        out.push('.');
-        hex(&mut out, &tag.as_ref()[..TAG_LEN]);
-        out
+        let mut nonce = [0u8; NONCE_LEN];
+        if self.rng.fill(&mut nonce).is_err() {
+            nonce[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+            nonce[8..].copy_from_slice(&fastrand::u32(..).to_le_bytes());
+        }
+        let mut buf = backend.as_bytes().to_vec();
+        let sealed = self.key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(upstream.as_bytes()),
+            &mut buf,
+        );
+        if sealed.is_err() {
+            return String::new();
+        }
+        let mut raw = Vec::with_capacity(NONCE_LEN + buf.len());
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&buf);
+        URL_SAFE_NO_PAD.encode(raw)
     }
 
-    /// The backend key named by a cookie value, when its tag verifies.
+    /// The backend key a cookie value names, when it opens under this key for `upstream`.
     pub fn verify(&self, upstream: &str, value: &str) -> Option<String> {
-        let (key_hex, tag_hex) = value.split_once('.')?;
-        if key_hex.len() > 1024 || tag_hex.len() != TAG_LEN * 2 {
+        if value.len() > (MAX_KEY + NONCE_LEN + 16) * 4 / 3 + 4 {
             return None;
         }
-        let key = String::from_utf8(unhex(key_hex)?).ok()?;
-        let tag = unhex(tag_hex)?;
-        let want = self.tag(upstream, &key);
-        // Constant-time comparison, so the tag cannot be guessed byte by byte.
-        let mut diff = 0u8;
-        for (a, b) in want.as_ref()[..TAG_LEN].iter().zip(&tag) {
-            diff |= a ^ b;
+        let raw = URL_SAFE_NO_PAD.decode(value).ok()?;
+        if raw.len() < NONCE_LEN + AES_256_GCM.tag_len() {
+            return None;
         }
-        (diff == 0).then_some(key)
+        let (nonce, rest) = raw.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let mut buf = rest.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(upstream.as_bytes()), &mut buf)
+            .ok()?;
+        String::from_utf8(plain.to_vec()).ok()
     }
 }
 
@@ -90,22 +124,6 @@ pub fn signer(c: &portico_config::StickyCookie) -> Arc<CookieSigner> {
             })
             .clone(),
     }
-}
-
-fn hex(out: &mut String, bytes: &[u8]) {
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The value of query parameter `name` (raw, not percent-decoded: it is only hashed).
@@ -140,28 +158,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cookies_verify_only_untampered() {
+    fn cookies_open_only_untampered() {
         let s = CookieSigner::new(b"0123456789abcdef0123");
-        let v = s.value("web", "i-1");
-        assert_eq!(s.verify("web", &v).as_deref(), Some("i-1"));
-        // Another upstream, another key, or a changed backend: rejected.
+        let v = s.value("web", "10.0.0.7:8080");
+        // Opaque: the address is not in the value, in any encoding.
+        assert!(!v.contains("10.0.0.7"), "{v}");
+        assert!(!v.contains(&URL_SAFE_NO_PAD.encode("10.0.0.7")), "{v}");
+        assert!(!v.contains("31302e302e302e37"), "{v}");
+        assert_eq!(s.verify("web", &v).as_deref(), Some("10.0.0.7:8080"));
+        // The same secret opens it after a restart (a new sealer).
+        let again = CookieSigner::new(b"0123456789abcdef0123");
+        assert_eq!(again.verify("web", &v).as_deref(), Some("10.0.0.7:8080"));
+        // Another upstream, another key, or a changed byte: rejected.
         assert_eq!(s.verify("api", &v), None);
         assert_eq!(
             CookieSigner::new(b"another secret 12345").verify("web", &v),
             None
         );
-        let forged = format!("{}{}", "692d32", &v[v.find('.').unwrap()..]);
-        assert_eq!(s.verify("web", &forged), None);
+        let mut bytes = URL_SAFE_NO_PAD.decode(&v).unwrap();
+        for i in 0..bytes.len() {
+            bytes[i] ^= 1;
+            assert_eq!(
+                s.verify("web", &URL_SAFE_NO_PAD.encode(&bytes)),
+                None,
+                "byte {i}"
+            );
+            bytes[i] ^= 1;
+        }
         for junk in [
             "",
             ".",
             "zz.zz",
             "69.00",
             &v[..v.len() - 1],
-            "\u{e9}.\u{e9}",
+            "\u{e9}",
+            &"A".repeat(5000),
         ] {
             assert_eq!(s.verify("web", junk), None, "{junk:?}");
         }
+        assert_eq!(CookieSigner::random().verify("web", &v), None);
     }
 
     #[test]

@@ -318,7 +318,7 @@ read_timeout = "300ms"
 }
 
 #[tokio::test]
-async fn force_https_redirects_with_301() {
+async fn force_https_redirects_with_301_or_308() {
     let web = Origin::named("web").await;
     let config = format!(
         r#"
@@ -343,7 +343,29 @@ backends = ["{}"]
         .unwrap();
     assert_eq!(r.status(), 301);
     assert_eq!(r.headers()["location"], "https://example.com:8443/a/b?c=d");
+    // A POST gets a 308, so browsers repeat it with its method and body.
+    let r = client()
+        .post(p.url("http", "/form"))
+        .header("host", "example.com")
+        .body("a=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "https://example.com:8443/form");
     assert_eq!(web.count(), 0);
+    // `redirect_status` sets it for every method.
+    let p = Portico::start(&config.replace(
+        "https_port = 8443",
+        "https_port = 8443\nredirect_status = 308",
+    ));
+    let r = client()
+        .get(p.url("http", "/a"))
+        .header("host", "example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
 }
 
 #[tokio::test]

@@ -88,6 +88,8 @@ fn replica_handler(
                 "failed": s.header("fly-replay-failed"),
                 "unavailable": s.header("fly-preferred-instance-unavailable"),
                 "cache_status": s.header("fly-replay-cache-status"),
+                "client_replay": s.header("fly-replay"),
+                "client_replay_other": s.header("fly-replay-whatever"),
                 "x_added": s.header("x-added"),
                 "cookie": s.header("cookie"),
             });
@@ -535,8 +537,12 @@ async fn spoofed_internal_headers_never_reach_an_upstream() {
         ("fly-replay-failed", "instance=evil"),
         ("fly-preferred-instance-unavailable", "evil"),
         ("fly-replay-cache-status", "hit"),
+        ("fly-replay", "region=evil"),
+        ("fly-replay-whatever", "x"),
     ];
     let v = c.json("GET", &spoof, vec![]).await;
+    assert_eq!(v["client_replay"], Value::Null);
+    assert_eq!(v["client_replay_other"], Value::Null);
     assert_eq!(v["src"], Value::Null);
     assert_eq!(v["failed"], Value::Null);
     assert_eq!(v["unavailable"], Value::Null);

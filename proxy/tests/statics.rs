@@ -34,6 +34,14 @@ fn site() -> Site {
     w("assets/logo.svg", b"<svg/>");
     w("assets/app.wasm", b"\0asm");
     w("assets/font-a1b2c3d4.woff2", b"wOF2");
+    // Real bundler output (Vite 5 base64url hashes with `-`/`_`) and ordinary names that must
+    // not be mistaken for hashes.
+    w("assets/page01-C7-9Ngwl.js", b"p1");
+    w("assets/page01-C7-9Ngwl.js.map", b"{}");
+    w("assets/page29-6Ywn-_AW.js", b"p29");
+    w("fonts/Inter-SemiBold.woff2", b"wOF2");
+    w("img/logo-DarkMode.svg", b"<svg/>");
+    w("files/report-20240315.pdf", b"%PDF");
     w("data.json", b"{}");
     w("robots.txt", b"User-agent: *");
     w(
@@ -266,6 +274,60 @@ async fn precompressed_siblings_and_on_the_fly_gzip() {
     // Below compress_min_size: as is.
     let r = get(&p, "/data.json", &[("accept-encoding", "gzip")]).await;
     assert_eq!(h(&r, "content-encoding"), "");
+}
+
+#[tokio::test]
+async fn hashed_names_follow_what_bundlers_emit() {
+    let s = site();
+    let p = start(&s, "");
+    for path in [
+        "/assets/page01-C7-9Ngwl.js",
+        "/assets/page01-C7-9Ngwl.js.map",
+        "/assets/page29-6Ywn-_AW.js",
+    ] {
+        let r = get(&p, path, &[]).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(
+            h(&r, "cache-control"),
+            "public, max-age=31536000, immutable",
+            "{path}"
+        );
+    }
+    for path in [
+        "/fonts/Inter-SemiBold.woff2",
+        "/img/logo-DarkMode.svg",
+        "/files/report-20240315.pdf",
+    ] {
+        let r = get(&p, path, &[]).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(h(&r, "cache-control"), "no-cache", "{path}");
+    }
+    // `immutable_paths` is exact whatever the names look like.
+    let p = start(&s, r#", immutable_paths = ["/fonts/"]"#);
+    let r = get(&p, "/fonts/Inter-SemiBold.woff2", &[]).await;
+    assert_eq!(
+        h(&r, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+}
+
+#[tokio::test]
+async fn fallback_for_all_paths() {
+    let s = site();
+    // By default a path with a dot is a missing file.
+    let p = start(&s, "");
+    assert_eq!(get(&p, "/users/john.doe", &[]).await.status(), 404);
+    // `fallback_for = "all"`: nginx's `try_files $uri /index.html`.
+    let p = start(&s, r#", fallback_for = "all""#);
+    for path in ["/users/john.doe", "/files/a.pdf", "/settings"] {
+        let r = get(&p, path, &[]).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(h(&r, "cache-control"), "no-cache");
+        assert!(r.text().await.unwrap().contains("<title>app</title>"));
+    }
+    // Existing files are still served as themselves.
+    let r = get(&p, "/robots.txt", &[]).await;
+    assert_eq!(r.text().await.unwrap(), "User-agent: *");
 }
 
 #[tokio::test]

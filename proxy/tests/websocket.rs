@@ -269,13 +269,12 @@ async fn cookie_affinity_survives_reconnects_and_moves_when_its_backend_dies() {
         let _ = ws.close(None).await;
     }
     // A tampered cookie is ignored: the connection works and is pinned afresh.
-    // Point the pin at another backend's key, keeping the tag.
-    let (eq_pos, dot) = (cookie.find('=').unwrap(), cookie.find('.').unwrap());
-    let other = ["6230", "6231", "6232"]
-        .into_iter()
-        .find(|k| *k != &cookie[eq_pos + 1..dot])
-        .unwrap();
-    let forged = format!("{}{other}{}", &cookie[..=eq_pos], &cookie[dot..]);
+    // Flip one character of the sealed value.
+    let eq_pos = cookie.find('=').unwrap();
+    let mut forged = cookie.clone().into_bytes();
+    let i = eq_pos + 5;
+    forged[i] = if forged[i] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
     let (_ws2, _, set2) = connect(&url, &[("cookie", &forged)]).await;
     assert!(set2.is_some(), "a tampered cookie gets a fresh pin");
     let (_ws3, _, set3) = connect(&url, &[("cookie", "aff=garbage")]).await;
@@ -319,7 +318,7 @@ async fn long_polling_http_requests_keep_cookie_affinity() {
     for _ in 0..5 {
         let r = c.get(p.url("http", "/poll")).send().await.unwrap();
         let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
-        assert!(set.starts_with("portico_affinity="), "{set}");
+        assert!(set.starts_with("portico_affinity_app="), "{set}");
         let cookie = cookie_pair(&set);
         let first = r.text().await.unwrap();
         for _ in 0..20 {
@@ -331,6 +330,79 @@ async fn long_polling_http_requests_keep_cookie_affinity() {
                 .unwrap();
             assert!(r.headers().get("set-cookie").is_none());
             assert_eq!(r.text().await.unwrap(), first);
+        }
+    }
+}
+
+#[tokio::test]
+async fn cookie_routes_to_two_upstreams_on_one_host_keep_their_pins() {
+    // A socket.io-style app on `/` and an API on `/api`, both cookie-sticky, one host.
+    let apps = [Origin::named("app-a").await, Origin::named("app-b").await];
+    let apis = [Origin::named("api-a").await, Origin::named("api-b").await];
+    let list = |o: &[Origin; 2]| format!("\"{}\", \"{}\"", o[0].addr, o[1].addr);
+    let p = Portico::start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.app]
+backends = [{}]
+[upstreams.api]
+backends = [{}]
+[[routes]]
+path = "/"
+upstream = "app"
+sticky = {{ mode = "cookie", key = "0123456789abcdef0123456789abcdef" }}
+[[routes]]
+path = "/api"
+upstream = "api"
+sticky = {{ mode = "cookie", key = "0123456789abcdef0123456789abcdef" }}
+"#,
+        list(&apps),
+        list(&apis)
+    ));
+    let c = client();
+    let mut jar: Vec<String> = Vec::new();
+    let get = async |path: &str, jar: &mut Vec<String>| {
+        let r = c
+            .get(p.url("http", path))
+            .header("cookie", jar.join("; "))
+            .send()
+            .await
+            .unwrap();
+        let set: Vec<String> = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| cookie_pair(v.to_str().unwrap()))
+            .collect();
+        for s in &set {
+            let name = s.split('=').next().unwrap().to_string();
+            jar.retain(|c| !c.starts_with(&format!("{name}=")));
+            jar.push(s.clone());
+        }
+        (r.text().await.unwrap(), set)
+    };
+    let (app, set) = get("/socket", &mut jar).await;
+    assert_eq!(set.len(), 1);
+    assert!(set[0].starts_with("portico_affinity_app="), "{set:?}");
+    let (api, set) = get("/api/x", &mut jar).await;
+    assert!(set[0].starts_with("portico_affinity_api="), "{set:?}");
+    for _ in 0..20 {
+        let (a, set) = get("/socket", &mut jar).await;
+        assert_eq!((a.as_str(), set.len()), (app.as_str(), 0));
+        let (b, set) = get("/api/x", &mut jar).await;
+        assert_eq!((b.as_str(), set.len()), (api.as_str(), 0));
+    }
+    // The values are opaque: no backend address, in text or hex.
+    for pair in &jar {
+        let value = pair.split_once('=').unwrap().1;
+        for o in apps.iter().chain(&apis) {
+            let addr = o.addr.to_string();
+            let hex: String = addr.bytes().map(|b| format!("{b:02x}")).collect();
+            assert!(!value.contains(&addr) && !value.contains(&hex), "{pair}");
         }
     }
 }

@@ -56,7 +56,7 @@ impl Portico {
             let port = listener
                 .https_port
                 .unwrap_or(self.listener.default_https_port);
-            return Some(self.https_redirect(session, port));
+            return Some(self.https_redirect(session, port, listener.redirect_status));
         }
         // Routing, on the normalized path.
         let host = request_host(req);
@@ -87,7 +87,12 @@ impl Portico {
         None
     }
 
-    fn https_redirect(&self, session: &Session, https_port: u16) -> LocalFailure {
+    fn https_redirect(
+        &self,
+        session: &Session,
+        https_port: u16,
+        status: Option<u16>,
+    ) -> LocalFailure {
         let req = session.req_header();
         let host = request_host(req).map(portico_config::routing::strip_port);
         let Some(host) = host.filter(|h| !h.is_empty()) else {
@@ -104,8 +109,10 @@ impl Portico {
             format!(":{https_port}")
         };
         let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        // A 301 makes browsers repeat a POST as a GET (losing its body); 308 keeps the method.
+        let safe = matches!(req.method, http::Method::GET | http::Method::HEAD);
         LocalFailure {
-            status: 301,
+            status: status.unwrap_or(if safe { 301 } else { 308 }),
             reason: "force_https",
             message: format!("https://{host}{port}{pq}"),
             retry_after: None,

@@ -9,18 +9,20 @@ use http::HeaderValue;
 use pingora_error::{Error, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
+use smallvec::SmallVec;
 
 use super::ctx::RequestCtx;
 use super::Portico;
 
-/// Request headers only Portico may set: anything a client sends under these names is dropped
-/// before the request goes upstream.
-pub const INTERNAL_HEADERS: &[&str] = &[
-    "fly-replay-src",
-    "fly-replay-failed",
-    "fly-preferred-instance-unavailable",
-    "fly-replay-cache-status",
-];
+/// Request headers only Portico may set: anything a client sends under these names, or under
+/// any name starting with `fly-replay` (`fly-replay`, `fly-replay-src`, `fly-replay-failed`,
+/// `fly-replay-cache-status`, ...), is dropped before the request goes upstream.
+pub const INTERNAL_HEADERS: &[&str] = &["fly-preferred-instance-unavailable"];
+
+/// Whether a request header name is reserved to Portico (see [`INTERNAL_HEADERS`]).
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with("fly-replay") || INTERNAL_HEADERS.contains(&name)
+}
 
 /// Fly's request headers, replaced by Portico's own values (or removed when the peer is not a
 /// trusted proxy and `fly_headers` is off).
@@ -43,8 +45,14 @@ impl Portico {
         // One pass over the (few) request headers decides whether any removal is needed, instead
         // of hashing every reserved name on every request.
         if up.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
-            for name in INTERNAL_HEADERS {
-                up.remove_header(*name);
+            let internal: SmallVec<[http::HeaderName; 4]> = up
+                .headers
+                .keys()
+                .filter(|k| is_internal(k.as_str()))
+                .cloned()
+                .collect();
+            for name in internal {
+                up.remove_header(&name);
             }
             if !trusted || server.fly_headers {
                 for name in FLY_HEADERS {

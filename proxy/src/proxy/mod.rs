@@ -179,10 +179,17 @@ impl ProxyHttp for Portico {
         if !session.is_body_empty() {
             session.set_keepalive(None);
         }
-        if failure.status == 301 {
+        if failure.reason == "force_https" {
             let location = failure.message.clone();
-            let body = format!("Moved Permanently: {location}\n");
-            respond::send(session, ctx, 301, body, &[("location", location)]).await?;
+            let body = format!("Redirecting to {location}\n");
+            respond::send(
+                session,
+                ctx,
+                failure.status,
+                body,
+                &[("location", location)],
+            )
+            .await?;
         } else {
             self.shared
                 .metrics

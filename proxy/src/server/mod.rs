@@ -241,6 +241,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                 tls: None,
                 force_https: false,
                 https_port: None,
+                redirect_status: None,
                 h2c: false,
                 max_connections: 64,
                 header_read_timeout: Duration::from_secs(10),

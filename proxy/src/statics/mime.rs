@@ -54,49 +54,9 @@ pub fn compressible(content_type: &str) -> bool {
         || content_type.starts_with("font/otf")
 }
 
-/// Whether a file name looks content-hashed: `name-<hash>.ext` or `name.<hash>.ext`, the
-/// hash 8 to 64 characters of `[A-Za-z0-9_]` that are not a plain word (a digit, or an
-/// upper-case letter after the first character).
-pub fn is_hashed(name: &str) -> bool {
-    let Some((stem, _ext)) = name.rsplit_once('.') else {
-        return false;
-    };
-    stem.split(['-', '.']).skip(1).any(|token| {
-        (8..=64).contains(&token.len())
-            && token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && (token.bytes().any(|b| b.is_ascii_digit())
-                || token.bytes().skip(1).any(|b| b.is_ascii_uppercase()))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hashed_names() {
-        for yes in [
-            "index-BXp3d9fK.js",
-            "index-DiwrgTda.css",
-            "main.3f2a1b9c.js",
-            "vendor.4e5f6a7b8c9d0e1f.chunk.js",
-            "logo-a1b2c3d4.svg",
-        ] {
-            assert!(is_hashed(yes), "{yes}");
-        }
-        for no in [
-            "index.html",
-            "app.js",
-            "user-dashboard.js",
-            "User-Dashboard.js",
-            "favicon.ico",
-            "a-b.js",
-        ] {
-            assert!(!is_hashed(no), "{no}");
-        }
-    }
 
     #[test]
     fn types() {

@@ -7,6 +7,7 @@
 //! mtime) at most once per [`cache::REVALIDATE`], so hot assets cost no system call.
 
 pub mod cache;
+pub mod hashed;
 pub mod mime;
 pub mod negotiate;
 pub mod path;
@@ -73,10 +74,11 @@ pub async fn serve(
         Some(e) => e,
         None if cfg.try_files => return Ok(Outcome::Proxy),
         None => {
-            // Single-page apps: unknown paths without an extension get the app's shell.
+            // Single-page apps: unknown paths without an extension (or every unknown path with
+            // `fallback_for = "all"`) get the app's shell.
             let last = segments.last().map_or("", String::as_str);
             match &cfg.fallback {
-                Some(fb) if !last.contains('.') => {
+                Some(fb) if cfg.fallback_all || !last.contains('.') => {
                     match files.get(cfg, std::slice::from_ref(fb), false).await {
                         Some(e) => e,
                         None => return not_found(session, ctx).await,
@@ -117,7 +119,7 @@ async fn write(
     let repr: &Repr = negotiate::choose(accept, &available)
         .and_then(|c| entry.variants.iter().find(|v| v.coding == Some(c)))
         .unwrap_or(&entry.identity);
-    let immutable = (cfg.hashed_names && !entry.is_fallback && mime::is_hashed(&entry.name))
+    let immutable = (cfg.hashed_names && !entry.is_fallback && hashed::is_hashed(&entry.name))
         || cfg
             .immutable_paths
             .iter()
