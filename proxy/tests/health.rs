@@ -473,6 +473,60 @@ passive = {{ connect_failures = 2, eject_for = "600ms", max_eject_for = "10s" }}
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_replica_returns_when_its_checks_pass_not_when_the_ejection_ends() {
+    // A rolling restart: the replica's port refuses connections for a moment, real traffic
+    // ejects it for 10 s, and it comes back up within `interval * rise` of restarting.
+    let other = Origin::named("other").await;
+    let mut replica = Origin::named("replica").await;
+    let addr = replica.addr;
+    let cfg = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.app]
+backends = ["{addr}", "{}"]
+balance = "round_robin"
+passive = {{ connect_failures = 1, eject_for = "10s" }}
+[[upstreams.app.checks]]
+type = "tcp"
+interval = "200ms"
+timeout = "100ms"
+rise = 2
+fall = 100
+"#,
+        other.addr
+    );
+    let p = Portico::start(&cfg);
+    wait_state(&p, addr, "up", Duration::from_secs(3)).await;
+    replica.stop().await;
+    let c = client();
+    for _ in 0..4 {
+        let r = c.get(p.url("http", "/")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "the other replica answers");
+    }
+    let (state, health) = backend_state(&p, addr).await;
+    assert_eq!(state, "down", "{health}");
+    assert!(
+        health["reason"].as_str().unwrap().contains("ejected for 10s"),
+        "{health}"
+    );
+    let _replica = Origin::start_on(&addr.to_string(), "replica", |_| {
+        Box::pin(async { text(200, "replica", &[]) })
+    })
+    .await;
+    let took = wait_state(&p, addr, "up", Duration::from_secs(4)).await;
+    assert!(took < Duration::from_secs(4), "back after {took:?}");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..6 {
+        seen.insert(c.get(p.url("http", "/")).send().await.unwrap().text().await.unwrap());
+    }
+    assert!(seen.contains("replica"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_checks_with_a_self_signed_certificate() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();

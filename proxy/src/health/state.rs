@@ -92,10 +92,17 @@ pub struct Health {
     http_5xx: AtomicU32,
     ejections: AtomicU32,
     last_ejected_ms: AtomicU64,
+    /// What caused the current ejection: [`CAUSE_CONNECT`] or [`CAUSE_5XX`].
+    eject_cause: AtomicU8,
     born: Instant,
     /// Details for `/status`; only touched by checks and ejections, never by selection.
     pub detail: Mutex<HealthDetail>,
 }
+
+/// The ejection came from failed connections: passing active checks end it.
+const CAUSE_CONNECT: u8 = 1;
+/// The ejection came from 5xx responses: it lasts its whole back-off.
+const CAUSE_5XX: u8 = 2;
 
 /// The outcome of one check.
 pub type CheckResult = Result<String, String>;
@@ -115,6 +122,7 @@ impl Health {
             http_5xx: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             last_ejected_ms: AtomicU64::new(0),
+            eject_cause: AtomicU8::new(0),
             born: Instant::now(),
             detail: Mutex::new(HealthDetail {
                 checks: vec![tally; checks],
@@ -222,9 +230,15 @@ impl Health {
         let any_fail = d.checks.iter().any(|c| c.passing == Some(false));
         if all_pass {
             let until = self.ejected_until_ms.load(Ordering::Relaxed);
-            // A passing check does not end an ejection early.
             if until > now_ms() {
-                return None;
+                // Refused connections mean the process was gone (a restart, a crash): once
+                // its checks pass `rise` times it is back, whatever the back-off said. 5xx
+                // responses say the app misbehaves while its checks may pass: the ejection
+                // runs its course.
+                if self.eject_cause.load(Ordering::Relaxed) != CAUSE_CONNECT {
+                    return None;
+                }
+                self.ejected_until_ms.store(0, Ordering::Relaxed);
             }
             let why = format!("checks pass ({reason})");
             self.set_verdict(Verdict::Up, why, &mut d)
@@ -248,6 +262,7 @@ impl Health {
             self.eject(
                 p,
                 has_checks,
+                CAUSE_CONNECT,
                 format!("{n} consecutive connection failures"),
             )
         })?
@@ -268,13 +283,19 @@ impl Health {
         let n = self.http_5xx.fetch_add(1, Ordering::Relaxed) + 1;
         (n >= p.http_5xx).then(|| {
             self.http_5xx.store(0, Ordering::Relaxed);
-            self.eject(p, has_checks, format!("{n} consecutive 5xx responses"))
+            self.eject(
+                p,
+                has_checks,
+                CAUSE_5XX,
+                format!("{n} consecutive 5xx responses"),
+            )
         })?
     }
 
     /// Ejects the backend for a back-off that doubles on each ejection close to the last one.
-    fn eject(&self, p: &Passive, has_checks: bool, why: String) -> Option<Transition> {
+    fn eject(&self, p: &Passive, has_checks: bool, cause: u8, why: String) -> Option<Transition> {
         let now = now_ms();
+        self.eject_cause.store(cause, Ordering::Relaxed);
         let last = self.last_ejected_ms.swap(now, Ordering::Relaxed);
         let quiet = Duration::from_millis(now.saturating_sub(last));
         // A backend that behaved for twice the longest ejection starts over.
@@ -464,5 +485,26 @@ mod tests {
             Verdict::Up
         );
         assert!(h.usable());
+    }
+
+    #[test]
+    fn passing_checks_end_an_ejection_for_connect_failures() {
+        let p = Passive {
+            eject_for: Duration::from_secs(10),
+            ..passive()
+        };
+        let c = check(2, 1, Duration::ZERO);
+        let h = Health::new(1, true);
+        h.record_connect_failure(&p, true);
+        h.record_connect_failure(&p, true);
+        h.record_connect_failure(&p, true);
+        assert_eq!(h.state_name(), "down");
+        assert!(!h.usable());
+        // A restarted replica passes `rise` checks: back at once, not after 10 s.
+        assert_eq!(h.record_check(0, &c, Ok("ok".into()), Duration::ZERO), None);
+        let t = h.record_check(0, &c, Ok("ok".into()), Duration::ZERO);
+        assert_eq!(t.unwrap().to, Verdict::Up);
+        assert!(h.usable());
+        assert_eq!(h.ejected_for(), None);
     }
 }
