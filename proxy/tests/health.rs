@@ -510,7 +510,10 @@ fall = 100
     let (state, health) = backend_state(&p, addr).await;
     assert_eq!(state, "down", "{health}");
     assert!(
-        health["reason"].as_str().unwrap().contains("ejected for 10s"),
+        health["reason"]
+            .as_str()
+            .unwrap()
+            .contains("ejected for 10s"),
         "{health}"
     );
     let _replica = Origin::start_on(&addr.to_string(), "replica", |_| {
@@ -521,7 +524,15 @@ fall = 100
     assert!(took < Duration::from_secs(4), "back after {took:?}");
     let mut seen = std::collections::HashSet::new();
     for _ in 0..6 {
-        seen.insert(c.get(p.url("http", "/")).send().await.unwrap().text().await.unwrap());
+        seen.insert(
+            c.get(p.url("http", "/"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
     }
     assert!(seen.contains("replica"), "{seen:?}");
 }

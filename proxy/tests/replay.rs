@@ -864,3 +864,53 @@ async fn websocket_upgrade_is_replayed_and_the_target_upgrades() {
 fn hs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     v.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_to_an_instance_discovery_has_not_seen_yet() {
+    let c = cluster("", "", "").await;
+    // The primary moves to a new machine, p2 (at the old primary's address here). DNS knows
+    // at once; Portico's copy lives for the record's 30 s TTL.
+    c.dns
+        .set_txt("vms.web.internal", "a1 ams,a2 ams,p2 iad,f1 fra", 30);
+    c.dns
+        .set_ips("p2.vm.web.internal", &[c.origins["p1"].addr.ip()], 30);
+    let replay = [
+        ("x-replay-from-a1", "instance=p2"),
+        ("x-replay-from-a2", "instance=p2"),
+    ];
+    let start = Instant::now();
+    let v = c.json("POST", &replay, b"write".to_vec()).await;
+    assert_eq!(v["id"], "p1", "the machine at p2's address answered: {v}");
+    assert_eq!(v["body_len"], 5);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    // Known from now on: no lookup needed.
+    let v = c.json("POST", &replay, b"again".to_vec()).await;
+    assert_eq!(v["id"], "p1");
+    // The same for a client forcing an instance discovery has not seen yet.
+    c.dns
+        .set_txt("vms.web.internal", "a1 ams,a2 ams,p2 iad,f3 fra", 30);
+    c.dns
+        .set_ips("f3.vm.web.internal", &[c.origins["f1"].addr.ip()], 30);
+    let v = c
+        .json("GET", &[("fly-force-instance-id", "f3")], vec![])
+        .await;
+    assert_eq!(v["id"], "f1");
+    // An id that really does not exist still fails, after one lookup; a burst of such
+    // requests costs a few lookups, not one per request.
+    let before = c.dns.queries();
+    let burst = futures::future::join_all(
+        (0..40).map(|_| c.send("GET", "/", &[("fly-force-instance-id", "ghost")], vec![])),
+    )
+    .await;
+    for (status, _, text) in &burst {
+        assert_eq!(*status, 503, "{text}");
+        assert!(text.contains("instance \"ghost\""), "{text}");
+    }
+    let lookups = c.dns.queries() - before;
+    // One round is a TXT query plus one per instance (4): at most a few rounds.
+    assert!(lookups <= 5 * 4, "{lookups} DNS queries for 40 requests");
+}

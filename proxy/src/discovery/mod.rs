@@ -213,6 +213,8 @@ pub async fn run(
     }
     let mut first_round = first_round;
     loop {
+        let round_start = tokio::time::Instant::now();
+        up.refresh.round_started();
         let mut next = cfg.max_ttl;
         let mut errors = Vec::new();
         for (i, target) in up.discovery.iter().enumerate() {
@@ -291,11 +293,21 @@ pub async fn run(
             }
             s.next_refresh = Some(SystemTime::now() + next);
         }
+        up.refresh.round_done();
         if let Some(tx) = first_round.take() {
             let _ = tx.send(());
         }
         tokio::select! {
             _ = tokio::time::sleep(next) => {}
+            _ = up.refresh.wanted() => {
+                // A request named an instance not seen yet: look now, but no more often
+                // than MIN_SPACING however many requests ask.
+                tracing::debug!(upstream = %name, "discovery round on demand");
+                tokio::select! {
+                    _ = tokio::time::sleep_until(round_start + crate::upstream::Refresh::MIN_SPACING) => {}
+                    _ = stop.changed() => return,
+                }
+            }
             _ = stop.changed() => return,
         }
         if *stop.borrow() {

@@ -98,6 +98,8 @@ pub struct RequestCtx {
     pub ws: Option<super::websocket::WsState>,
     /// Backend key of a verified affinity cookie.
     pub sticky_pin: Option<String>,
+    /// Discovery was asked for an on-demand round for an instance it did not know.
+    pub instance_refreshed: bool,
     _in_flight: InFlight,
 }
 
@@ -127,6 +129,7 @@ impl RequestCtx {
             is_subrequest: false,
             ws: None,
             sticky_pin: None,
+            instance_refreshed: false,
             _in_flight: InFlight::new(shared),
         }
     }

@@ -244,6 +244,23 @@ impl Portico {
                 }
             };
             ctx.attempts += 1;
+            // An instance discovery has not seen yet (a primary that just moved, a machine
+            // that just started): look it up now, once per request, within the replay's time.
+            if let Err(AcquireError::InstanceMissing(id)) = &outcome {
+                if !ctx.instance_refreshed && !up.discovery.is_empty() {
+                    ctx.instance_refreshed = true;
+                    let dns = &snap.config.dns;
+                    let mut wait = dns.timeout.saturating_mul(dns.attempts.max(1) as u32);
+                    if let Some(left) = deadline_left {
+                        wait = wait.min(left);
+                    }
+                    tracing::debug!(upstream = up.name(), instance = %id, "unknown instance; asking discovery");
+                    if up.refresh.now(wait).await {
+                        ctx.attempts -= 1;
+                        continue;
+                    }
+                }
+            }
             match outcome {
                 Ok(acquired) => {
                     let lease = acquired.lease;

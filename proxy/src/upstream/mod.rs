@@ -190,6 +190,72 @@ impl Want<'_> {
     }
 }
 
+/// On-demand discovery rounds: a request that names an instance discovery has not seen yet
+/// (a primary that just moved, a machine that just started) asks the upstream's discovery
+/// task for a round now and waits for it, instead of failing until the next TTL refresh.
+///
+/// One round runs at a time (the task is single), and the task spaces on-demand rounds at
+/// least [`Refresh::MIN_SPACING`] apart, so a flood of requests for an unknown id costs one
+/// lookup per spacing, not one per request.
+#[derive(Debug)]
+pub struct Refresh {
+    wanted: Notify,
+    running: std::sync::atomic::AtomicBool,
+    rounds: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Refresh {
+    fn default() -> Self {
+        Self {
+            wanted: Notify::new(),
+            running: std::sync::atomic::AtomicBool::new(false),
+            rounds: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+impl Refresh {
+    /// Shortest time between two on-demand rounds of one upstream.
+    pub const MIN_SPACING: Duration = Duration::from_millis(250);
+
+    /// Waits (the discovery task's side) until a round is asked for.
+    pub async fn wanted(&self) {
+        self.wanted.notified().await
+    }
+
+    /// Marks a round as started (the discovery task's side).
+    pub fn round_started(&self) {
+        self.running.store(true, Ordering::Release);
+    }
+
+    /// Marks a round as finished (the discovery task's side).
+    pub fn round_done(&self) {
+        self.running.store(false, Ordering::Release);
+        self.rounds.send_modify(|n| *n += 1);
+    }
+
+    /// Asks for a round and waits until one that started after this call has finished, or
+    /// `wait` passes. Returns whether such a round finished.
+    pub async fn now(&self, wait: Duration) -> bool {
+        // A round already running may have asked DNS before the caller's news: then the one
+        // after it is needed.
+        let busy = u64::from(self.running.load(Ordering::Acquire));
+        let mut rx = self.rounds.subscribe();
+        let target = *rx.borrow_and_update() + 1 + busy;
+        self.wanted.notify_one();
+        let waiting = async {
+            while rx.changed().await.is_ok() {
+                if *rx.borrow_and_update() >= target {
+                    return true;
+                }
+                self.wanted.notify_one();
+            }
+            false
+        };
+        tokio::time::timeout(wait, waiting).await.unwrap_or(false)
+    }
+}
+
 /// One upstream at runtime.
 pub struct UpstreamRt {
     /// Its configuration.
@@ -202,6 +268,9 @@ pub struct UpstreamRt {
     pub discovery: Vec<DiscoveryTarget>,
     /// Discovery state.
     pub discovery_status: Mutex<DiscoveryStatus>,
+    /// On-demand discovery rounds (shared with the previous generation's upstream of the same
+    /// name and targets, whose task keeps running until the new one starts).
+    pub refresh: Arc<Refresh>,
     /// This proxy's region.
     pub local_region: Arc<str>,
     /// Fallback order of remote regions.
@@ -343,7 +412,12 @@ impl UpstreamRt {
                 .unwrap_or_default(),
             _ => DiscoveryStatus::default(),
         };
+        let refresh = match prev {
+            Some(p) if p.discovery == discovery => p.refresh.clone(),
+            _ => Arc::default(),
+        };
         Self {
+            refresh,
             set: ArcSwap::from_pointee(set),
             static_specs,
             discovery,
