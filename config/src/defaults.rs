@@ -110,3 +110,6 @@ pub const EMBEDDED_NAME: &str = "<embedded default>";
 
 /// Prefix of the affinity cookie's default name (`portico_affinity_<upstream>`).
 pub const STICKY_COOKIE: &str = "portico_affinity";
+
+/// Largest body `buffer_requests` holds when the route sets no `max_body` (10 MiB).
+pub const BUFFER_REQUESTS_MAX: u64 = 10 << 20;

@@ -302,6 +302,7 @@ pub struct RouteFile {
     pub path: Option<String>,
     pub upstream: Option<String>,
     pub max_body: Option<Size>,
+    pub buffer_requests: Option<Flag>,
     pub strip_prefix: Option<Flag>,
     pub request_headers: Option<HeaderRulesFile>,
     pub response_headers: Option<HeaderRulesFile>,

@@ -526,6 +526,9 @@ pub struct Route {
     pub upstream: usize,
     /// Largest request body accepted (413 above it).
     pub max_body: Option<u64>,
+    /// Read each request body in full before the upstream sees the request, so a body over the
+    /// limit ([`Route::buffer_limit`]) is refused with nothing sent upstream.
+    pub buffer_requests: bool,
     /// Remove the path prefix before proxying.
     pub strip_prefix: bool,
     /// Edits to the request sent upstream.
@@ -555,6 +558,7 @@ impl Route {
             path: path.to_string(),
             upstream,
             max_body: None,
+            buffer_requests: false,
             strip_prefix: false,
             request_headers: HeaderRules::default(),
             response_headers: HeaderRules::default(),
@@ -565,6 +569,13 @@ impl Route {
             ws_idle_timeout: None,
             max_websockets: None,
         }
+    }
+
+    /// The most a buffered request body may hold: `max_body`, else
+    /// [`crate::defaults::BUFFER_REQUESTS_MAX`].
+    pub fn buffer_limit(&self) -> u64 {
+        self.max_body
+            .unwrap_or(crate::defaults::BUFFER_REQUESTS_MAX)
     }
 
     /// Whether requests of this route may go to its upstream (not a files-only route).

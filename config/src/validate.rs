@@ -1456,6 +1456,7 @@ impl Validator<'_> {
                     path,
                     upstream,
                     max_body: f.max_body.map(|s| s.0),
+                    buffer_requests: f.buffer_requests.is_some_and(|v| v.0),
                     strip_prefix,
                     request_headers,
                     response_headers,

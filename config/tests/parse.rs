@@ -585,7 +585,7 @@ fn sticky_routes() {
     let cookie = r.iter().find(|r| r.path == "/").unwrap();
     match &cookie.sticky {
         Some(Sticky::Cookie(k)) => {
-            assert_eq!(k.name, "portico_affinity");
+            assert_eq!(k.name, "portico_affinity_app");
             assert_eq!(k.max_age, Some(Duration::from_secs(3600)));
             assert_eq!(k.same_site.as_deref(), Some("Strict"));
             assert!(k.http_only);

@@ -237,3 +237,65 @@ async fn malformed_requests_get_400_and_do_not_reach_upstream() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_routes_refuse_streamed_bodies_before_the_app_sees_them() {
+    let o = Origin::start("o", |s| {
+        Box::pin(async move {
+            let te = s.header("transfer-encoding").unwrap_or("-").to_string();
+            text(200, &format!("{} {te}", s.body.len()), &[])
+        })
+    })
+    .await;
+    let p = Portico::start(&config(
+        &o,
+        "h2c = true",
+        "max_body = \"1KiB\"\nbuffer_requests = true",
+    ));
+    // HTTP/1.1 chunked, over the limit: 413, and the app saw nothing at all.
+    let over = format!(
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n{}\r\n400\r\n{}\r\n0\r\n\r\n",
+        "a".repeat(1024),
+        "b".repeat(1024)
+    );
+    let out = raw(p.addr("http"), over.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    // Under the limit: the app gets the whole body (as the client framed it).
+    let under = format!(
+        "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n1f4\r\n{}\r\n0\r\n\r\n",
+        "c".repeat(500)
+    );
+    let out = raw(p.addr("http"), under.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.ends_with("500 chunked"), "{out}");
+    // HTTP/2 without a length, over and under the limit.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (size, want) in [(3000usize, 413), (700, 200)] {
+        let chunks: Vec<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>> = vec![
+            Ok(hyper::body::Frame::data(vec![b'x'; size / 2].into())),
+            Ok(hyper::body::Frame::data(vec![b'y'; size - size / 2].into())),
+        ];
+        let body = reqwest::Body::wrap(http_body_util::StreamBody::new(futures::stream::iter(
+            chunks,
+        )));
+        let r = h2
+            .post(p.url("http", "/up"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "h2 {size}");
+        if want == 200 {
+            assert_eq!(r.text().await.unwrap(), format!("{size} -"));
+        }
+    }
+    assert_eq!(
+        o.count(),
+        2,
+        "only the bodies under the limit reached the app"
+    );
+}

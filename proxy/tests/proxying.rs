@@ -479,3 +479,141 @@ async fn access_log_line_per_request() {
     assert!(v["duration_ms"].as_f64().is_some());
     assert_eq!(v["bytes"], 3);
 }
+
+#[tokio::test]
+async fn hop_by_hop_response_fields_stay_on_their_hop() {
+    let origin = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: timeout=5\r\nX-Secret: 1\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nTrailer: x-sum\r\nTE: trailers\r\nX-Kept: yes\r\n\r\nok"
+            .to_vec()
+    })
+    .await;
+    let p = Portico::start(&format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\nkeepalive_timeout = \"60s\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
+        origin.addr
+    ));
+    let out = raw(
+        p.addr("http"),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let fields = head_fields(&out);
+    let names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+    for gone in [
+        "keep-alive",
+        "x-secret",
+        "proxy-connection",
+        "upgrade",
+        "trailer",
+        "te",
+    ] {
+        assert!(!names.contains(&gone), "{gone} reached the client:\n{out}");
+    }
+    assert!(names.contains(&"x-kept"), "{out}");
+    // The Connection field the client gets is Portico's own, about its own connection.
+    let conn: Vec<&str> = fields
+        .iter()
+        .filter(|(k, _)| k == "connection")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(conn, ["close"], "{out}");
+    assert!(out.ends_with("ok"), "{out}");
+}
+
+/// Sends `first` on a fresh connection, then a good request on the same connection. Every
+/// answer must either leave the connection usable or say `Connection: close` and close it.
+async fn then_reuse(addr: std::net::SocketAddr, first: &str) -> (String, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(first.as_bytes()).await.unwrap();
+    let r1 = read_response(&mut s).await;
+    let close = head_fields(&r1)
+        .iter()
+        .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+    if close {
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+            .await
+            .expect("closes after Connection: close");
+        let _ = n;
+        return (r1, None);
+    }
+    s.write_all(b"GET /ok HTTP/1.1\r\nHost: good\r\n\r\n")
+        .await
+        .unwrap();
+    let r2 = read_response(&mut s).await;
+    (r1, Some(r2))
+}
+
+#[tokio::test]
+async fn local_failures_keep_the_connection_or_say_close() {
+    let good = Origin::named("good").await;
+    let dead = dead_addr();
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let p = Portico::start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.good]
+backends = ["{}"]
+[upstreams.dead]
+backends = ["{dead}"]
+retries = 0
+[upstreams.hang]
+backends = ["{hang_addr}"]
+read_timeout = "300ms"
+[[routes]]
+host = "good"
+upstream = "good"
+max_body = 4
+[[routes]]
+host = "dead"
+upstream = "dead"
+[[routes]]
+host = "hang"
+upstream = "hang"
+"#,
+        good.addr
+    ));
+    let addr = p.addr("http");
+    let cases = [
+        ("404", "GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n"),
+        ("502", "GET / HTTP/1.1\r\nHost: dead\r\n\r\n"),
+        (
+            "502",
+            "POST / HTTP/1.1\r\nHost: dead\r\nContent-Length: 3\r\n\r\nabc",
+        ),
+        (
+            "503",
+            "GET / HTTP/1.1\r\nHost: good\r\nfly-force-instance-id: nope\r\n\r\n",
+        ),
+        ("504", "GET / HTTP/1.1\r\nHost: hang\r\n\r\n"),
+        (
+            "413",
+            "POST / HTTP/1.1\r\nHost: good\r\nContent-Length: 10\r\n\r\n0123456789",
+        ),
+    ];
+    for (status, req) in cases {
+        eprintln!("case {status}: {req:?}");
+        let (r1, r2) = then_reuse(addr, req).await;
+        assert!(
+            r1.starts_with(&format!("HTTP/1.1 {status}")),
+            "{req:?}:\n{r1}"
+        );
+        if let Some(r2) = r2 {
+            assert!(r2.starts_with("HTTP/1.1 200"), "after {status}:\n{r2}");
+            assert!(r2.ends_with("good"), "{r2}");
+        }
+    }
+}

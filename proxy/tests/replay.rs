@@ -914,3 +914,45 @@ async fn replay_to_an_instance_discovery_has_not_seen_yet() {
     // One round is a TXT query plus one per instance (4): at most a few rounds.
     assert!(lookups <= 5 * 4, "{lookups} DNS queries for 40 requests");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hop_replays_of_large_bodies_never_lose_the_answer() {
+    // A local replica sends the write to the primary's region, where a replica names the
+    // primary instance: two hops, with a body above 64 KiB, many times in a row.
+    let c = cluster("", "", "").await;
+    let headers = [
+        ("x-replay-from-a1", "region=fra"),
+        ("x-replay-from-a2", "region=fra"),
+        ("x-replay-from-f1", "instance=p1"),
+    ];
+    // 4 clients at once, 50 rounds each, every answer checked.
+    let client = |k: usize| {
+        let c = &c;
+        async move {
+            for r in 0..50usize {
+                let i = k * 50 + r;
+                let size = 100 * 1024 + i;
+                let body: Vec<u8> = (0..size).map(|j| ((i + j) % 251) as u8).collect();
+                let want = fnv(&body);
+                let (status, _, text) = c.send("POST", "/", &headers, body).await;
+                assert_eq!(status, 200, "round {i}: {text}");
+                let v: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("round {i}: {e}: {text:?}"));
+                assert_eq!(v["id"], "p1", "round {i}");
+                assert_eq!(v["body_len"], size, "round {i}");
+                assert_eq!(v["body_fnv"], want, "round {i}");
+            }
+        }
+    };
+    futures::future::join_all((0..4).map(client)).await;
+    let lines: Vec<String> =
+        c.p.stdout_lines()
+            .into_iter()
+            .filter(|l| l.contains("method=POST"))
+            .collect();
+    assert!(
+        lines.iter().all(|l| l.contains("replays=2")),
+        "each access-log line counts both hops: {:?}",
+        lines.iter().find(|l| !l.contains("replays=2"))
+    );
+}

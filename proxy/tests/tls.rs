@@ -197,3 +197,54 @@ async fn failed_handshakes_are_counted_and_harmless() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_body_gets_its_413_not_a_reset() {
+    // Browsers send a large upload without `Expect: 100-continue`: the 413 must reach them
+    // although most of the body is still on its way (nginx's lingering close).
+    let web = Origin::named("web").await;
+    let pki = Pki::new();
+    let cfg = format!(
+        r#"
+[[listeners]]
+name = "https"
+address = "127.0.0.1:0"
+tls = {{ cert = "a.pem", key = "a.key" }}
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.web]
+backends = ["{}"]
+[[routes]]
+upstream = "web"
+max_body = "1MiB"
+"#,
+        web.addr
+    );
+    let p = Portico::start_with(&cfg, &[], |dir| {
+        pki.leaf(dir, "a", &["a.test"]);
+    });
+    let body = vec![b'x'; 2 << 20];
+    let tls_addr = p.addr("https");
+    let tls = pki.client(&[("a.test", tls_addr)], false);
+    let plain = client();
+    for i in 0..20 {
+        for (c, url) in [
+            (&tls, format!("https://a.test:{}/upload", tls_addr.port())),
+            (&plain, p.url("http", "/upload")),
+        ] {
+            // A fresh connection each time, as a browser's first upload would be.
+            let r = c
+                .post(&url)
+                .header("connection", "close")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("try {i} {url}: {e:?}"));
+            assert_eq!(r.status(), 413, "try {i} {url}");
+        }
+    }
+    assert_eq!(web.count(), 0);
+}

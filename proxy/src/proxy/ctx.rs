@@ -100,6 +100,9 @@ pub struct RequestCtx {
     pub sticky_pin: Option<String>,
     /// Discovery was asked for an on-demand round for an instance it did not know.
     pub instance_refreshed: bool,
+    /// pingora's upstream loop started (`upstream_peer` ran): a failure from here on ends
+    /// the client connection.
+    pub upstream_loop: bool,
     _in_flight: InFlight,
 }
 
@@ -130,6 +133,7 @@ impl RequestCtx {
             ws: None,
             sticky_pin: None,
             instance_refreshed: false,
+            upstream_loop: false,
             _in_flight: InFlight::new(shared),
         }
     }

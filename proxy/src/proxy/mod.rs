@@ -13,6 +13,7 @@ pub mod classify;
 pub mod ctx;
 pub mod forward;
 pub mod forwarded;
+pub mod hop;
 pub mod pick;
 pub mod replaying;
 pub mod respond;
@@ -126,6 +127,39 @@ impl Portico {
         }
         Ok(())
     }
+
+    /// `buffer_requests`: reads the whole body first (413 past the limit, with nothing sent
+    /// upstream), then sends the request from the copy. Always answers the client.
+    async fn send_buffered(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let limit = ctx.route().map_or(0, |r| r.buffer_limit());
+        let held = crate::replay::large::read_rest(session, ctx, limit).await;
+        let delta = ctx.replay.body.held() as i64;
+        self.shared.metrics.replay_buffered_bytes.add(delta);
+        ctx.body_bytes = ctx.replay.body.len;
+        let outcome = match held {
+            Ok(()) => crate::replay::large::run_held(session, ctx).await,
+            Err(crate::replay::large::ReadRest::TooLarge) => Err(classify::too_large(limit)),
+            Err(crate::replay::large::ReadRest::Failed(e)) => {
+                Err(LocalFailure::new(0, "client_gone", e))
+            }
+        };
+        if let Err(failure) = outcome {
+            if failure.status > 0 {
+                self.shared
+                    .metrics
+                    .rejected
+                    .with_label_values(&[failure.reason])
+                    .inc();
+                session.set_keepalive(None);
+                if session.response_written().is_none() {
+                    respond::send_failure(session, ctx, &failure).await?;
+                    respond::linger(session).await;
+                }
+            }
+            ctx.failure = Some(failure);
+        }
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -137,8 +171,9 @@ impl ProxyHttp for Portico {
     }
 
     fn allow_spawning_subrequest(&self, _session: &Session, ctx: &RequestCtx) -> bool {
-        // Replays of bodies larger than pingora's retry buffer run as subrequests.
-        ctx.snap.config.replay.enabled
+        // Replays of bodies larger than pingora's retry buffer, and buffered requests, run as
+        // subrequests.
+        ctx.snap.config.replay.enabled || ctx.route().is_some_and(|r| r.buffer_requests)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -171,6 +206,12 @@ impl ProxyHttp for Portico {
                         }
                     }
                     self.route_by_cache(session, ctx);
+                    if ctx.route().is_some_and(|r| r.buffer_requests)
+                        && !session.is_body_empty()
+                        && !session.is_upgrade_req()
+                    {
+                        return self.send_buffered(session, ctx).await;
+                    }
                     return Ok(false);
                 }
             },
@@ -200,6 +241,7 @@ impl ProxyHttp for Portico {
             respond::send_failure(session, ctx, &failure).await?;
             ctx.failure = Some(failure);
         }
+        respond::linger(session).await;
         Ok(true)
     }
 
@@ -208,6 +250,7 @@ impl ProxyHttp for Portico {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        ctx.upstream_loop = true;
         self.pick_peer(session, ctx).await
     }
 
@@ -324,7 +367,11 @@ impl ProxyHttp for Portico {
         if !session.is_http2() && session.req_header().version == http::Version::HTTP_11 {
             upstream_response.set_version(http::Version::HTTP_11);
         }
-        websocket::on_response(&self.shared, ctx, upstream_response.status.as_u16());
+        let status = upstream_response.status.as_u16();
+        for name in hop::response_fields(&upstream_response.headers, status == 101) {
+            upstream_response.remove_header(&name);
+        }
+        websocket::on_response(&self.shared, ctx, status);
         self.pin_response(session, upstream_response, ctx)?;
         respond::common_headers(upstream_response, ctx)
     }
@@ -385,6 +432,25 @@ impl ProxyHttp for Portico {
             // The upstream asked for a replay: retry whatever the method, with the body from
             // pingora's retry buffer, or through Portico's copy when that buffer overflowed.
             let mut e = e;
+            if let Some(slot) = &ctx.replay.handback {
+                // A large-body replay subrequest: the request that spawned it runs the next
+                // hop with its copy of the body.
+                ctx.replay.pending = false;
+                if let Some(target) = ctx.replay.target.clone() {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(crate::replay::large::NextHop {
+                            target,
+                            hops: ctx.replay.hops,
+                            by_fallback: ctx.replay.by_fallback,
+                            first_from: ctx.replay.first_from.clone(),
+                            cache_key: ctx.replay.cache_key.clone(),
+                            kind: ctx.replay.kind,
+                        });
+                    ctx.replay.handed_back = true;
+                }
+                e.set_retry(false);
+                return e;
+            }
             if session.as_ref().retry_buffer_truncated() {
                 ctx.replay.pending = false;
                 ctx.replay.needs_large = true;
@@ -456,6 +522,13 @@ impl ProxyHttp for Portico {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.replay.handed_back {
+            // The spawning request runs the next hop and answers the client.
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         if ctx.replay.needs_large {
             ctx.replay.needs_large = false;
             match crate::replay::large::run(session, ctx).await {
@@ -485,6 +558,20 @@ impl ProxyHttp for Portico {
         let written = session
             .response_written()
             .is_some_and(|r| !r.status.is_informational());
+        // The connection can serve another request only when this one was read to its end and
+        // its answer is complete. Otherwise the answer must say `Connection: close`, so the
+        // client knows not to send its next request (a POST it could not tell was applied).
+        // pingora reuses the connection only after a failure in a filter; after a failure in its
+        // upstream loop (`upstream_peer` ran) it closes it whatever is returned here.
+        let reuse = code > 0
+            && !ctx.upstream_loop
+            && !written
+            && !self.shared.is_draining()
+            && !session.is_http2()
+            && session.as_mut().is_body_done();
+        if !reuse {
+            session.set_keepalive(None);
+        }
         if code > 0 {
             self.shared
                 .metrics
@@ -498,14 +585,15 @@ impl ProxyHttp for Portico {
                     message,
                     retry_after: ctx.failure.as_ref().and_then(|f| f.retry_after),
                 };
-                if let Err(we) = respond::send_failure(session, ctx, &failure).await {
-                    tracing::debug!(error = %we, "could not write the error response");
+                match respond::send_failure(session, ctx, &failure).await {
+                    Ok(()) => respond::linger(session).await,
+                    Err(we) => tracing::debug!(error = %we, "could not write the error response"),
                 }
             }
         }
         FailToProxy {
             error_code: code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: reuse,
         }
     }
 

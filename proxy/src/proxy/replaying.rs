@@ -58,20 +58,23 @@ impl Portico {
             first_from,
             cache_key,
             kind,
+            handback,
         } = c;
+        let snap_route_upstream = snap.config.routes.routes()[route].upstream;
         ctx.snap = snap;
         ctx.route = Some(route);
         ctx.request_id = request_id;
         ctx.client_ip = client_ip;
         ctx.peer_ip = peer_ip;
         ctx.peer_trusted = peer_trusted;
-        ctx.upstream = target.upstream;
+        ctx.upstream = target.as_ref().map_or(snap_route_upstream, |t| t.upstream);
         ctx.replay.hops = hops;
-        ctx.replay.target = Some(target);
+        ctx.replay.target = target;
         ctx.replay.by_fallback = by_fallback;
         ctx.replay.first_from = first_from;
         ctx.replay.cache_key = cache_key;
         ctx.replay.kind = kind;
+        ctx.replay.handback = Some(handback);
         ctx.is_subrequest = true;
         true
     }

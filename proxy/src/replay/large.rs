@@ -1,7 +1,10 @@
-//! Replays of bodies larger than pingora's 64 KiB retry buffer: the request is run again as a
-//! pingora subrequest, fed with Portico's copy of the body, and its response is piped to the
-//! client. The subrequest goes through Portico's own `ProxyHttp` filters with the replay
-//! target carried over, so its answer may itself be replayed.
+//! Requests sent from Portico's copy of their body: replays of bodies larger than pingora's
+//! 64 KiB retry buffer, and requests of `buffer_requests` routes (read in full before any
+//! upstream sees them). The request runs as a pingora subrequest fed with the copy, and its
+//! response is piped to the client. The subrequest goes through Portico's own `ProxyHttp`
+//! filters with the routing state carried over; when its upstream asks for a replay, it hands
+//! the new target back and the spawning request runs the next hop, so every hop goes out from
+//! the one request that holds the body and answers the client.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,6 +18,28 @@ use super::cache::CacheKey;
 use super::Target;
 use crate::proxy::ctx::{LocalFailure, RequestCtx};
 use crate::state::Snapshot;
+
+/// A further replay asked for by the upstream a subrequest reached: the request that spawned
+/// the subrequest runs it (a subrequest never spawns another), so every hop of a large-body
+/// replay goes out from the one request that holds the body and answers the client.
+#[derive(Debug, Clone)]
+pub struct NextHop {
+    /// Where the next attempt goes.
+    pub target: Target,
+    /// Replays taken, this one included.
+    pub hops: u8,
+    /// The target came from a fallback.
+    pub by_fallback: bool,
+    /// First instance that asked for a replay.
+    pub first_from: Option<String>,
+    /// Cache entry that routed the request.
+    pub cache_key: Option<CacheKey>,
+    /// Trigger of the replay.
+    pub kind: &'static str,
+}
+
+/// Where a subrequest leaves its [`NextHop`] for the request that spawned it.
+pub type Handback = Arc<std::sync::Mutex<Option<NextHop>>>;
 
 /// What a subrequest takes over from the request it replays.
 #[derive(Clone)]
@@ -33,8 +58,8 @@ pub struct Carried {
     pub peer_trusted: bool,
     /// Replays taken.
     pub hops: u8,
-    /// Where this attempt goes.
-    pub target: Target,
+    /// Where this attempt goes (`None`: the route's upstream, balanced as usual).
+    pub target: Option<Target>,
     /// The target came from a fallback.
     pub by_fallback: bool,
     /// First instance that asked for a replay.
@@ -43,6 +68,8 @@ pub struct Carried {
     pub cache_key: Option<CacheKey>,
     /// Trigger of the replay.
     pub kind: &'static str,
+    /// Where the subrequest hands a further replay back.
+    pub handback: Handback,
 }
 
 /// The carried state, when `session` is a replay subrequest.
@@ -55,38 +82,100 @@ pub fn carried(session: &Session) -> Option<Carried> {
         .cloned()
 }
 
-/// Replays the request through a subrequest. On success the response was written to the
-/// client and its status is returned.
-pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, LocalFailure> {
-    let max = ctx.snap.config.replay.max_body;
-    // The client may still be sending: read the rest into the copy (bounded by max_body).
+/// Reads the rest of the request body into Portico's copy, up to `max` bytes.
+pub async fn read_rest(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    max: u64,
+) -> Result<(), ReadRest> {
     while !session.is_body_done() {
         match session.downstream_session.read_request_body().await {
             Ok(Some(chunk)) => {
                 ctx.replay.body.attempt_offset = ctx.replay.body.len;
                 ctx.replay.body.observe(&chunk, max, true);
                 if ctx.replay.body.overflow {
-                    break;
+                    return Err(ReadRest::TooLarge);
                 }
             }
             Ok(None) => break,
-            Err(e) => {
-                return Err(LocalFailure::new(
-                    400,
-                    "client_gone",
-                    format!("reading the rest of the request body for the replay failed: {e}"),
-                ))
-            }
+            Err(e) => return Err(ReadRest::Failed(e.to_string())),
         }
     }
     if ctx.replay.body.overflow {
-        return Err(super_too_large(max));
+        return Err(ReadRest::TooLarge);
     }
-    let (Some(target), Some(route)) = (ctx.replay.target.clone(), ctx.route) else {
+    Ok(())
+}
+
+/// Why the rest of a body could not be held.
+#[derive(Debug)]
+pub enum ReadRest {
+    /// It is larger than allowed.
+    TooLarge,
+    /// Reading it failed (the client went away, timed out, or sent a malformed body).
+    Failed(String),
+}
+
+/// Replays the request through a subrequest. On success the response was written to the
+/// client and its status is returned.
+pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, LocalFailure> {
+    let max = ctx.snap.config.replay.max_body;
+    // The client may still be sending: read the rest into the copy (bounded by max_body).
+    match read_rest(session, ctx, max).await {
+        Ok(()) => {}
+        Err(ReadRest::TooLarge) => return Err(super_too_large(max)),
+        Err(ReadRest::Failed(e)) => {
+            return Err(LocalFailure::new(
+                400,
+                "client_gone",
+                format!("reading the rest of the request body for the replay failed: {e}"),
+            ))
+        }
+    }
+    run_held(session, ctx).await
+}
+
+/// Sends the request with the body held in `ctx.replay.body`, hop after hop, and pipes the
+/// final answer to the client. Returns its status.
+pub async fn run_held(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, LocalFailure> {
+    // Each hop runs as one subrequest from here; a subrequest whose upstream asks for another
+    // replay hands the new target back instead of spawning a subrequest of its own.
+    loop {
+        let handback: Handback = Arc::default();
+        let outcome = hop(session, ctx, &handback).await;
+        let next = handback.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match next {
+            Some(n) => {
+                ctx.replay.target = Some(n.target);
+                ctx.replay.hops = n.hops;
+                ctx.replay.by_fallback = n.by_fallback;
+                ctx.replay.first_from = n.first_from;
+                ctx.replay.cache_key = n.cache_key;
+                ctx.replay.kind = n.kind;
+                if session
+                    .response_written()
+                    .is_some_and(|r| !r.status.is_informational())
+                {
+                    // Cannot happen (a hop that hands back writes nothing); never answer twice.
+                    return outcome;
+                }
+            }
+            None => return outcome,
+        }
+    }
+}
+
+/// Runs one hop of a large-body replay as a subrequest.
+async fn hop(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    handback: &Handback,
+) -> Result<u16, LocalFailure> {
+    let (target, Some(route)) = (ctx.replay.target.clone(), ctx.route) else {
         return Err(LocalFailure::new(
             500,
             "internal",
-            "replay without a target".into(),
+            "held request without a route".into(),
         ));
     };
     if session.subrequest_spawner.is_none() {
@@ -109,6 +198,7 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
         first_from: ctx.replay.first_from.clone(),
         cache_key: ctx.replay.cache_key.clone(),
         kind: ctx.replay.kind,
+        handback: handback.clone(),
     };
     let sub_ctx = SubCtx::builder()
         .user_ctx(Box::new(carried))
@@ -117,6 +207,11 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
     // pingora builds the subrequest by re-parsing the request head as HTTP/1.1 text, which an
     // HTTP/2 head (version "HTTP/2", no Host) does not survive: present it as HTTP/1.1 while
     // the subrequest is created, then put the original back.
+    // pingora builds the subrequest by re-parsing the request head as HTTP/1.1 text: the
+    // client's own bytes for HTTP/1.1 (its framing fits the held body: a length, or chunked,
+    // which pingora re-chunks), a rendering of the header for HTTP/2, which does not survive
+    // as is (version "HTTP/2", no Host, no framing). Present an HTTP/2 head as HTTP/1.1 with
+    // the held length while the subrequest is created, then put the original back.
     let original = session.is_http2().then(|| session.req_header().clone());
     if original.is_some() {
         let body_len = ctx.replay.body.len;
@@ -144,7 +239,8 @@ pub async fn run(session: &mut Session, ctx: &mut RequestCtx) -> Result<u16, Loc
     if let Some(h) = original {
         *session.req_header_mut() = h;
     }
-    let body = InputBody::Bytes(std::mem::take(&mut ctx.replay.body.chunks));
+    // Bytes are reference-counted: every hop gets the whole body without copying it.
+    let body = InputBody::Bytes(ctx.replay.body.chunks.clone());
     match pipe_subrequest(
         session,
         prepared,

@@ -167,6 +167,10 @@ pub struct ReplayState {
     pub kind: &'static str,
     /// The client skipped a cache entry that allowed it (`fly-replay-cache-control: skip`).
     pub cache_bypass: bool,
+    /// In a large-body replay subrequest: where a further replay is handed back.
+    pub handback: Option<large::Handback>,
+    /// This subrequest handed a further replay back: it ends without answering.
+    pub handed_back: bool,
 }
 
 /// Microseconds since the Unix epoch (the `t` of `fly-replay-src`).
