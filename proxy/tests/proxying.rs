@@ -450,8 +450,10 @@ async fn access_log_line_per_request() {
     );
     let p = Portico::start(&config);
     let r = client()
-        .get(p.url("http", "/hello?x=1"))
+        .get(p.url("http", "/hello?x=1&y=two"))
         .header("x-request-id", "log-me")
+        .header("user-agent", "curl/8.5.0")
+        .header("referer", "https://example.com/from")
         .send()
         .await
         .unwrap();
@@ -478,6 +480,37 @@ async fn access_log_line_per_request() {
     assert_eq!(v["backend"], web.addr.to_string());
     assert!(v["duration_ms"].as_f64().is_some());
     assert_eq!(v["bytes"], 3);
+    assert_eq!(v["query"], "x=1&y=two");
+    assert_eq!(v["user_agent"], "curl/8.5.0");
+    assert_eq!(v["referer"], "https://example.com/from");
+    assert_eq!(v["protocol"], "HTTP/1.1");
+    assert_eq!(v["tls"], "-");
+    assert_eq!(v["upstream_status"], 200);
+    let up_ms = v["upstream_ms"].as_f64().unwrap();
+    assert!(
+        up_ms >= 0.0 && up_ms <= v["duration_ms"].as_f64().unwrap(),
+        "{v}"
+    );
+}
+
+#[tokio::test]
+async fn warnings_about_a_request_carry_its_id() {
+    let config = format!(
+        "[server]\nlog_format = \"json\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\nretries = 0\n",
+        dead_addr()
+    );
+    let p = Portico::start(&config);
+    let r = client()
+        .get(p.url("http", "/"))
+        .header("x-request-id", "find-me-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let line = p.wait_log("request failed", Duration::from_secs(5));
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert_eq!(v["request_id"], "find-me-123", "{line}");
 }
 
 #[tokio::test]

@@ -649,15 +649,31 @@ async fn idle_sockets_live_until_ws_idle_timeout() {
         ws.send(Message::text("x")).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("x"));
     }
-    // Silence closes it.
+    // Silence closes it, with a closing handshake on both sides (1001, going away), not a
+    // cut connection.
     let start = Instant::now();
+    let mut code = None;
     let end = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(_)) = ws.next().await {}
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(f) = m {
+                code = f.map(|f| u16::from(f.code));
+            }
+        }
     })
     .await;
     assert!(end.is_ok(), "idle socket was not closed");
     let idle = start.elapsed();
     assert!(idle >= Duration::from_millis(600), "closed after {idle:?}");
+    assert_eq!(code, Some(1001), "the client got a close frame");
+    let t = Instant::now();
+    while s.closes.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.closes.lock().unwrap().as_slice(),
+        [1001],
+        "the server got one"
+    );
 }
 
 #[tokio::test]

@@ -100,6 +100,10 @@ pub struct RequestCtx {
     pub sticky_pin: Option<String>,
     /// Discovery was asked for an on-demand round for an instance it did not know.
     pub instance_refreshed: bool,
+    /// Status of the last upstream response head (before Portico's own answer, if any).
+    pub upstream_status: Option<u16>,
+    /// Time from the start of the attempt that answered to its response head.
+    pub upstream_time: Option<std::time::Duration>,
     /// pingora's upstream loop started (`upstream_peer` ran): a failure from here on ends
     /// the client connection.
     pub upstream_loop: bool,
@@ -134,8 +138,18 @@ impl RequestCtx {
             sticky_pin: None,
             instance_refreshed: false,
             upstream_loop: false,
+            upstream_status: None,
+            upstream_time: None,
             _in_flight: InFlight::new(shared),
         }
+    }
+
+    /// The request id as text, for log lines (`-` before it is known).
+    pub fn id(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
     }
 
     /// The matched route.

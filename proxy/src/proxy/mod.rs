@@ -327,6 +327,8 @@ impl ProxyHttp for Portico {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        ctx.upstream_time = ctx.connect_started.map(|t| t.elapsed());
         // Real traffic feeds passive ejection (consecutive 5xx, and resets connect failures).
         if let Some(lease) = &ctx.lease {
             let up = &ctx.snap.upstreams[ctx.upstream];
@@ -549,11 +551,11 @@ impl ProxyHttp for Portico {
             None => respond::classify(e, ctx),
         };
         if code == 0 {
-            tracing::debug!(error = %e, "client went away");
+            tracing::debug!(request_id = ctx.id(), error = %e, "client went away");
         } else if code >= 500 {
-            tracing::warn!(status = code, reason, %message, "request failed");
+            tracing::warn!(request_id = ctx.id(), status = code, reason, %message, "request failed");
         } else {
-            tracing::debug!(status = code, reason, %message, "request refused");
+            tracing::debug!(request_id = ctx.id(), status = code, reason, %message, "request refused");
         }
         let written = session
             .response_written()

@@ -271,7 +271,9 @@ impl Portico {
                             peer.options.alpn = ALPN::H1;
                         }
                         // A tunnel may idle as long as the route allows (forever by default).
-                        peer.options.read_timeout = route.ws_idle_timeout;
+                        peer.options.read_timeout = route
+                            .ws_idle_timeout
+                            .map(|t| t + super::websocket::IDLE_CLOSE_GRACE);
                     }
                     ctx.backend_addr = Some(lease.backend.addr);
                     ctx.preferred_unavailable = acquired.preferred_unavailable;
@@ -293,6 +295,7 @@ impl Portico {
                     };
                     if let Some(fb) = fallback_target(&target, reason) {
                         tracing::info!(
+                            request_id = ctx.id(),
                             reason = reason.as_str(),
                             "replay target unavailable; falling back to the issuing instance"
                         );

@@ -35,7 +35,7 @@ impl Portico {
     /// A replay cannot happen: records why and returns the error that ends the request.
     fn refuse(&self, ctx: &mut RequestCtx, f: LocalFailure) -> Box<Error> {
         self.count_replay(ctx, f.reason);
-        tracing::warn!(status = f.status, reason = f.reason, message = %f.message, "replay refused");
+        tracing::warn!(request_id = ctx.id(), status = f.status, reason = f.reason, message = %f.message, "replay refused");
         super::respond::fail(ctx, f)
     }
 
@@ -220,7 +220,7 @@ impl Portico {
                 .and_then(instruction::parse_header);
             return Err(match parsed {
                 Ok(inst) => {
-                    let cache = cache_instruction(&resp.headers, &inst);
+                    let cache = cache_instruction(&resp.headers, &inst, ctx.id());
                     self.begin_replay(session, ctx, inst, "header", cache)
                 }
                 Err(why) => {
@@ -414,6 +414,7 @@ impl Portico {
 fn cache_instruction(
     h: &http::HeaderMap,
     inst: &Instruction,
+    request_id: &str,
 ) -> Option<(CacheKey, std::time::Duration, bool)> {
     let pattern = header(h, "fly-replay-cache")?;
     if pattern.eq_ignore_ascii_case("invalidate") {
@@ -426,6 +427,7 @@ fn cache_instruction(
         || inst.fallback.is_some()
     {
         tracing::warn!(
+            request_id,
             pattern,
             "fly-replay-cache ignored: not allowed with state, transforms, timeout or fallback"
         );
@@ -435,6 +437,7 @@ fn cache_instruction(
     let ttl: u64 = header(h, "fly-replay-cache-ttl-secs")?.parse().ok()?;
     if ttl < cache::MIN_TTL.as_secs() {
         tracing::warn!(
+            request_id,
             pattern,
             ttl,
             "fly-replay-cache ignored: fly-replay-cache-ttl-secs must be at least 10"

@@ -16,6 +16,9 @@ use prometheus::{IntCounter, IntGauge};
 use super::ctx::{LocalFailure, RequestCtx};
 use crate::state::Shared;
 
+/// Time a closing handshake gets after `ws_idle_timeout` before the connection is cut.
+pub const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Open upgraded connections per route name.
 #[derive(Default)]
 pub struct WsCounts(Mutex<HashMap<String, Arc<AtomicUsize>>>);
@@ -84,9 +87,10 @@ pub fn admit(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Op
             });
         }
     }
-    // An idle WebSocket is normal: only `ws_idle_timeout` may cut it (pingora's default body
-    // read timeout is 60 s).
-    session.set_read_timeout(route.ws_idle_timeout);
+    // An idle WebSocket is normal: only `ws_idle_timeout` may close it (pingora's default body
+    // read timeout is 60 s). Closing is the idle watchdog's job (with close frames); pingora's
+    // read timeout stays behind it, in case a peer ignores the closing handshake.
+    session.set_read_timeout(route.ws_idle_timeout.map(|t| t + IDLE_CLOSE_GRACE));
     ctx.ws = Some(state);
     None
 }
@@ -100,7 +104,8 @@ pub fn on_response(shared: &Shared, ctx: &mut RequestCtx, status: u16) {
         m.ws_total.inc();
         m.ws_open.inc();
         ws.open = Some(m.ws_open.clone());
-        shared.ws_conns.mark_upgraded();
+        let idle = ctx.route().and_then(|r| r.ws_idle_timeout);
+        shared.ws_conns.mark_upgraded(idle);
     }
 }
 

@@ -1,4 +1,5 @@
-//! Closing WebSockets cleanly when a shutdown's grace period ends.
+//! Closing WebSockets cleanly when a shutdown's grace period ends or a route's
+//! `ws_idle_timeout` passes without traffic.
 //!
 //! Once a connection is upgraded, pingora copies bytes both ways and Portico has no hook to
 //! write into either stream. So every HTTP/1.1 client stream is wrapped: after an upgrade, the
@@ -8,7 +9,7 @@
 //! through the proxy: both peers see a WebSocket close, not a cut TCP connection.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -30,6 +31,15 @@ pub struct ConnState {
     upgraded: AtomicBool,
     closing: AtomicBool,
     waker: Mutex<Option<Waker>>,
+    /// When bytes last moved either way after the upgrade (ms on [`clock_ms`]).
+    last_active_ms: AtomicU64,
+}
+
+/// A coarse monotonic clock in milliseconds, for idle tracking.
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::LazyLock<std::time::Instant> =
+        std::sync::LazyLock::new(std::time::Instant::now);
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl ConnState {
@@ -47,12 +57,17 @@ pub struct Registry(Mutex<Vec<Weak<ConnState>>>);
 
 impl Registry {
     /// Marks the running connection as upgraded (called when the upstream answers 101).
-    pub fn mark_upgraded(&self) {
+    /// With `idle`, a watchdog closes it with close frames after that long without traffic.
+    pub fn mark_upgraded(&self, idle: Option<Duration>) {
         let _ = CONN.try_with(|c| {
+            c.last_active_ms.store(clock_ms(), Ordering::Relaxed);
             if !c.upgraded.swap(true, Ordering::AcqRel) {
                 let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
                 list.retain(|w| w.strong_count() > 0);
                 list.push(Arc::downgrade(c));
+                if let Some(idle) = idle {
+                    tokio::spawn(idle_watch(Arc::downgrade(c), idle));
+                }
             }
         });
     }
@@ -66,6 +81,26 @@ impl Registry {
             n += 1;
         }
         n
+    }
+}
+
+/// Closes a tunnel with close frames once it has been idle for `idle`: a close frame (1001)
+/// goes to the upstream as if the client had sent it, and the upstream's answer reaches the
+/// client, so both peers see a closing handshake rather than a cut connection.
+async fn idle_watch(conn: Weak<ConnState>, idle: Duration) {
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        let Some(c) = conn.upgrade() else { return };
+        let last = c.last_active_ms.load(Ordering::Relaxed);
+        let due = last.saturating_add(idle_ms);
+        let now = clock_ms();
+        if now >= due {
+            tracing::debug!(idle = ?idle, "WebSocket idle: closing with close frames");
+            c.close();
+            return;
+        }
+        drop(c);
+        tokio::time::sleep(Duration::from_millis(due - now)).await;
     }
 }
 
@@ -177,9 +212,16 @@ impl AsyncRead for CloseOnShutdown {
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if upgraded && this.injected == 0 {
+        if upgraded {
             if let Poll::Ready(Ok(())) = &r {
-                this.frames.advance(&buf.filled()[before..]);
+                if buf.filled().len() > before {
+                    this.state
+                        .last_active_ms
+                        .store(clock_ms(), Ordering::Relaxed);
+                }
+                if this.injected == 0 {
+                    this.frames.advance(&buf.filled()[before..]);
+                }
             }
         }
         r
@@ -192,7 +234,13 @@ impl AsyncWrite for CloseOnShutdown {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.state.upgraded.load(Ordering::Relaxed) && !buf.is_empty() {
+            this.state
+                .last_active_ms
+                .store(clock_ms(), Ordering::Relaxed);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -208,7 +256,13 @@ impl AsyncWrite for CloseOnShutdown {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.state.upgraded.load(Ordering::Relaxed) {
+            this.state
+                .last_active_ms
+                .store(clock_ms(), Ordering::Relaxed);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
