@@ -2,7 +2,8 @@
 //! pingora's own Server and Service). `benches/proxy-cpu.sh` runs it next to Portico to show
 //! what Portico adds on top of a bare pingora hop.
 //!
-//! Usage: `plain_pingora LISTEN_ADDR ORIGIN_ADDR THREADS`
+//! Usage: `plain_pingora LISTEN_ADDR ORIGIN_ADDR THREADS [TLS_LISTEN_ADDR CERT KEY]` (the TLS
+//! listener offers HTTP/2 and HTTP/1.1 through ALPN).
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
@@ -37,10 +38,16 @@ impl ProxyHttp for Plain {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let (listen, origin, threads) = match args.as_slice() {
-        [_, l, o, t] => (l.clone(), o.clone(), t.parse().unwrap_or(1)),
+    let (listen, origin, threads, tls) = match args.as_slice() {
+        [_, l, o, t] => (l.clone(), o.clone(), t.parse().unwrap_or(1), None),
+        [_, l, o, t, tl, c, k] => (
+            l.clone(),
+            o.clone(),
+            t.parse().unwrap_or(1),
+            Some((tl.clone(), c.clone(), k.clone())),
+        ),
         _ => {
-            eprintln!("usage: plain_pingora LISTEN ORIGIN THREADS");
+            eprintln!("usage: plain_pingora LISTEN ORIGIN THREADS [TLS_LISTEN CERT KEY]");
             std::process::exit(2);
         }
     };
@@ -54,6 +61,18 @@ fn main() {
     server.bootstrap();
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Plain { origin });
     svc.add_tcp(&listen);
+    if let Some((addr, cert, key)) = tls {
+        let mut settings = match pingora_core::listeners::tls::TlsSettings::intermediate(&cert, &key)
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("plain_pingora: TLS: {e}");
+                std::process::exit(2);
+            }
+        };
+        settings.enable_h2();
+        svc.add_tls_with_settings(&addr, None, settings);
+    }
     server.add_service(svc);
     server.run_forever();
 }
