@@ -79,7 +79,15 @@ pub fn embedded(env: &dyn Env) -> Result<Loaded, ConfigErrors> {
     )
 }
 
-const SECTIONS: [&str; 6] = ["server", "listeners", "admin", "dns", "upstreams", "routes"];
+const SECTIONS: [&str; 7] = [
+    "server",
+    "listeners",
+    "admin",
+    "dns",
+    "replay",
+    "upstreams",
+    "routes",
+];
 
 /// Parses and validates a document. `name` is how the document is shown in errors;
 /// `base_dir` is where relative paths are resolved from.

@@ -234,6 +234,11 @@ fn typo_in_section_name() {
         e.contains("t.toml:7:2: sever: unknown section `sever` (did you mean \"server\"?)"),
         "{e}"
     );
+    let e = one_err(
+        &format!("{MINIMAL}[replai]\nenabled = false\n"),
+        "unknown section",
+    );
+    assert!(e.contains("(did you mean \"replay\"?)"), "{e}");
 }
 
 #[test]

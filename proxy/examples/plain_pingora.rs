@@ -1,5 +1,5 @@
 //! The baseline for benchmarks: the smallest pingora proxy (one origin, upstream keep-alive,
-//! pingora's own Server and Service). `benches/proxy-cpu.sh` runs it next to Portico to show
+//! pingora's own Server and Service). `loadtest/compare` runs it next to Portico to show
 //! what Portico adds on top of a bare pingora hop.
 //!
 //! Usage: `plain_pingora LISTEN_ADDR ORIGIN_ADDR THREADS [TLS_LISTEN_ADDR CERT KEY]` (the TLS
@@ -62,14 +62,14 @@ fn main() {
     let mut svc = pingora_proxy::http_proxy_service(&server.configuration, Plain { origin });
     svc.add_tcp(&listen);
     if let Some((addr, cert, key)) = tls {
-        let mut settings = match pingora_core::listeners::tls::TlsSettings::intermediate(&cert, &key)
-        {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("plain_pingora: TLS: {e}");
-                std::process::exit(2);
-            }
-        };
+        let mut settings =
+            match pingora_core::listeners::tls::TlsSettings::intermediate(&cert, &key) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("plain_pingora: TLS: {e}");
+                    std::process::exit(2);
+                }
+            };
         settings.enable_h2();
         svc.add_tls_with_settings(&addr, None, settings);
     }

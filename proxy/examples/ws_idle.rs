@@ -1,4 +1,4 @@
-//! Load generator for `loadtest/ws-idle-rss.sh`: a WebSocket echo server, and N clients that
+//! Load generator for the idle-WebSocket case of `loadtest/compare`: a WebSocket echo server, and N clients that
 //! connect through a proxy, exchange one message each, then stay idle.
 //!
 //! `ws_idle server ADDR` serves until killed. `ws_idle clients PROXY_ADDR N HOLD_SECS` opens N
