@@ -1,13 +1,12 @@
 //! The access log: one line per request, as structured `tracing` fields (text or JSON).
 
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 
 use super::ctx::RequestCtx;
 use crate::logging::ACCESS_TARGET;
 
-/// Writes the access-log line of a finished request.
-pub fn log(session: &Session, ctx: &RequestCtx, status: u16) {
-    let req = session.req_header();
+/// Writes the access-log line of a finished request: `status` as sent, `bytes` of body.
+pub fn log(req: &RequestHeader, ctx: &RequestCtx, status: u16, bytes: usize) {
     let host = super::request_host(req).unwrap_or("-");
     let route = ctx.route().map_or("-", |r| r.name.as_str());
     let upstream = ctx.upstream_label();
@@ -20,10 +19,6 @@ pub fn log(session: &Session, ctx: &RequestCtx, status: u16) {
     let client = ctx.client_ip.map(|ip| ip.to_string());
     let backend = ctx.backend_addr.map(|a| a.to_string());
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    let tls = session
-        .digest()
-        .and_then(|d| d.ssl_digest.as_ref())
-        .map(|s| s.version.to_string());
     let protocol = match req.version {
         http::Version::HTTP_2 => "HTTP/2",
         http::Version::HTTP_10 => "HTTP/1.0",
@@ -38,9 +33,9 @@ pub fn log(session: &Session, ctx: &RequestCtx, status: u16) {
         path = req.uri.path(),
         query = req.uri.query().unwrap_or("-"),
         protocol,
-        tls = tls.as_deref().unwrap_or("-"),
+        tls = ctx.conn.tls.unwrap_or("-"),
         status,
-        bytes = session.body_bytes_sent(),
+        bytes,
         duration_ms = ms(ctx.start.elapsed()),
         route,
         upstream,

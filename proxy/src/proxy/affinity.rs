@@ -1,8 +1,7 @@
 //! Cookie affinity of `sticky = { mode = "cookie" }` routes: reading the client's pin before
 //! a backend is chosen, and pinning the client to the backend that answered.
 
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_http::{RequestHeader, ResponseHeader};
 use portico_config::Sticky;
 
 use super::ctx::RequestCtx;
@@ -10,7 +9,7 @@ use super::{cookie, Portico};
 
 impl Portico {
     /// Reads and verifies the affinity cookie; a bad one counts as none.
-    pub(super) fn read_pin(&self, session: &Session, ctx: &mut RequestCtx) {
+    pub(crate) fn read_pin(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
         let Some(route_idx) = ctx.route else { return };
         let snap = &ctx.snap;
         let route = &snap.config.routes.routes()[route_idx];
@@ -19,7 +18,7 @@ impl Portico {
         else {
             return;
         };
-        let Some(value) = cookie(session.req_header(), &c.name) else {
+        let Some(value) = cookie(req, &c.name) else {
             return;
         };
         let upstream = snap.upstreams[route.upstream].name();
@@ -35,9 +34,8 @@ impl Portico {
     }
 
     /// Sets the affinity cookie when the backend that answered is not the one pinned.
-    pub(super) fn pin_response(
+    pub(crate) fn pin_response(
         &self,
-        session: &Session,
         resp: &mut ResponseHeader,
         ctx: &RequestCtx,
     ) -> pingora_error::Result<()> {
@@ -69,10 +67,7 @@ impl Portico {
         if outcome == "hit" {
             return Ok(());
         }
-        let tls = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .is_some();
+        let tls = ctx.conn.tls.is_some();
         let value = signer.value(snap.upstreams[route.upstream].name(), key);
         resp.append_header(
             http::header::SET_COOKIE,

@@ -3,7 +3,7 @@
 
 use http::header::CONTENT_LENGTH;
 use http::HeaderValue;
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 use portico_config::routing::normalize_path;
 
 use super::ctx::{LocalFailure, RequestCtx};
@@ -23,13 +23,12 @@ impl Portico {
 
     /// Identifies the request and the client; returns the redirect or local response to send,
     /// if any.
-    pub(super) fn classify_request(
+    pub(crate) fn classify_request(
         &self,
-        session: &mut Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Option<LocalFailure> {
         let server = &ctx.snap.config.server;
-        let req = session.req_header();
         // Request id: keep a valid incoming one, else make one.
         let incoming = req
             .headers
@@ -41,10 +40,7 @@ impl Portico {
                 .unwrap_or_else(|_| HeaderValue::from_static("-"))
         }));
         // Client address.
-        let peer = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| forwarded::canonical(a.ip()));
+        let peer = ctx.conn.peer.map(|a| forwarded::canonical(a.ip()));
         if let Some(peer) = peer {
             ctx.peer_ip = Some(peer);
             ctx.peer_trusted = forwarded::is_trusted(peer, &server.trusted_proxies);
@@ -56,7 +52,7 @@ impl Portico {
             let port = listener
                 .https_port
                 .unwrap_or(self.listener.default_https_port);
-            return Some(self.https_redirect(session, port, listener.redirect_status));
+            return Some(self.https_redirect(req, port, listener.redirect_status));
         }
         // Routing, on the normalized path.
         let host = request_host(req);
@@ -89,11 +85,10 @@ impl Portico {
 
     fn https_redirect(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         https_port: u16,
         status: Option<u16>,
     ) -> LocalFailure {
-        let req = session.req_header();
         let host = request_host(req).map(portico_config::routing::strip_port);
         let Some(host) = host.filter(|h| !h.is_empty()) else {
             return LocalFailure {
@@ -121,7 +116,7 @@ impl Portico {
 }
 
 /// The 413 of a route's `max_body`.
-pub(super) fn too_large(max: u64) -> LocalFailure {
+pub(crate) fn too_large(max: u64) -> LocalFailure {
     LocalFailure {
         status: 413,
         reason: "body_too_large",

@@ -35,6 +35,18 @@ impl LocalFailure {
     }
 }
 
+/// What the request path knows about the client connection a request came on, whichever
+/// engine runs it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The direct peer.
+    pub peer: Option<std::net::SocketAddr>,
+    /// TLS version of the connection (`TLSv1.3`), `None` for plain connections.
+    pub tls: Option<&'static str>,
+    /// The request came over HTTP/2.
+    pub http2: bool,
+}
+
 /// Counts the request in `portico_http_requests_in_flight` while it lives.
 pub struct InFlight(Arc<Shared>);
 
@@ -66,6 +78,8 @@ pub struct RequestCtx {
     pub client_ip: Option<IpAddr>,
     /// The direct peer's address.
     pub peer_ip: Option<IpAddr>,
+    /// The client connection.
+    pub conn: ConnInfo,
     /// Whether the direct peer is a trusted proxy.
     pub peer_trusted: bool,
     /// The slot held on the chosen backend.
@@ -120,6 +134,7 @@ impl RequestCtx {
             request_id: None,
             client_ip: None,
             peer_ip: None,
+            conn: ConnInfo::default(),
             peer_trusted: false,
             lease: None,
             tried: SmallVec::new(),

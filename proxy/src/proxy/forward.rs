@@ -8,7 +8,6 @@ use http::header::HOST;
 use http::HeaderValue;
 use pingora_error::{Error, Result};
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 use smallvec::SmallVec;
 
 use super::ctx::RequestCtx;
@@ -34,12 +33,9 @@ const FLY_HEADERS: &[&str] = &[
 ];
 
 impl Portico {
-    pub(super) fn forward_headers(
-        &self,
-        session: &Session,
-        up: &mut RequestHeader,
-        ctx: &RequestCtx,
-    ) -> Result<()> {
+    /// Adds the forwarding headers to `up`, a copy of the client's request about to go
+    /// upstream (before the route's own header edits).
+    pub(crate) fn forward_headers(&self, up: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
         let server = &ctx.snap.config.server;
         let trusted = ctx.peer_trusted;
         // One pass over the (few) request headers decides whether any removal is needed, instead
@@ -101,14 +97,14 @@ impl Portico {
             up.insert_header(names::X_FORWARDED_PORT, self.listener.port_value.clone())?;
         }
         if !keep(up, "x-forwarded-host") {
-            if let Some(host) = session.req_header().headers.get(HOST) {
-                up.insert_header(names::X_FORWARDED_HOST, host.clone())?;
-            } else if let Some(a) = session.req_header().uri.authority() {
+            if let Some(host) = up.headers.get(HOST).cloned() {
+                up.insert_header(names::X_FORWARDED_HOST, host)?;
+            } else if let Some(a) = up.uri.authority() {
                 let host = a.as_str().to_string();
                 up.insert_header(names::X_FORWARDED_HOST, host)?;
             }
         }
-        let via = if session.is_http2() {
+        let via = if ctx.conn.http2 {
             &ctx.snap.via_h2
         } else {
             &ctx.snap.via_h1

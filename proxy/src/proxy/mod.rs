@@ -58,6 +58,83 @@ pub struct Portico {
     pub listener: ListenerInfo,
 }
 
+/// What the request path needs to know about a pingora session's connection.
+fn conn_info(session: &Session) -> ctx::ConnInfo {
+    let digest = session.digest();
+    ctx::ConnInfo {
+        peer: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        tls: digest
+            .and_then(|d| d.ssl_digest.as_ref())
+            .map(|s| tls_version_name(&s.version)),
+        http2: session.is_http2(),
+    }
+}
+
+/// A TLS version name as a static string (`TLSv1.3`).
+pub fn tls_version_name(v: &str) -> &'static str {
+    match v {
+        "TLSv1.3" | "TLS1.3" | "TLSv1_3" => "TLSv1.3",
+        "TLSv1.2" | "TLS1.2" | "TLSv1_2" => "TLSv1.2",
+        _ => "TLS",
+    }
+}
+
+/// Writes a static answer through pingora: the head, then the body from memory or the file.
+async fn write_static(session: &mut Session, reply: crate::statics::Reply) -> Result<()> {
+    use crate::statics::Body;
+    let no_body = matches!(reply.body, Body::Empty);
+    session
+        .write_response_header(Box::new(reply.head), no_body)
+        .await?;
+    match reply.body {
+        Body::Empty => Ok(()),
+        Body::Bytes(b) => session.write_response_body(Some(b), true).await,
+        Body::File { path, start, count } => stream_file(session, &path, start, count).await,
+    }
+}
+
+/// Streams `count` bytes of a file from `start`, 64 KiB at a time.
+async fn stream_file(
+    session: &mut Session,
+    path: &std::path::Path,
+    start: u64,
+    count: u64,
+) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let io = |e: std::io::Error| {
+        Error::because(
+            pingora_error::ErrorType::InternalError,
+            "reading a static file",
+            e,
+        )
+    };
+    let mut file = tokio::fs::File::open(path).await.map_err(io)?;
+    if start > 0 {
+        file.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(io)?;
+    }
+    let mut left = count;
+    while left > 0 {
+        let want = left.min(64 * 1024) as usize;
+        let mut buf = vec![0u8; want];
+        let n = file.read(&mut buf).await.map_err(io)?;
+        if n == 0 {
+            // The file shrank under us: the response cannot be completed honestly.
+            return Err(Error::explain(
+                pingora_error::ErrorType::InternalError,
+                "static file shrank while being sent",
+            ));
+        }
+        buf.truncate(n);
+        left -= n as u64;
+        session
+            .write_response_body(Some(Bytes::from(buf)), left == 0)
+            .await?;
+    }
+    Ok(())
+}
+
 /// The authority a request is for: the Host header, else the URI's authority (HTTP/2).
 pub fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -183,29 +260,37 @@ impl ProxyHttp for Portico {
         if self.shared.is_draining() {
             session.set_keepalive(None);
         }
-        let failure = match self.classify_request(session, ctx) {
+        ctx.conn = conn_info(session);
+        let upgrade = session.is_upgrade_req();
+        let failure = match self.classify_request(session.req_header(), ctx) {
             Some(f) => f,
-            None => match websocket::admit(&self.shared, session, ctx) {
+            None => match websocket::admit(&self.shared, upgrade, ctx) {
                 Some(f) => f,
                 None => {
                     ctx.upstream = ctx.route().map_or(0, |r| r.upstream);
                     let snap = ctx.snap.clone();
                     if let Some(route) = ctx.route.map(|i| &snap.config.routes.routes()[i]) {
+                        if upgrade {
+                            // An idle WebSocket is normal: only `ws_idle_timeout` may close it
+                            // (pingora's default body read timeout is 60 s).
+                            session.set_read_timeout(websocket::read_timeout(route));
+                        }
                         if let Some(files) = &route.static_files {
                             let served = crate::statics::serve(
                                 &self.shared.files,
-                                session,
+                                session.req_header(),
                                 ctx,
                                 route,
                                 files,
                             )
                             .await?;
-                            if let crate::statics::Outcome::Served = served {
+                            if let crate::statics::Outcome::Reply(reply) = served {
+                                write_static(session, reply).await?;
                                 return Ok(true);
                             }
                         }
                     }
-                    self.route_by_cache(session, ctx);
+                    self.route_by_cache(session.req_header(), ctx);
                     if ctx.route().is_some_and(|r| r.buffer_requests)
                         && !session.is_body_empty()
                         && !session.is_upgrade_req()
@@ -251,7 +336,23 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_loop = true;
-        self.pick_peer(session, ctx).await
+        self.pick_backend(session.req_header(), ctx).await?;
+        let (Some(lease), Some(route)) = (&ctx.lease, ctx.route()) else {
+            return Err(Error::explain(
+                pingora_error::ErrorType::InternalError,
+                "no backend chosen",
+            ));
+        };
+        let mut peer = Box::new(lease.backend.peer.clone());
+        // WebSocket and other upgrades only work over HTTP/1.1.
+        if session.is_upgrade_req() {
+            if peer.is_tls() {
+                peer.options.alpn = pingora_core::protocols::ALPN::H1;
+            }
+            // A tunnel may idle as long as the route allows (forever by default).
+            peer.options.read_timeout = websocket::read_timeout(route);
+        }
+        Ok(peer)
     }
 
     async fn connected_to_upstream(
@@ -272,11 +373,11 @@ impl ProxyHttp for Portico {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.forward_headers(session, upstream_request, ctx)?;
+        self.forward_headers(upstream_request, ctx)?;
         self.route_request_edits(upstream_request, ctx)?;
         self.replay_request_headers(upstream_request, ctx)
     }
@@ -345,7 +446,7 @@ impl ProxyHttp for Portico {
                 }
             }
         }
-        self.inspect_response(session, upstream_response, ctx)
+        self.inspect_response(session.req_header(), upstream_response, ctx)
     }
 
     fn upstream_response_body_filter(
@@ -355,7 +456,7 @@ impl ProxyHttp for Portico {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        self.inspect_body(session, body, end_of_stream, ctx)?;
+        self.inspect_body(session.req_header(), body, end_of_stream, ctx)?;
         Ok(None)
     }
 
@@ -374,7 +475,7 @@ impl ProxyHttp for Portico {
             upstream_response.remove_header(&name);
         }
         websocket::on_response(&self.shared, ctx, status);
-        self.pin_response(session, upstream_response, ctx)?;
+        self.pin_response(upstream_response, ctx)?;
         respond::common_headers(upstream_response, ctx)
     }
 
@@ -624,7 +725,7 @@ impl ProxyHttp for Portico {
                 .observe(f64::from(ctx.replay.hops));
         }
         if ctx.snap.config.server.access_log {
-            access::log(session, ctx, status);
+            access::log(session.req_header(), ctx, status, session.body_bytes_sent());
         }
     }
 }

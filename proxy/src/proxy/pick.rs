@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use pingora_proxy::Session;
+use pingora_http::RequestHeader;
 use portico_config::HashKey;
 
 use super::ctx::{LocalFailure, RequestCtx};
@@ -13,13 +13,12 @@ use crate::upstream::select::hash_key;
 use crate::upstream::{AcquireError, UpstreamRt};
 
 impl Portico {
-    pub(super) fn affinity_hash(
+    pub(crate) fn affinity_hash(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &RequestCtx,
         key: &HashKey,
     ) -> Option<u64> {
-        let req = session.req_header();
         match key {
             HashKey::ClientIp => ctx.client_ip.map(|ip| match ip {
                 IpAddr::V4(v4) => hash_key(&v4.octets()),
@@ -158,16 +157,16 @@ fn replay_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx) -> LocalFa
 }
 
 impl Portico {
-    /// Chooses the backend of one attempt and returns its peer.
-    pub(super) async fn pick_peer(
+    /// Chooses the backend of one attempt: on success `ctx.lease` holds a slot on it. On
+    /// failure `ctx.failure` says what to answer, and the error ends the request.
+    pub(crate) async fn pick_backend(
         &self,
-        session: &mut Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
-    ) -> pingora_error::Result<Box<pingora_core::upstreams::peer::HttpPeer>> {
+    ) -> pingora_error::Result<()> {
         use crate::replay::{fallback_target, remaining, FailReason};
         use crate::upstream::select::backend_ptr;
         use crate::upstream::Want;
-        use pingora_core::protocols::ALPN;
 
         let snap = ctx.snap.clone();
         let Some(route_idx) = ctx.route else {
@@ -183,7 +182,7 @@ impl Portico {
             snap.upstreams[ctx.upstream].record_retry();
         }
         if ctx.attempts == 0 {
-            self.read_pin(session, ctx);
+            self.read_pin(req, ctx);
         }
         let sticky_pin = ctx.sticky_pin.clone();
         // pingora re-sends its retry buffer from the start on every attempt.
@@ -206,8 +205,7 @@ impl Portico {
                     Some(portico_config::Sticky::Hash(k)) => Some(k),
                     _ => up.cfg.hash_on.as_ref(),
                 };
-                let hash = key.and_then(|k| self.affinity_hash(session, ctx, k));
-                let req = session.req_header();
+                let hash = key.and_then(|k| self.affinity_hash(req, ctx, k));
                 let mut tried = ctx.tried.clone();
                 let mut want = match &ctx.replay.target {
                     Some(t) => {
@@ -264,22 +262,11 @@ impl Portico {
             match outcome {
                 Ok(acquired) => {
                     let lease = acquired.lease;
-                    let mut peer = Box::new(lease.backend.peer.clone());
-                    // WebSocket and other upgrades only work over HTTP/1.1.
-                    if session.is_upgrade_req() {
-                        if peer.is_tls() {
-                            peer.options.alpn = ALPN::H1;
-                        }
-                        // A tunnel may idle as long as the route allows (forever by default).
-                        peer.options.read_timeout = route
-                            .ws_idle_timeout
-                            .map(|t| t + super::websocket::IDLE_CLOSE_GRACE);
-                    }
                     ctx.backend_addr = Some(lease.backend.addr);
                     ctx.preferred_unavailable = acquired.preferred_unavailable;
                     ctx.lease = Some(lease);
                     ctx.connect_started = Some(std::time::Instant::now());
-                    return Ok(peer);
+                    return Ok(());
                 }
                 Err(e) => {
                     let Some(target) = ctx.replay.target.clone() else {

@@ -18,7 +18,7 @@ use crate::replay::{self as rp, instruction, Instruction, Issuer, Target};
 
 impl Portico {
     /// Counts a replay outcome.
-    pub(super) fn count_replay(&self, ctx: &RequestCtx, outcome: &str) {
+    pub(crate) fn count_replay(&self, ctx: &RequestCtx, outcome: &str) {
         let upstream = ctx.snap.upstreams[ctx.upstream].name();
         let kind = if ctx.replay.kind.is_empty() {
             "header"
@@ -80,7 +80,7 @@ impl Portico {
     }
 
     /// On the first attempt: routes the request by the replay cache when an entry matches.
-    pub(super) fn route_by_cache(&self, session: &Session, ctx: &mut RequestCtx) {
+    pub(crate) fn route_by_cache(&self, req: &RequestHeader, ctx: &mut RequestCtx) {
         let cache = &self.shared.replay_cache;
         let Some(route_idx) = ctx.route else { return };
         if cache.is_empty() || !ctx.snap.config.replay.enabled {
@@ -88,7 +88,6 @@ impl Portico {
         }
         let snap = ctx.snap.clone();
         let route = &snap.config.routes.routes()[route_idx];
-        let req = session.req_header();
         let path = req.uri.path();
         let mut hit = request_host(req).and_then(|h| cache.lookup_path(h, path));
         if hit.is_none() {
@@ -139,7 +138,7 @@ impl Portico {
     /// Adds what a replayed request carries: `fly-replay-src`, `fly-replay-failed`,
     /// `fly-replay-cache-status`, `fly-preferred-instance-unavailable`, and the JSON form's
     /// rewrites.
-    pub(super) fn replay_request_headers(
+    pub(crate) fn replay_request_headers(
         &self,
         up: &mut RequestHeader,
         ctx: &RequestCtx,
@@ -190,9 +189,9 @@ impl Portico {
 
     /// Reads a response head for a replay instruction. Returns the error that ends this
     /// attempt when the upstream asked for a replay (or sent a malformed instruction).
-    pub(super) fn inspect_response(
+    pub(crate) fn inspect_response(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -221,7 +220,7 @@ impl Portico {
             return Err(match parsed {
                 Ok(inst) => {
                     let cache = cache_instruction(&resp.headers, &inst, ctx.id());
-                    self.begin_replay(session, ctx, inst, "header", cache)
+                    self.begin_replay(req, ctx, inst, "header", cache)
                 }
                 Err(why) => {
                     let f = self.malformed(ctx, &why);
@@ -232,7 +231,7 @@ impl Portico {
         let is_json = header(&resp.headers, "content-type")
             .is_some_and(|ct| ct.to_ascii_lowercase().starts_with(rp::JSON_CONTENT_TYPE));
         if is_json {
-            let empty = session.req_header().method == http::Method::HEAD
+            let empty = req.method == http::Method::HEAD
                 || header(&resp.headers, "content-length") == Some("0");
             if empty {
                 let f = self.malformed(ctx, "the JSON replay instruction has no body");
@@ -255,9 +254,9 @@ impl Portico {
     }
 
     /// Collects the body of a JSON replay instruction; at its end, starts the replay.
-    pub(super) fn inspect_body(
+    pub(crate) fn inspect_body(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
@@ -278,7 +277,7 @@ impl Portico {
         }
         let json = ctx.replay.json.take().unwrap_or_default();
         Err(match instruction::parse_json(&json) {
-            Ok(inst) => self.begin_replay(session, ctx, inst, "json", None),
+            Ok(inst) => self.begin_replay(req, ctx, inst, "json", None),
             Err(why) => {
                 let f = self.malformed(ctx, &why);
                 self.refuse(ctx, f)
@@ -302,7 +301,7 @@ impl Portico {
     /// retryable error that sends the request there.
     fn begin_replay(
         &self,
-        session: &Session,
+        req: &RequestHeader,
         ctx: &mut RequestCtx,
         inst: Instruction,
         kind: &'static str,
@@ -383,7 +382,7 @@ impl Portico {
         // Session rules of the route remember where this session's replays go.
         if let Some(route) = ctx.route {
             let route = &snap.config.routes.routes()[route];
-            for (key, ttl) in session_keys_with_ttl(route, session.req_header()) {
+            for (key, ttl) in session_keys_with_ttl(route, req) {
                 self.shared
                     .replay_cache
                     .insert(key, cached.clone(), ttl, false);

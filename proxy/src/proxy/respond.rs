@@ -39,17 +39,17 @@ pub fn common_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()>
     Ok(())
 }
 
-/// Writes a complete plain-text response. The body is not sent for HEAD requests.
-pub async fn send(
-    session: &mut Session,
+/// The head of a complete plain-text response Portico answers itself, with the common
+/// headers; `body_len` is its `Content-Length` (also for HEAD, which sends no body).
+pub fn local_head(
     ctx: &RequestCtx,
     status: u16,
-    body: String,
+    body_len: usize,
     extra: &[(&'static str, String)],
-) -> Result<()> {
+) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(6 + extra.len()))?;
     resp.insert_header("content-type", "text/plain; charset=utf-8")?;
-    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("content-length", body_len.to_string())?;
     if status >= 400 {
         resp.insert_header("cache-control", "no-store")?;
     }
@@ -57,6 +57,19 @@ pub async fn send(
         resp.insert_header(*name, value.as_str())?;
     }
     common_headers(&mut resp, ctx)?;
+    Ok(resp)
+}
+
+/// Writes a complete plain-text response through pingora. The body is not sent for HEAD
+/// requests.
+pub async fn send(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    body: String,
+    extra: &[(&'static str, String)],
+) -> Result<()> {
+    let resp = local_head(ctx, status, body.len(), extra)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
@@ -83,13 +96,19 @@ pub fn error_body(status: u16, message: &str, ctx: &RequestCtx) -> String {
     format!("{status} {reason}\nportico: {message}\nrequest id: {id}\n")
 }
 
-/// Writes a [`LocalFailure`] as a response.
-pub async fn send_failure(session: &mut Session, ctx: &RequestCtx, f: &LocalFailure) -> Result<()> {
+/// The body and extra headers of a [`LocalFailure`]'s response.
+pub fn failure_parts(ctx: &RequestCtx, f: &LocalFailure) -> (String, Vec<(&'static str, String)>) {
     let body = error_body(f.status, &f.message, ctx);
-    let extra: Vec<(&'static str, String)> = f
+    let extra = f
         .retry_after
         .map(|s| vec![("retry-after", s.to_string())])
         .unwrap_or_default();
+    (body, extra)
+}
+
+/// Writes a [`LocalFailure`] as a response through pingora.
+pub async fn send_failure(session: &mut Session, ctx: &RequestCtx, f: &LocalFailure) -> Result<()> {
+    let (body, extra) = failure_parts(ctx, f);
     send(session, ctx, f.status, body, &extra).await
 }
 

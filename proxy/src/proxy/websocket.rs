@@ -10,11 +10,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pingora_proxy::Session;
 use prometheus::{IntCounter, IntGauge};
 
 use super::ctx::{LocalFailure, RequestCtx};
 use crate::state::Shared;
+
+/// How long an engine lets a tunnel stay silent before cutting it, beyond the idle watchdog
+/// (which closes it with close frames at `ws_idle_timeout`): room for the closing handshake.
+pub fn read_timeout(route: &portico_config::Route) -> Option<std::time::Duration> {
+    route.ws_idle_timeout.map(|t| t + IDLE_CLOSE_GRACE)
+}
 
 /// Time a closing handshake gets after `ws_idle_timeout` before the connection is cut.
 pub const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
@@ -56,10 +61,10 @@ impl Drop for WsState {
     }
 }
 
-/// Admits an upgrade request under its route's cap and sets its idle timeout. Returns the
-/// failure to answer when the route is full.
-pub fn admit(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Option<LocalFailure> {
-    if !session.is_upgrade_req() || ctx.is_subrequest {
+/// Admits an upgrade request under its route's cap. Returns the failure to answer when the
+/// route is full.
+pub fn admit(shared: &Shared, upgrade: bool, ctx: &mut RequestCtx) -> Option<LocalFailure> {
+    if !upgrade || ctx.is_subrequest {
         return None;
     }
     let route_idx = ctx.route?;
@@ -87,10 +92,6 @@ pub fn admit(shared: &Shared, session: &mut Session, ctx: &mut RequestCtx) -> Op
             });
         }
     }
-    // An idle WebSocket is normal: only `ws_idle_timeout` may close it (pingora's default body
-    // read timeout is 60 s). Closing is the idle watchdog's job (with close frames); pingora's
-    // read timeout stays behind it, in case a peer ignores the closing handshake.
-    session.set_read_timeout(route.ws_idle_timeout.map(|t| t + IDLE_CLOSE_GRACE));
     ctx.ws = Some(state);
     None
 }

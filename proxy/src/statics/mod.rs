@@ -12,15 +12,13 @@ pub mod mime;
 pub mod negotiate;
 pub mod path;
 
-use std::io::SeekFrom;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use pingora_error::Result;
-use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
+use pingora_http::{RequestHeader, ResponseHeader};
 use portico_config::{Route, StaticFiles};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::proxy::ctx::RequestCtx;
 use crate::proxy::respond;
@@ -29,45 +27,68 @@ use negotiate::{Coding, RangeAsk};
 
 /// What a static route did with a request.
 pub enum Outcome {
-    /// A response was written.
-    Served,
+    /// The answer to write.
+    Reply(Reply),
     /// No file matches and the route proxies instead (`try_files`).
     Proxy,
+}
+
+/// A static answer: its head, and where its body comes from.
+pub struct Reply {
+    /// Status and headers (with the common headers).
+    pub head: ResponseHeader,
+    /// The body.
+    pub body: Body,
+}
+
+/// Where a static answer's body comes from.
+pub enum Body {
+    /// No body (HEAD, 304, 416).
+    Empty,
+    /// Bytes in memory (cached files, error texts).
+    Bytes(Bytes),
+    /// `count` bytes of a file from `start` (files too large for the cache).
+    File {
+        /// The file.
+        path: PathBuf,
+        /// First byte.
+        start: u64,
+        /// Bytes to send.
+        count: u64,
+    },
 }
 
 /// Serves the request from `cfg.root`, or says it should be proxied.
 pub async fn serve(
     files: &FileCache,
-    session: &mut Session,
+    req: &RequestHeader,
     ctx: &RequestCtx,
     route: &Route,
     cfg: &StaticFiles,
 ) -> Result<Outcome> {
-    let req = session.req_header();
-    let method = req.method.clone();
-    if method != http::Method::GET && method != http::Method::HEAD {
+    let method = &req.method;
+    let head_only = *method == http::Method::HEAD;
+    if *method != http::Method::GET && !head_only {
         if cfg.try_files {
             return Ok(Outcome::Proxy);
         }
-        respond::send(
-            session,
+        return text(
             ctx,
             405,
             respond::error_body(405, "static files answer GET and HEAD only", ctx),
             &[("allow", "GET, HEAD".to_string())],
-        )
-        .await?;
-        return Ok(Outcome::Served);
+            false,
+        );
     }
-    let full_path = req.uri.path().to_string();
-    let mut url_path = full_path.as_str();
+    let full_path = req.uri.path();
+    let mut url_path = full_path;
     if route.strip_prefix {
         url_path = url_path
             .strip_prefix(route.path.trim_end_matches('/'))
             .unwrap_or(url_path);
     }
     let Some(segments) = path::segments(url_path, cfg.dotfiles) else {
-        return not_found(session, ctx).await;
+        return not_found(ctx, head_only);
     };
     let dir_request = url_path.ends_with('/') || segments.is_empty();
     let entry = match files.get(cfg, &segments, dir_request).await {
@@ -81,37 +102,50 @@ pub async fn serve(
                 Some(fb) if cfg.fallback_all || !last.contains('.') => {
                     match files.get(cfg, std::slice::from_ref(fb), false).await {
                         Some(e) => e,
-                        None => return not_found(session, ctx).await,
+                        None => return not_found(ctx, head_only),
                     }
                 }
-                _ => return not_found(session, ctx).await,
+                _ => return not_found(ctx, head_only),
             }
         }
     };
-    write(session, ctx, cfg, &full_path, &entry).await?;
-    Ok(Outcome::Served)
+    reply(req, ctx, cfg, full_path, &entry).map(Outcome::Reply)
 }
 
-async fn not_found(session: &mut Session, ctx: &RequestCtx) -> Result<Outcome> {
-    respond::send(
-        session,
+/// A plain-text answer (404, 405).
+fn text(
+    ctx: &RequestCtx,
+    status: u16,
+    body: String,
+    extra: &[(&'static str, String)],
+    head_only: bool,
+) -> Result<Outcome> {
+    let head = respond::local_head(ctx, status, body.len(), extra)?;
+    let body = if head_only {
+        Body::Empty
+    } else {
+        Body::Bytes(Bytes::from(body))
+    };
+    Ok(Outcome::Reply(Reply { head, body }))
+}
+
+fn not_found(ctx: &RequestCtx, head_only: bool) -> Result<Outcome> {
+    text(
         ctx,
         404,
         respond::error_body(404, "no such file", ctx),
         &[],
+        head_only,
     )
-    .await?;
-    Ok(Outcome::Served)
 }
 
-async fn write(
-    session: &mut Session,
+fn reply(
+    req: &RequestHeader,
     ctx: &RequestCtx,
     cfg: &StaticFiles,
     url_path: &str,
     entry: &Arc<Entry>,
-) -> Result<()> {
-    let req = session.req_header();
+) -> Result<Reply> {
     let header = |n: &str| crate::proxy::header_value(&req.headers, n);
     let head_only = req.method == http::Method::HEAD;
     let accept = header("accept-encoding");
@@ -175,52 +209,17 @@ async fn write(
         _ => {}
     }
     respond::common_headers(&mut resp, ctx)?;
-    let no_body = head_only || count == 0;
-    session
-        .write_response_header(Box::new(resp), no_body)
-        .await?;
-    if no_body {
-        return Ok(());
-    }
-    if let Some(body) = &repr.body {
+    let body = if head_only || count == 0 {
+        Body::Empty
+    } else if let Some(bytes) = &repr.body {
         let (s, e) = (start as usize, (start + count) as usize);
-        return session
-            .write_response_body(Some(body.slice(s..e)), true)
-            .await;
-    }
-    stream_file(session, repr, start, count).await
-}
-
-/// Streams `count` bytes of a file from `start`, 64 KiB at a time.
-async fn stream_file(session: &mut Session, repr: &Repr, start: u64, count: u64) -> Result<()> {
-    let io = |e: std::io::Error| {
-        pingora_error::Error::because(
-            pingora_error::ErrorType::InternalError,
-            "reading a static file",
-            e,
-        )
-    };
-    let mut file = tokio::fs::File::open(&repr.path).await.map_err(io)?;
-    if start > 0 {
-        file.seek(SeekFrom::Start(start)).await.map_err(io)?;
-    }
-    let mut left = count;
-    while left > 0 {
-        let want = left.min(64 * 1024) as usize;
-        let mut buf = vec![0u8; want];
-        let n = file.read(&mut buf).await.map_err(io)?;
-        if n == 0 {
-            // The file shrank under us: the response cannot be completed honestly.
-            return Err(pingora_error::Error::explain(
-                pingora_error::ErrorType::InternalError,
-                "static file shrank while being sent",
-            ));
+        Body::Bytes(bytes.slice(s..e))
+    } else {
+        Body::File {
+            path: repr.path.clone(),
+            start,
+            count,
         }
-        buf.truncate(n);
-        left -= n as u64;
-        session
-            .write_response_body(Some(Bytes::from(buf)), left == 0)
-            .await?;
-    }
-    Ok(())
+    };
+    Ok(Reply { head: resp, body })
 }
