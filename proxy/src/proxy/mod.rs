@@ -285,7 +285,7 @@ impl ProxyHttp for Portico {
                             )
                             .await?;
                             if let crate::statics::Outcome::Reply(reply) = served {
-                                write_static(session, reply).await?;
+                                write_static(session, *reply).await?;
                                 return Ok(true);
                             }
                         }

@@ -28,7 +28,7 @@ use negotiate::{Coding, RangeAsk};
 /// What a static route did with a request.
 pub enum Outcome {
     /// The answer to write.
-    Reply(Reply),
+    Reply(Box<Reply>),
     /// No file matches and the route proxies instead (`try_files`).
     Proxy,
 }
@@ -109,7 +109,7 @@ pub async fn serve(
             }
         }
     };
-    reply(req, ctx, cfg, full_path, &entry).map(Outcome::Reply)
+    reply(req, ctx, cfg, full_path, &entry).map(|r| Outcome::Reply(Box::new(r)))
 }
 
 /// A plain-text answer (404, 405).
@@ -126,7 +126,7 @@ fn text(
     } else {
         Body::Bytes(Bytes::from(body))
     };
-    Ok(Outcome::Reply(Reply { head, body }))
+    Ok(Outcome::Reply(Box::new(Reply { head, body })))
 }
 
 fn not_found(ctx: &RequestCtx, head_only: bool) -> Result<Outcome> {
