@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod cli;
 pub mod discovery;
+pub mod engine;
 pub mod health;
 pub mod logging;
 pub mod metrics;
@@ -28,4 +29,5 @@ pub mod state;
 pub mod statics;
 pub mod sticky;
 pub mod tls;
+pub mod tls_client;
 pub mod upstream;

@@ -500,7 +500,9 @@ fall = 100
         other.addr
     );
     let p = Portico::start(&cfg);
+    // Both up first: with no usable backend left, fail-open would use the dead one again.
     wait_state(&p, addr, "up", Duration::from_secs(3)).await;
+    wait_state(&p, other.addr, "up", Duration::from_secs(3)).await;
     replica.stop().await;
     let c = client();
     for _ in 0..4 {

@@ -2,13 +2,10 @@
 //! must be in the expected set. Redirects are not followed; the whole check has one timeout.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use portico_config::{Check, CheckKind};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -16,89 +13,6 @@ use super::state::CheckResult;
 
 /// Largest response head read from a check.
 const MAX_HEAD: usize = 8192;
-
-/// Accepts any certificate (for `tls_skip_verify`).
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Verifying client config over the system's trust store (built once).
-static VERIFYING: LazyLock<Arc<ClientConfig>> = LazyLock::new(|| {
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        let _ = roots.add(cert);
-    }
-    Arc::new(
-        ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-            .unwrap_or_else(|e| unreachable!("ring supports the default versions: {e}")),
-    )
-});
-
-/// Non-verifying client config (built once).
-static SKIP_VERIFY: LazyLock<Arc<ClientConfig>> = LazyLock::new(|| {
-    let p = provider();
-    Arc::new(
-        ClientConfig::builder_with_provider(p.clone())
-            .with_safe_default_protocol_versions()
-            .map(|b| {
-                b.dangerous()
-                    .with_custom_certificate_verifier(Arc::new(NoVerify(p)))
-                    .with_no_client_auth()
-            })
-            .unwrap_or_else(|e| unreachable!("ring supports the default versions: {e}")),
-    )
-});
 
 /// Runs `check` against `addr` (the backend's address; `check.port` overrides its port).
 /// Returns the result in words and the round trip.
@@ -133,11 +47,7 @@ async fn run(target: SocketAddr, check: &Check) -> CheckResult {
             .unwrap_or_else(|| target.ip().to_string());
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| format!("invalid TLS server name {name:?}: {e}"))?;
-        let config = if check.tls_skip_verify {
-            SKIP_VERIFY.clone()
-        } else {
-            VERIFYING.clone()
-        };
+        let config = crate::tls_client::config(!check.tls_skip_verify, false);
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await

@@ -10,7 +10,7 @@ use super::ctx::{LocalFailure, RequestCtx};
 use super::{forwarded, header_value, request_host, Portico};
 
 impl Portico {
-    pub(super) fn listener_cfg<'a>(
+    pub(crate) fn listener_cfg<'a>(
         &self,
         ctx: &'a RequestCtx,
     ) -> Option<&'a portico_config::Listener> {

@@ -166,7 +166,11 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 impl Portico {
     /// Route and upstream edits to the request sent upstream: host header, header rules,
     /// `strip_prefix`.
-    fn route_request_edits(&self, up: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    pub(crate) fn route_request_edits(
+        &self,
+        up: &mut RequestHeader,
+        ctx: &RequestCtx,
+    ) -> Result<()> {
         let Some(route) = ctx.route() else {
             return Ok(());
         };

@@ -69,8 +69,11 @@ impl Drop for TrackGuard {
 pub struct ListenerCtx {
     /// Listener name.
     pub name: Arc<str>,
-    /// The proxy application.
+    /// The proxy application (pingora's engine: HTTP/2, and HTTP/1.1 unless Portico's own
+    /// engine serves it).
     pub proxy: Arc<HttpProxy<Portico>>,
+    /// The request path's decisions, for Portico's own HTTP/1.1 engine.
+    pub app: Arc<Portico>,
     /// TLS acceptor, for TLS listeners.
     pub tls: Option<Arc<Acceptor>>,
     /// Shared state.
@@ -85,12 +88,37 @@ struct Settings {
     max_header_size: usize,
     max_requests: Option<u32>,
     h2c: bool,
+    engine: portico_config::Engine,
+}
+
+/// `PORTICO_ENGINE=portico|pingora` overrides `[server] engine` (to run a test suite on
+/// either engine).
+fn engine_override() -> Option<portico_config::Engine> {
+    static OVERRIDE: std::sync::OnceLock<Option<portico_config::Engine>> =
+        std::sync::OnceLock::new();
+    *OVERRIDE.get_or_init(|| {
+        std::env::var("PORTICO_ENGINE")
+            .ok()
+            .and_then(|v| portico_config::Engine::parse(v.trim()))
+    })
+}
+
+impl Settings {
+    fn limits(&self) -> crate::engine::Limits {
+        crate::engine::Limits {
+            header_timeout: self.header_timeout,
+            keepalive: self.keepalive,
+            max_header_size: self.max_header_size,
+            max_requests: self.max_requests,
+        }
+    }
 }
 
 impl ListenerCtx {
     /// Current per-connection settings (they follow config reloads).
     fn settings(&self) -> Settings {
         let snap = self.shared.current.load();
+        let engine = engine_override().unwrap_or(snap.config.server.engine);
         match snap.config.listeners.iter().find(|l| *l.name == *self.name) {
             Some(l) => Settings {
                 header_timeout: l.header_read_timeout,
@@ -98,6 +126,7 @@ impl ListenerCtx {
                 max_header_size: l.max_header_size,
                 max_requests: l.max_requests_per_connection,
                 h2c: l.h2c,
+                engine,
             },
             None => Settings {
                 header_timeout: portico_config::defaults::HEADER_READ_TIMEOUT,
@@ -105,6 +134,7 @@ impl ListenerCtx {
                 max_header_size: portico_config::defaults::MAX_HEADER_SIZE as usize,
                 max_requests: None,
                 h2c: false,
+                engine,
             },
         }
     }
@@ -134,6 +164,25 @@ pub async fn serve(
     let _open = Dec(open);
 
     let _ = tcp.set_nodelay(true);
+    let settings = lctx.settings();
+    let own = settings.engine == portico_config::Engine::Portico;
+    if own && lctx.tls.is_none() {
+        // Plain HTTP/1.1 on Portico's engine, straight on the TCP socket; h2c goes to pingora.
+        let h2c = settings.h2c && {
+            const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let mut buf = [0u8; PREFACE.len()];
+            peek_full(&tcp, &mut buf, settings.header_timeout).await && buf == PREFACE
+        };
+        if !h2c {
+            let info = crate::engine::conn_info(peer, None);
+            let l = lctx.clone();
+            crate::engine::serve(tcp, info, &lctx.app, shutdown, move || {
+                l.settings().limits()
+            })
+            .await;
+            return;
+        }
+    }
     let mut l4: L4Stream = tcp.into();
     {
         use std::os::fd::AsRawFd;
@@ -142,7 +191,6 @@ pub async fn serve(
         let _ = digest.local_addr.set(Some(local.into()));
         l4.set_socket_digest(digest);
     }
-    let settings = lctx.settings();
     let mut stream: Stream = match &lctx.tls {
         Some(acceptor) => {
             match tokio::time::timeout(settings.header_timeout, acceptor.tls_handshake(l4)).await {
@@ -185,6 +233,18 @@ pub async fn serve(
     if h2 {
         // pingora runs the HTTP/2 connection: streams, flow control and GOAWAY on shutdown.
         lctx.proxy.process_new(stream, &shutdown).await;
+        return;
+    }
+    if own {
+        let tls = stream
+            .get_ssl_digest()
+            .map(|d| crate::proxy::tls_version_name(&d.version));
+        let info = crate::engine::conn_info(peer, tls);
+        let l = lctx.clone();
+        crate::engine::serve(stream, info, &lctx.app, shutdown, move || {
+            l.settings().limits()
+        })
+        .await;
         return;
     }
     // HTTP/1.1 may upgrade to a WebSocket, which a shutdown should close with a close frame.
@@ -270,4 +330,24 @@ fn reject(lctx: &ListenerCtx, reason: &str) {
         .rejected
         .with_label_values(&[reason])
         .inc();
+}
+
+/// Peeks until `buf` is full (the h2c preface may arrive in pieces), for at most `timeout`.
+async fn peek_full(tcp: &TcpStream, buf: &mut [u8], timeout: Duration) -> bool {
+    let work = async {
+        loop {
+            match tcp.peek(buf).await {
+                Ok(n) if n >= buf.len() => return true,
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    // A prefix that already differs cannot become the preface.
+                    if buf[..n] != b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..n] {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work).await.unwrap_or(false)
 }

@@ -337,19 +337,17 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         discovery_stop,
     ));
     for ((l, (sock, local)), tls) in config.listeners.iter().zip(bound).zip(tls) {
-        let mut proxy = http_proxy(
-            &server_conf,
-            Portico {
-                shared: shared.clone(),
-                listener: ListenerInfo {
-                    name: l.name.as_str().into(),
-                    tls: l.tls.is_some(),
-                    port: local.port(),
-                    port_value: http::HeaderValue::from(local.port()),
-                    default_https_port,
-                },
+        let app = || Portico {
+            shared: shared.clone(),
+            listener: ListenerInfo {
+                name: l.name.as_str().into(),
+                tls: l.tls.is_some(),
+                port: local.port(),
+                port_value: http::HeaderValue::from(local.port()),
+                default_https_port,
             },
-        );
+        };
+        let mut proxy = http_proxy(&server_conf, app());
         let mut options = pingora_core::apps::HttpServerOptions::default();
         options.h2c = l.h2c;
         options.keepalive_request_limit = l.max_requests_per_connection;
@@ -361,6 +359,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         let lctx = Arc::new(ListenerCtx {
             name: l.name.as_str().into(),
             proxy: Arc::new(proxy),
+            app: Arc::new(app()),
             tls: tls.map(|t| t.acceptor),
             shared: shared.clone(),
             tracker: tracker.clone(),

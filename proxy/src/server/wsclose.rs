@@ -33,6 +33,8 @@ pub struct ConnState {
     waker: Mutex<Option<Waker>>,
     /// When bytes last moved either way after the upgrade (ms on [`clock_ms`]).
     last_active_ms: AtomicU64,
+    /// Wakes relays that wait for a close request (Portico's own HTTP/1.1 engine).
+    closed: tokio::sync::Notify,
 }
 
 /// A coarse monotonic clock in milliseconds, for idle tracking.
@@ -43,8 +45,28 @@ fn clock_ms() -> u64 {
 }
 
 impl ConnState {
+    /// Whether a close was asked for (shutdown deadline).
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Waits until a close is asked for.
+    pub async fn wait_closing(&self) {
+        loop {
+            // Registered before the check, so a close between the two is not missed.
+            let n = self.closed.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            n.await;
+        }
+    }
+
     fn close(&self) {
         self.closing.store(true, Ordering::Release);
+        self.closed.notify_waiters();
         if let Some(w) = self.waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
             w.wake();
         }
@@ -70,6 +92,13 @@ impl Registry {
                 }
             }
         });
+    }
+
+    /// Registers a tunnel run by Portico's own engine, so a shutdown can ask it to close.
+    pub fn register(&self, c: &Arc<ConnState>) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(c));
     }
 
     /// Asks every open upgraded connection to close; returns how many were asked.
@@ -111,18 +140,20 @@ pub async fn scope<F: std::future::Future>(state: Arc<ConnState>, fut: F) -> F::
 
 /// Follows WebSocket frame boundaries in one direction.
 #[derive(Debug, Default)]
-struct Frames {
+pub struct Frames {
     head: [u8; 14],
     have: usize,
     left: u64,
 }
 
 impl Frames {
-    fn at_boundary(&self) -> bool {
+    /// Whether the bytes seen so far end exactly at a frame boundary.
+    pub fn at_boundary(&self) -> bool {
         self.have == 0 && self.left == 0
     }
 
-    fn advance(&mut self, mut data: &[u8]) {
+    /// Follows `data`, the next bytes of the stream.
+    pub fn advance(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             if self.left > 0 {
                 let n = (self.left.min(data.len() as u64)) as usize;
@@ -164,6 +195,12 @@ fn payload_len(head: &[u8]) -> Option<u64> {
     })
 }
 
+/// A masked close frame (FIN, opcode 8, status 1001 "going away"), as a client sends it.
+pub fn close_frame() -> [u8; 8] {
+    let k = fastrand::u32(..).to_be_bytes();
+    [0x88, 0x82, k[0], k[1], k[2], k[3], 0x03 ^ k[0], 0xE9 ^ k[1]]
+}
+
 /// A client stream that can inject a close frame after an upgrade.
 #[derive(Debug)]
 pub struct CloseOnShutdown {
@@ -177,14 +214,12 @@ pub struct CloseOnShutdown {
 impl CloseOnShutdown {
     /// Wraps a client stream.
     pub fn new(inner: Stream, state: Arc<ConnState>) -> Self {
-        let k = fastrand::u32(..).to_be_bytes();
         Self {
             inner,
             state,
             frames: Frames::default(),
             injected: 0,
-            // FIN + close, masked, 2 bytes: status 1001 (going away).
-            frame: [0x88, 0x82, k[0], k[1], k[2], k[3], 0x03 ^ k[0], 0xE9 ^ k[1]],
+            frame: close_frame(),
         }
     }
 }

@@ -1,0 +1,561 @@
+//! HTTP/1.1 message heads: parsing a request or response head out of a buffer (with
+//! `httparse`, as pingora does) into pingora's header types, deciding the body's framing once
+//! (RFC 9112 section 6), and writing a head back out.
+//!
+//! The framing rules are strict, because a proxy and its upstream must never disagree on
+//! where a request ends (request smuggling): `Transfer-Encoding` with `Content-Length` is
+//! refused, as is any transfer coding other than a final `chunked`, a `Content-Length` that
+//! is not a plain number or whose copies differ, `Transfer-Encoding` in HTTP/1.0, a missing
+//! `Host` in HTTP/1.1, and targets that are not origin-form (absolute-form is accepted and
+//! forwarded in origin-form; `*` only with OPTIONS; CONNECT is not proxied).
+
+use bytes::{BufMut, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Method, Version};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+/// Most header fields in one head (more is a 431, like nginx's large header limits).
+pub const MAX_HEADERS: usize = 100;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Until the connection closes (responses only).
+    Close,
+}
+
+/// Why a request head cannot be served, with the status to answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// 400, 414, 431, 501 or 505.
+    pub status: u16,
+    /// What was wrong, for the error body and the log.
+    pub reason: String,
+}
+
+fn refused(status: u16, reason: impl Into<String>) -> Refused {
+    Refused {
+        status,
+        reason: reason.into(),
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct Request {
+    /// Method, target (origin-form), version and fields.
+    pub head: RequestHeader,
+    /// Bytes of the head in the buffer (the body, if any, starts there).
+    pub head_len: usize,
+    /// The body's framing.
+    pub body: Framing,
+    /// The client asked for `100 Continue` before it sends the body.
+    pub expect_continue: bool,
+    /// The connection may serve another request after this one (HTTP/1.1 without
+    /// `Connection: close`, or HTTP/1.0 with `Connection: keep-alive`).
+    pub keep_alive: bool,
+    /// An upgrade request (`Connection: upgrade` and `Upgrade`, HTTP/1.1).
+    pub upgrade: bool,
+}
+
+/// Whether a `Connection` field lists `token`.
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The single value of `Content-Length` fields (`5`, or `5, 5` and repeated fields with the
+/// same value); `Err` when malformed or conflicting.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
+                return Err("invalid Content-Length");
+            }
+            let n: u64 = std::str::from_utf8(part)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or("invalid Content-Length")?;
+            match found {
+                Some(prev) if prev != n => return Err("conflicting Content-Length values"),
+                _ => found = Some(n),
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Whether `Transfer-Encoding` says exactly `chunked` (one field, one coding). `Err(status)`
+/// for anything else: 501 for a coding Portico does not implement, 400 for malformed values.
+fn chunked_only(headers: &HeaderMap) -> Result<bool, Refused> {
+    let mut fields = headers.get_all(TRANSFER_ENCODING).iter();
+    let Some(first) = fields.next() else {
+        return Ok(false);
+    };
+    if fields.next().is_some() {
+        return Err(refused(400, "several Transfer-Encoding fields"));
+    }
+    let v = first.as_bytes().trim_ascii();
+    if v.eq_ignore_ascii_case(b"chunked") {
+        return Ok(true);
+    }
+    let last = v.rsplit(|&b| b == b',').next().unwrap_or(v).trim_ascii();
+    if !last.eq_ignore_ascii_case(b"chunked") {
+        return Err(refused(400, "Transfer-Encoding must end with chunked"));
+    }
+    Err(refused(
+        501,
+        "transfer codings other than chunked are not implemented",
+    ))
+}
+
+/// Parses a complete request head at the start of `buf`. `max_target` bounds the request
+/// target (414 beyond it).
+pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Err(refused(400, "incomplete request head")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(refused(
+                431,
+                format!("more than {MAX_HEADERS} header fields"),
+            ))
+        }
+        Err(httparse::Error::Version) => {
+            return Err(refused(
+                400,
+                "malformed request line or unsupported HTTP version",
+            ))
+        }
+        Err(e) => return Err(refused(400, format!("malformed request head: {e}"))),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(refused(400, "malformed request line"));
+    };
+    if target.len() > max_target {
+        return Err(refused(
+            414,
+            format!("request target longer than {max_target} bytes"),
+        ));
+    }
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let method: Method = method.parse().map_err(|_| refused(400, "invalid method"))?;
+    if method == Method::CONNECT {
+        return Err(refused(405, "CONNECT is not proxied"));
+    }
+    // Request target forms (RFC 9112 section 3.2).
+    let mut absolute_host: Option<&str> = None;
+    let path: &str = if target.starts_with('/') {
+        target
+    } else if target == "*" {
+        if method != Method::OPTIONS {
+            return Err(refused(400, "asterisk-form target outside OPTIONS"));
+        }
+        target
+    } else if let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(refused(400, "invalid absolute-form target"));
+        }
+        absolute_host = Some(authority);
+        if path.starts_with('?') {
+            return Err(refused(400, "invalid absolute-form target"));
+        }
+        path
+    } else {
+        return Err(refused(
+            400,
+            "request target must be origin-form (start with '/')",
+        ));
+    };
+    let mut head = RequestHeader::build_no_case(method, path.as_bytes(), Some(req.headers.len()))
+        .map_err(|_| refused(400, "invalid request target"))?;
+    head.set_version(version);
+    for f in req.headers.iter() {
+        let name = http::HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| refused(400, "invalid header name"))?;
+        let value = http::HeaderValue::from_bytes(f.value)
+            .map_err(|_| refused(400, "invalid header value"))?;
+        head.append_header(name, value)
+            .map_err(|_| refused(400, "invalid header"))?;
+    }
+    let h = &head.headers;
+    // Host (RFC 9112 section 3.2): required in HTTP/1.1, exactly once; an absolute-form
+    // target's authority replaces it.
+    let hosts = h.get_all(HOST).iter().count();
+    if hosts > 1 {
+        return Err(refused(400, "several Host fields"));
+    }
+    if let Some(authority) = absolute_host {
+        head.insert_header(HOST, authority)
+            .map_err(|_| refused(400, "invalid absolute-form authority"))?;
+    } else if hosts == 0 && version == Version::HTTP_11 {
+        return Err(refused(400, "an HTTP/1.1 request needs a Host field"));
+    }
+    if let Some(host) = head.headers.get(HOST) {
+        let ok = host
+            .as_bytes()
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"-._~:[]%!$&'()*+,;=".contains(&b));
+        if !ok {
+            return Err(refused(400, "invalid Host"));
+        }
+    }
+    let h = &head.headers;
+    let chunked = chunked_only(h)?;
+    let length = content_length(h).map_err(|e| refused(400, e))?;
+    let body = match (chunked, length) {
+        (true, Some(_)) => {
+            return Err(refused(
+                400,
+                "Transfer-Encoding and Content-Length together",
+            ))
+        }
+        (true, None) if version == Version::HTTP_10 => {
+            return Err(refused(400, "Transfer-Encoding in an HTTP/1.0 request"))
+        }
+        (true, None) => Framing::Chunked,
+        (false, Some(0)) | (false, None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    // Identical duplicates are collapsed, so the upstream sees one.
+    if h.get_all(CONTENT_LENGTH).iter().count() > 1 || length.is_some() {
+        if let Some(n) = length {
+            head.insert_header(CONTENT_LENGTH, n)
+                .map_err(|_| refused(400, "invalid Content-Length"))?;
+        }
+    }
+    let h = &head.headers;
+    let expect_continue = h
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let keep_alive = if version == Version::HTTP_11 {
+        !connection_has(h, "close")
+    } else {
+        connection_has(h, "keep-alive")
+    };
+    let upgrade =
+        version == Version::HTTP_11 && h.contains_key(UPGRADE) && connection_has(h, "upgrade");
+    Ok(Request {
+        head,
+        head_len,
+        body,
+        expect_continue,
+        keep_alive,
+        upgrade,
+    })
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Response {
+    /// Status, version and fields.
+    pub head: ResponseHeader,
+    /// Bytes of the head in the buffer.
+    pub head_len: usize,
+    /// The body's framing, given the request method.
+    pub body: Framing,
+    /// The upstream keeps the connection open after this response.
+    pub keep_alive: bool,
+}
+
+/// Why a response head is unusable (the answer to the client is a 502).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadResponse(pub String);
+
+/// Parses a response head at the start of `buf`; `Ok(None)` when more bytes are needed.
+pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, BadResponse> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(BadResponse(format!("malformed response head: {e}"))),
+    };
+    let (Some(code), Some(minor)) = (resp.code, resp.version) else {
+        return Err(BadResponse("malformed status line".into()));
+    };
+    let mut head = ResponseHeader::build_no_case(code, Some(resp.headers.len()))
+        .map_err(|_| BadResponse(format!("invalid status {code}")))?;
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    head.set_version(version);
+    for f in resp.headers.iter() {
+        let name = http::HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| BadResponse("invalid header name".into()))?;
+        let value = http::HeaderValue::from_bytes(f.value)
+            .map_err(|_| BadResponse("invalid header value".into()))?;
+        head.append_header(name, value)
+            .map_err(|_| BadResponse("invalid header".into()))?;
+    }
+    let h = &head.headers;
+    let chunked = match chunked_only(h) {
+        Ok(c) => c,
+        Err(r) => return Err(BadResponse(r.reason)),
+    };
+    let length = content_length(h).map_err(|e| BadResponse(e.to_string()))?;
+    let no_body =
+        *method == Method::HEAD || (100..200).contains(&code) || code == 204 || code == 304;
+    let body = if no_body {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        if n == 0 {
+            Framing::None
+        } else {
+            Framing::Length(n)
+        }
+    } else {
+        Framing::Close
+    };
+    let keep_alive = body != Framing::Close
+        && if version == Version::HTTP_11 {
+            !connection_has(h, "close")
+        } else {
+            connection_has(h, "keep-alive")
+        };
+    Ok(Some(Response {
+        head,
+        head_len,
+        body,
+        keep_alive,
+    }))
+}
+
+fn put_fields(out: &mut BytesMut, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(b": ");
+        out.put_slice(value.as_bytes());
+        out.put_slice(b"\r\n");
+    }
+}
+
+/// Writes a request head (always HTTP/1.1) into `out`.
+pub fn write_request(out: &mut BytesMut, head: &RequestHeader) {
+    out.put_slice(head.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(head.raw_path());
+    out.put_slice(b" HTTP/1.1\r\n");
+    put_fields(out, &head.headers);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes a response head into `out` with the given version.
+pub fn write_response(out: &mut BytesMut, head: &ResponseHeader, version: Version) {
+    out.put_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    let mut code = itoa::Buffer::new();
+    out.put_slice(code.format(head.status.as_u16()).as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(
+        head.status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    out.put_slice(b"\r\n");
+    put_fields(out, &head.headers);
+    out.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(raw: &str) -> Result<Request, Refused> {
+        parse_request(raw.as_bytes(), 8192)
+    }
+
+    fn status(raw: &str) -> u16 {
+        match req(raw) {
+            Ok(_) => 200,
+            Err(r) => r.status,
+        }
+    }
+
+    #[test]
+    fn framing_decisions() {
+        let r = req("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n").unwrap();
+        assert_eq!(r.body, Framing::Length(5));
+        let r = req("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert_eq!(r.body, Framing::Chunked);
+        let r = req("POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ChUnKeD\r\n\r\n").unwrap();
+        assert_eq!(r.body, Framing::Chunked);
+        let r = req("GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(r.body, Framing::None);
+        // Identical duplicates collapse to one field.
+        let r = req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
+            .unwrap();
+        assert_eq!(r.body, Framing::Length(3));
+        assert_eq!(r.head.headers.get_all(CONTENT_LENGTH).iter().count(), 1);
+        let r = req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n").unwrap();
+        assert_eq!(r.body, Framing::Length(3));
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        for (raw, want) in [
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3 3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\n Transfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\rX: y\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            ("GET secret.txt HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET example.com:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET /a\tb HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 400),
+            ("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com\r\n\r\n", 405),
+        ] {
+            assert_eq!(status(raw), want, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn target_forms() {
+        assert_eq!(status("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
+        let r = req("GET http://example.com:8080/a?b=c HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
+        assert_eq!(r.head.raw_path(), b"/a?b=c");
+        assert_eq!(r.head.headers[HOST], "example.com:8080");
+        let r = req("GET http://example.com HTTP/1.1\r\nHost: example.com\r\n\r\n").unwrap();
+        assert_eq!(r.head.raw_path(), b"/");
+        // HTTP/1.0 needs no Host.
+        assert_eq!(status("GET / HTTP/1.0\r\n\r\n"), 200);
+    }
+
+    #[test]
+    fn limits() {
+        let long = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(100));
+        assert_eq!(parse_request(long.as_bytes(), 50).unwrap_err().status, 414);
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("x-{i}: 1\r\n"))
+            .collect();
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(status(&raw), 431);
+    }
+
+    #[test]
+    fn connection_semantics() {
+        let r = req("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        assert!(!r.keep_alive);
+        let r = req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        assert!(r.keep_alive);
+        let r = req("GET / HTTP/1.0\r\n\r\n").unwrap();
+        assert!(!r.keep_alive);
+        let r = req(
+            "GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap();
+        assert!(r.upgrade);
+        let r =
+            req("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
+                .unwrap();
+        assert!(r.expect_continue);
+    }
+
+    #[test]
+    fn responses() {
+        let get = Method::GET;
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", &get)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (r.body, r.keep_alive, r.head_len),
+            (Framing::Length(2), true, 38)
+        );
+        let r = parse_response(b"HTTP/1.1 200 OK\r\n\r\n", &get)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.body, r.keep_alive), (Framing::Close, false));
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+            &Method::HEAD,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.body, Framing::None);
+        let r = parse_response(
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            &get,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.body, Framing::None);
+        let r = parse_response(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", &get)
+            .unwrap()
+            .unwrap();
+        assert!(!r.keep_alive);
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Le", &get)
+            .unwrap()
+            .is_none());
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            &get
+        )
+        .is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", &get).is_err()
+        );
+    }
+
+    #[test]
+    fn heads_round_trip() {
+        let r = req("GET /a?b HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n\r\n").unwrap();
+        let mut out = BytesMut::new();
+        write_request(&mut out, &r.head);
+        assert_eq!(&out[..], b"GET /a?b HTTP/1.1\r\nhost: x\r\nx-a: 1\r\n\r\n");
+        let mut resp = ResponseHeader::build_no_case(404, None).unwrap();
+        resp.append_header("content-length", "0").unwrap();
+        let mut out = BytesMut::new();
+        write_response(&mut out, &resp, Version::HTTP_11);
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,185 @@
+//! Portico's own HTTP/1.1 data plane: the client connection loop, the exchange with the
+//! upstream, and tunnels, written for one read and one write per direction per request.
+//!
+//! Why not pingora's HTTP/1 proxy loop (which serves HTTP/2 clients still, see
+//! [`crate::proxy`]): per request it creates two channels and joins an upstream and a
+//! downstream task half, its connection pool tests every connection with a read on release
+//! and on reuse and spawns a watch task per idle connection, and an upgraded connection keeps
+//! two 64 KiB body buffers for its whole life. Measured with `loadtest/compare`, a bare
+//! pingora hop costs 1.7x nginx's CPU per request before Portico adds anything.
+//!
+//! What is reused: every decision of the request path ([`crate::proxy`]: classification,
+//! routing, backend choice, forwarding headers, fly-replay, affinity, static files, limits,
+//! access log, metrics) through the same functions the pingora path calls, `httparse` for
+//! heads (as pingora does), pingora's header types, rustls, and pingora's TLS acceptor and
+//! HTTP/2 for the connections this engine does not take.
+//!
+//! The layout: [`codec`] parses and writes heads and decides framing; [`chunked`] reads
+//! chunked bodies; [`upstream`] connects to backends; [`pool`] keeps idle upstream
+//! connections per thread; [`exchange`] runs one request; [`tunnel`] relays upgraded
+//! connections.
+
+pub mod chunked;
+pub mod codec;
+pub mod exchange;
+pub mod pool;
+pub mod tunnel;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::proxy::ctx::ConnInfo;
+use crate::proxy::Portico;
+use crate::server::head::{read_head, HeadError, HeadLimits};
+
+/// A client connection's transport: plain TCP, or TLS through pingora's acceptor.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket, when the transport is plain TCP (tunnels then wait on its readiness
+    /// instead of holding a buffer).
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl ClientIo for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl ClientIo for pingora_core::protocols::Stream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// A client connection with its read buffer (kept across requests: pipelined bytes stay in
+/// it) and its write buffer (a response head and the first body bytes go out in one write).
+pub struct Client<S> {
+    /// The transport.
+    pub io: S,
+    /// Bytes read and not yet used.
+    pub rbuf: BytesMut,
+    /// Bytes to write.
+    pub wbuf: BytesMut,
+    /// What the request path knows about the connection.
+    pub info: ConnInfo,
+}
+
+impl<S: ClientIo> Client<S> {
+    /// Writes `wbuf` out and clears it.
+    pub async fn flush_wbuf(&mut self) -> std::io::Result<()> {
+        if !self.wbuf.is_empty() {
+            self.io.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// The limits of one client connection, from its listener (they follow reloads).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to receive a whole request head.
+    pub header_timeout: Duration,
+    /// Idle time between requests.
+    pub keepalive: Duration,
+    /// Largest request head.
+    pub max_header_size: usize,
+    /// Requests per connection.
+    pub max_requests: Option<u32>,
+}
+
+/// Per-read timeout of request bodies and of writes to clients.
+pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves HTTP/1.1 requests on one client connection until it closes, the client stops
+/// sending, or a shutdown ends it between requests.
+pub async fn serve<S: ClientIo>(
+    io: S,
+    info: ConnInfo,
+    app: &Portico,
+    mut shutdown: watch::Receiver<bool>,
+    limits: impl Fn() -> Limits,
+) {
+    let mut client = Client {
+        io,
+        rbuf: BytesMut::with_capacity(4096),
+        wbuf: BytesMut::with_capacity(4096),
+        info,
+    };
+    let mut served: u32 = 0;
+    loop {
+        let l = limits();
+        let head_limits = HeadLimits {
+            idle: if served == 0 {
+                l.header_timeout
+            } else {
+                l.keepalive
+            },
+            header_timeout: l.header_timeout,
+            max_size: l.max_header_size,
+            fresh: served == 0,
+        };
+        match read_head(&mut client.io, &mut client.rbuf, head_limits, &mut shutdown).await {
+            Ok(()) => {}
+            Err(HeadError::Timeout) => {
+                reject(app, "header_timeout");
+                let _ = crate::server::head::write_simple_response(
+                    &mut client.io,
+                    "408 Request Timeout",
+                    "408 Request Timeout\nportico: the request head was not received in time\n",
+                )
+                .await;
+                return;
+            }
+            Err(HeadError::TooLarge) => {
+                reject(app, "header_too_large");
+                let _ = crate::server::head::write_simple_response(
+                    &mut client.io,
+                    "431 Request Header Fields Too Large",
+                    &format!(
+                        "431 Request Header Fields Too Large\nportico: the request head is larger than {} bytes\n",
+                        l.max_header_size
+                    ),
+                )
+                .await;
+                return;
+            }
+            Err(_) => return,
+        }
+        served = served.saturating_add(1);
+        let last = l.keepalive.is_zero()
+            || *shutdown.borrow()
+            || l.max_requests.is_some_and(|m| served >= m);
+        match exchange::handle(app, &mut client, last).await {
+            exchange::After::KeepAlive => {}
+            exchange::After::Close => {
+                let _ = client.io.shutdown().await;
+                return;
+            }
+            exchange::After::Gone => return,
+        }
+    }
+}
+
+fn reject(app: &Portico, reason: &str) {
+    app.shared
+        .metrics
+        .rejected
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// The peer address of an accepted connection, as the request path wants it.
+pub fn conn_info(peer: SocketAddr, tls: Option<&'static str>) -> ConnInfo {
+    ConnInfo {
+        peer: Some(peer),
+        tls,
+        http2: false,
+    }
+}
