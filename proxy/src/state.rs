@@ -39,8 +39,12 @@ pub struct Snapshot {
     pub via_h2: HeaderValue,
     /// `Fly-Region` value.
     pub region: HeaderValue,
-    /// The request id header's name, ready for pingora's header maps.
-    pub request_id_name: bytes::Bytes,
+    /// The request id header's name.
+    pub request_id_name: http::HeaderName,
+    /// Header rules of each route, compiled (indexed like `config.routes.routes()`).
+    pub route_headers: Vec<RouteHeaders>,
+    /// `host_header` of each upstream, as a value (indexed like `config.upstreams`).
+    pub host_headers: Vec<Option<HeaderValue>>,
     /// Affinity cookie signers, indexed like `config.routes.routes()` (cookie routes only).
     pub sticky_signers: Vec<Option<Arc<crate::sticky::CookieSigner>>>,
 }
@@ -113,7 +117,24 @@ impl Snapshot {
             via_h1: header_value(&format!("1.1 {name}")),
             via_h2: header_value(&format!("2 {name}")),
             region: header_value(&config.server.region),
-            request_id_name: bytes::Bytes::from(config.server.request_id_header.clone()),
+            request_id_name: http::HeaderName::from_bytes(
+                config.server.request_id_header.as_bytes(),
+            )
+            .unwrap_or_else(|_| http::HeaderName::from_static("x-request-id")),
+            route_headers: config
+                .routes
+                .routes()
+                .iter()
+                .map(|r| RouteHeaders {
+                    request: CompiledRules::new(&r.request_headers),
+                    response: CompiledRules::new(&r.response_headers),
+                })
+                .collect(),
+            host_headers: config
+                .upstreams
+                .iter()
+                .map(|u| u.host_header.as_deref().map(header_value))
+                .collect(),
             unrouted_metrics: RouteMetrics::new(metrics, "none", "none"),
             route_metrics,
             upstreams,
@@ -126,6 +147,51 @@ impl Snapshot {
     pub fn upstream(&self, name: &str) -> Option<&Arc<UpstreamRt>> {
         self.upstreams.iter().find(|u| u.name() == name)
     }
+}
+
+/// A route's header rules as header names and values (validated by the config crate).
+#[derive(Debug, Default)]
+pub struct CompiledRules {
+    /// Removed.
+    pub remove: Vec<http::HeaderName>,
+    /// Replaced.
+    pub set: Vec<(http::HeaderName, HeaderValue)>,
+    /// Appended.
+    pub add: Vec<(http::HeaderName, HeaderValue)>,
+}
+
+impl CompiledRules {
+    fn new(rules: &portico_config::HeaderRules) -> Self {
+        let name = |n: &str| http::HeaderName::from_bytes(n.as_bytes()).ok();
+        let pair = |(n, v): &(String, String)| Some((name(n)?, HeaderValue::from_str(v).ok()?));
+        Self {
+            remove: rules.remove.iter().filter_map(|n| name(n)).collect(),
+            set: rules.set.iter().filter_map(pair).collect(),
+            add: rules.add.iter().filter_map(pair).collect(),
+        }
+    }
+
+    /// Adds these rules to `e`.
+    pub fn apply(&self, e: &mut crate::proxy::edits::Edits) {
+        for n in &self.remove {
+            e.remove(n.clone());
+        }
+        for (n, v) in &self.set {
+            e.set(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            e.add(n.clone(), v.clone());
+        }
+    }
+}
+
+/// A route's compiled request and response header rules.
+#[derive(Debug, Default)]
+pub struct RouteHeaders {
+    /// Applied to requests sent upstream.
+    pub request: CompiledRules,
+    /// Applied to responses to the client.
+    pub response: CompiledRules,
 }
 
 /// What the admin `/status` shows about reloads.

@@ -270,17 +270,74 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
     })
 }
 
-/// A parsed response head.
+/// Start and end of a slice of the buffer a head was parsed from.
+type Span = (u32, u32);
+
+/// A response head as it arrived: offsets of its fields in the buffer, so the common answer
+/// can be forwarded without building a header map (one is built only when a decision needs
+/// one, such as reading a fly-replay instruction).
 #[derive(Debug)]
 pub struct Response {
-    /// Status, version and fields.
-    pub head: ResponseHeader,
+    /// Status code.
+    pub status: u16,
+    /// HTTP/1.x minor version.
+    pub minor: u8,
     /// Bytes of the head in the buffer.
     pub head_len: usize,
+    /// The reason phrase.
+    reason: Span,
+    /// Field names and values, as offsets into the buffer.
+    fields: smallvec::SmallVec<[(Span, Span); 24]>,
     /// The body's framing, given the request method.
     pub body: Framing,
     /// The upstream keeps the connection open after this response.
     pub keep_alive: bool,
+}
+
+impl Response {
+    /// The fields as `(name, value)` byte slices of `buf` (the buffer it was parsed from).
+    pub fn fields<'a>(&'a self, buf: &'a [u8]) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        self.fields.iter().map(move |&((ns, ne), (vs, ve))| {
+            (
+                &buf[ns as usize..ne as usize],
+                &buf[vs as usize..ve as usize],
+            )
+        })
+    }
+
+    /// The first value of field `name` (lower case).
+    pub fn get<'a>(&self, buf: &'a [u8], name: &str) -> Option<&'a [u8]> {
+        self.fields.iter().find_map(|&((ns, ne), (vs, ve))| {
+            buf[ns as usize..ne as usize]
+                .eq_ignore_ascii_case(name.as_bytes())
+                .then(|| &buf[vs as usize..ve as usize])
+        })
+    }
+
+    /// The reason phrase.
+    pub fn reason<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.reason.0 as usize..self.reason.1 as usize]
+    }
+
+    /// The head as pingora's type, for decisions that need a header map.
+    pub fn to_header(&self, buf: &[u8]) -> Result<ResponseHeader, BadResponse> {
+        let mut head = ResponseHeader::build_no_case(self.status, Some(self.fields.len()))
+            .map_err(|_| BadResponse(format!("invalid status {}", self.status)))?;
+        head.set_version(if self.minor == 1 {
+            Version::HTTP_11
+        } else {
+            Version::HTTP_10
+        });
+        for (n, v) in self.fields(buf) {
+            let name = http::HeaderName::from_bytes(n)
+                .map_err(|_| BadResponse("invalid header name".into()))?;
+            let value = http::HeaderValue::from_bytes(v)
+                .map_err(|_| BadResponse("invalid header value".into()))?;
+            head.append_header(name, value)
+                .map_err(|_| BadResponse("invalid header".into()))?;
+        }
+        Ok(head)
+    }
 }
 
 /// Why a response head is unusable (the answer to the client is a 502).
@@ -289,8 +346,8 @@ pub struct BadResponse(pub String);
 
 /// Parses a response head at the start of `buf`; `Ok(None)` when more bytes are needed.
 pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, BadResponse> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut raw);
     let head_len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -299,55 +356,103 @@ pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, B
     let (Some(code), Some(minor)) = (resp.code, resp.version) else {
         return Err(BadResponse("malformed status line".into()));
     };
-    let mut head = ResponseHeader::build_no_case(code, Some(resp.headers.len()))
-        .map_err(|_| BadResponse(format!("invalid status {code}")))?;
-    let version = if minor == 1 {
-        Version::HTTP_11
-    } else {
-        Version::HTTP_10
-    };
-    head.set_version(version);
-    for f in resp.headers.iter() {
-        let name = http::HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| BadResponse("invalid header name".into()))?;
-        let value = http::HeaderValue::from_bytes(f.value)
-            .map_err(|_| BadResponse("invalid header value".into()))?;
-        head.append_header(name, value)
-            .map_err(|_| BadResponse("invalid header".into()))?;
+    if !(100..=999).contains(&code) {
+        return Err(BadResponse(format!("invalid status {code}")));
     }
-    let h = &head.headers;
-    let chunked = match chunked_only(h) {
-        Ok(c) => c,
-        Err(r) => return Err(BadResponse(r.reason)),
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = (s.as_ptr() as usize - base) as u32;
+        (start, start + s.len() as u32)
     };
-    let length = content_length(h).map_err(|e| BadResponse(e.to_string()))?;
+    let reason = resp.reason.map_or((0, 0), |r| span(r.as_bytes()));
+    let mut fields = smallvec::SmallVec::new();
+    let mut length: Option<u64> = None;
+    let mut te: Option<&[u8]> = None;
+    let mut te_count = 0;
+    let mut close = false;
+    let mut keep = false;
+    for f in resp.headers.iter() {
+        let name = f.name.as_bytes();
+        fields.push((span(name), span(f.value)));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in f.value.split(|&b| b == b',') {
+                let part = part.trim_ascii();
+                if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
+                    return Err(BadResponse("invalid Content-Length".into()));
+                }
+                let n: u64 = std::str::from_utf8(part)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| BadResponse("invalid Content-Length".into()))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(BadResponse("conflicting Content-Length values".into()));
+                }
+                length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = Some(f.value);
+            te_count += 1;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in f.value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                close |= t.eq_ignore_ascii_case(b"close");
+                keep |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+    }
+    let chunked = match te {
+        None => false,
+        Some(_) if te_count > 1 => {
+            return Err(BadResponse("several Transfer-Encoding fields".into()))
+        }
+        Some(v) if v.trim_ascii().eq_ignore_ascii_case(b"chunked") => true,
+        Some(_) => return Err(BadResponse("transfer codings other than chunked".into())),
+    };
     let no_body =
         *method == Method::HEAD || (100..200).contains(&code) || code == 204 || code == 304;
     let body = if no_body {
         Framing::None
     } else if chunked {
         Framing::Chunked
-    } else if let Some(n) = length {
-        if n == 0 {
-            Framing::None
-        } else {
-            Framing::Length(n)
-        }
     } else {
-        Framing::Close
+        match length {
+            Some(0) => Framing::None,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
     };
-    let keep_alive = body != Framing::Close
-        && if version == Version::HTTP_11 {
-            !connection_has(h, "close")
-        } else {
-            connection_has(h, "keep-alive")
-        };
+    let keep_alive = body != Framing::Close && if minor == 1 { !close } else { keep };
     Ok(Some(Response {
-        head,
+        status: code,
+        minor,
         head_len,
+        reason,
+        fields,
         body,
         keep_alive,
     }))
+}
+
+/// Writes a field line.
+pub fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
+}
+
+/// Writes a status line.
+pub fn put_status_line(out: &mut BytesMut, version: Version, status: u16, reason: &[u8]) {
+    out.put_slice(if version == Version::HTTP_10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    let mut code = itoa::Buffer::new();
+    out.put_slice(code.format(status).as_bytes());
+    out.put_u8(b' ');
+    out.put_slice(reason);
+    out.put_slice(b"\r\n");
 }
 
 fn put_fields(out: &mut BytesMut, headers: &HeaderMap) {

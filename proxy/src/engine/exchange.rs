@@ -11,9 +11,10 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::{Method, Version};
 use pingora_http::RequestHeader;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
@@ -22,7 +23,7 @@ use super::upstream::{self, PoolKey, UpConn};
 use super::{pool, Client, ClientIo, CLIENT_IO_TIMEOUT};
 use crate::metrics::status_class;
 use crate::proxy::ctx::{LocalFailure, RequestCtx};
-use crate::proxy::{hop, respond, websocket, Portico};
+use crate::proxy::{respond, websocket, Portico};
 
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +177,7 @@ pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bo
         bytes_sent: 0,
         answered: false,
         body_sent_all: true,
+        give_back: false,
     };
     ex.ctx.conn = client.info.clone();
     let after = ex.run(client).await;
@@ -200,6 +202,8 @@ struct Exchange<'a> {
     answered: bool,
     /// The whole client body reached the backend that answered.
     body_sent_all: bool,
+    /// The connection of a replay answer can go back to the pool.
+    give_back: bool,
 }
 
 impl Exchange<'_> {
@@ -439,13 +443,13 @@ impl Exchange<'_> {
             }
         };
         let reused = conn.served > 0;
-        let request = self.upstream_request().map_err(|e| AttemptError::Failed {
-            message: e,
-            timeout: false,
-        })?;
         // Send the head (and the body: from the copy on a retry or replay, else streamed).
         let mut out = BytesMut::with_capacity(1024);
-        codec::write_request(&mut out, &request);
+        self.write_upstream_head(&mut out)
+            .map_err(|e| AttemptError::Failed {
+                message: e,
+                timeout: false,
+            })?;
         // Nothing of the body was read yet: it streams to this backend. Otherwise all of it
         // is in the copy (a retry, a replay, a buffered route, or no body).
         let early = if self.body.done {
@@ -480,61 +484,83 @@ impl Exchange<'_> {
             let parsed = self
                 .read_response_head(&mut conn, up_cfg.read_timeout, reused)
                 .await?;
-            let code = parsed.head.status.as_u16();
+            let code = parsed.status;
             if (100..200).contains(&code) && code != 101 {
-                let _ = conn.rbuf.split_to(parsed.head_len);
                 // 100 Continue was Portico's to send; other interim answers (103 Early Hints)
                 // reach HTTP/1.1 clients.
                 if code != 100 && self.head.version == Version::HTTP_11 {
-                    codec::write_response(&mut client.wbuf, &parsed.head, Version::HTTP_11);
+                    codec::put_status_line(
+                        &mut client.wbuf,
+                        Version::HTTP_11,
+                        code,
+                        parsed.reason(&conn.rbuf),
+                    );
+                    for (n, v) in parsed.fields(&conn.rbuf) {
+                        codec::put_field(&mut client.wbuf, n, v);
+                    }
+                    client.wbuf.put_slice(b"\r\n");
                     let _ = client.flush_wbuf().await;
                 }
+                let _ = conn.rbuf.split_to(parsed.head_len);
                 continue;
             }
             break parsed;
         };
-        let _ = conn.rbuf.split_to(resp.head_len);
         conn.served += 1;
         self.after_response_head(client, conn, resp, up_cfg).await
     }
 
-    /// Builds the request for the backend: the client's head with forwarding headers, the
-    /// route's edits, replay headers, and only this hop's connection fields.
-    fn upstream_request(&mut self) -> Result<RequestHeader, String> {
-        let app = self.app;
-        let mut up = self.head.clone();
-        // Fields that describe the client's connection (RFC 9110 section 7.6.1).
-        let named: Vec<http::HeaderName> = up
+    /// Writes the request head for the backend: the client's fields without the ones that
+    /// describe the client's connection (RFC 9110 section 7.6.1) or that the request path's
+    /// edits replace, then the edits' own fields (forwarding headers, route rules, replay
+    /// headers). No second header map is built.
+    fn write_upstream_head(&self, out: &mut BytesMut) -> Result<(), String> {
+        let e = self
+            .app
+            .request_edits(&self.head, &self.ctx)
+            .map_err(|e| e.to_string())?;
+        out.put_slice(self.head.method.as_str().as_bytes());
+        out.put_u8(b' ');
+        out.put_slice(e.target.as_deref().unwrap_or(self.head.raw_path()));
+        out.put_slice(b" HTTP/1.1\r\n");
+        let nominated: SmallVec<[&[u8]; 4]> = self
+            .head
             .headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| http::HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .filter(|n| *n != UPGRADE && *n != CONTENT_LENGTH && *n != TRANSFER_ENCODING)
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
             .collect();
-        for n in named {
-            up.remove_header(&n);
+        for (name, value) in &self.head.headers {
+            let n = name.as_str().as_bytes();
+            let hop = matches!(
+                n,
+                b"connection"
+                    | b"keep-alive"
+                    | b"proxy-connection"
+                    | b"te"
+                    | b"trailer"
+                    | b"expect"
+                    | b"http2-settings"
+            ) || (*name == UPGRADE && !self.upgrade)
+                || (*name != UPGRADE
+                    && *name != CONTENT_LENGTH
+                    && *name != TRANSFER_ENCODING
+                    && nominated.iter().any(|t| t.eq_ignore_ascii_case(n)));
+            if hop || e.drops(n) {
+                continue;
+            }
+            codec::put_field(out, n, value.as_bytes());
         }
-        for n in ["keep-alive", "proxy-connection", "te", "trailer"] {
-            up.remove_header(n);
-        }
-        up.remove_header(&EXPECT);
-        up.remove_header(&CONNECTION);
         if self.upgrade {
-            up.insert_header(CONNECTION, "upgrade")
-                .map_err(|e| e.to_string())?;
-        } else {
-            up.remove_header(&UPGRADE);
+            out.put_slice(b"connection: upgrade\r\n");
         }
-        up.set_version(Version::HTTP_11);
-        app.forward_headers(&mut up, &self.ctx)
-            .map_err(|e| e.to_string())?;
-        app.route_request_edits(&mut up, &self.ctx)
-            .map_err(|e| e.to_string())?;
-        app.replay_request_headers(&mut up, &self.ctx)
-            .map_err(|e| e.to_string())?;
-        Ok(up)
+        for (n, v) in &e.add {
+            codec::put_field(out, n.as_str().as_bytes(), v.as_bytes());
+        }
+        out.put_slice(b"\r\n");
+        Ok(())
     }
 
     async fn write_up(
@@ -656,8 +682,12 @@ impl Exchange<'_> {
         }
     }
 
-    /// A final response head arrived: replay inspection, the response path's decisions, and
-    /// the answer to the client.
+    /// A final response head arrived (it is at the start of `conn.rbuf`): replay inspection,
+    /// the response path's decisions, and the answer to the client.
+    ///
+    /// The usual answer is forwarded from its bytes, its fields filtered and the request
+    /// path's edits added as they are written. A header map is built only when the answer
+    /// may hold a fly-replay instruction.
     async fn after_response_head<S: ClientIo>(
         &mut self,
         client: &mut Client<S>,
@@ -666,13 +696,9 @@ impl Exchange<'_> {
         up_cfg: &portico_config::Upstream,
     ) -> Result<Option<After>, AttemptError> {
         let app = self.app;
-        let codec::Response {
-            head: mut resp_head,
-            body: framing,
-            keep_alive: up_keep_alive,
-            ..
-        } = resp;
-        let status = resp_head.status.as_u16();
+        let status = resp.status;
+        let framing = resp.body;
+        let up_keep_alive = resp.keep_alive;
         self.ctx.upstream_status = Some(status);
         self.ctx.upstream_time = self.ctx.connect_started.map(|t| t.elapsed());
         // Real traffic feeds passive ejection.
@@ -688,68 +714,36 @@ impl Exchange<'_> {
                 crate::health::report(&app.shared, up.name(), &lease.backend, &t);
             }
         }
-        // fly-replay: the header form ends the attempt here; the JSON form needs the body.
-        let mut replay = app.inspect_response(&self.head, &mut resp_head, &mut self.ctx);
-        let mut body_read = false;
-        if replay.is_ok() && self.ctx.replay.json.is_some() {
-            let body = read_whole(
-                &mut conn,
-                framing,
-                crate::replay::MAX_JSON,
-                up_cfg.read_timeout,
-            )
-            .await;
-            body_read = body.is_some();
-            let mut chunk = Some(Bytes::from(body.unwrap_or_default()));
-            replay = app.inspect_body(&self.head, &mut chunk, true, &mut self.ctx);
-            if replay.is_ok() {
-                self.ctx.replay.json = None;
-                return Err(AttemptError::BadResponse(
-                    "the JSON replay instruction was not understood".into(),
-                ));
+        let buf = &conn.rbuf[..];
+        let may_replay = self.ctx.snap.config.replay.enabled
+            && (resp.get(buf, "fly-replay").is_some()
+                || resp.get(buf, "content-type").is_some_and(|ct| {
+                    ct.len() >= crate::replay::JSON_CONTENT_TYPE.len()
+                        && ct[..crate::replay::JSON_CONTENT_TYPE.len()]
+                            .eq_ignore_ascii_case(crate::replay::JSON_CONTENT_TYPE.as_bytes())
+                })
+                || (self.ctx.replay.cache_key.is_some()
+                    && resp.get(buf, "fly-replay-cache").is_some()));
+        let mapped = if may_replay {
+            let mut head = resp
+                .to_header(buf)
+                .map_err(|e| AttemptError::BadResponse(e.0))?;
+            let _ = conn.rbuf.split_to(resp.head_len);
+            self.give_back = false;
+            let checked = self
+                .replay_check(client, &mut conn, &mut head, framing, up_keep_alive, up_cfg)
+                .await;
+            if self.give_back {
+                pool::give(conn, up_cfg.idle_timeout);
+                return checked.map(|c| c.unwrap_or(None));
             }
-        }
-        if replay.is_err() {
-            // The replay answer itself is dropped; a small body is read so the connection
-            // can be reused.
-            if up_keep_alive && framing != Framing::Close {
-                let drained = body_read
-                    || read_whole(
-                        &mut conn,
-                        framing,
-                        DRAIN_LIMIT as usize,
-                        up_cfg.read_timeout,
-                    )
-                    .await
-                    .is_some();
-                if drained && self.body_sent_all {
-                    pool::give(conn, up_cfg.idle_timeout);
-                }
+            if let Some(after) = checked? {
+                return Ok(after);
             }
-            if let Some(f) = self.ctx.failure.take() {
-                // A refused replay (malformed, hop limit, unknown app...).
-                return Ok(Some(self.answer_failure(client, f).await));
-            }
-            self.ctx.replay.pending = false;
-            // The whole body must be in the copy to go again.
-            let max = self.ctx.snap.config.replay.max_body;
-            if !self.body.done {
-                if let Err(f) = self.hold_rest(client, max).await {
-                    let f = if f.status == 413 {
-                        crate::replay::large::super_too_large(max)
-                    } else {
-                        f
-                    };
-                    return Ok(Some(self.answer_failure(client, f).await));
-                }
-            }
-            if self.ctx.replay.body.overflow {
-                let f = crate::replay::large::super_too_large(max);
-                return Ok(Some(self.answer_failure(client, f).await));
-            }
-            self.ctx.lease = None;
-            return Ok(None);
-        }
+            Some(head)
+        } else {
+            None
+        };
         // The response path's decisions.
         let switching = status == 101;
         if switching && !self.upgrade {
@@ -757,32 +751,30 @@ impl Exchange<'_> {
                 "101 Switching Protocols to a request that did not ask for it".into(),
             ));
         }
-        for name in hop::response_fields(&resp_head.headers, switching) {
-            resp_head.remove_header(&name);
-        }
         websocket::on_response(&app.shared, &mut self.ctx, status);
-        if let Err(e) = app.pin_response(&mut resp_head, &self.ctx) {
+        let mut edits = respond::common_edits(&self.ctx);
+        if let Err(e) = app.pin_edits(&self.ctx, &mut edits) {
             tracing::debug!(error = %e, "affinity cookie not set");
         }
-        let _ = respond::common_headers(&mut resp_head, &self.ctx);
         // How the body goes to this client.
         let client_version = self.head.version;
         let head_only = self.head.method == Method::HEAD;
         let mut mode = Relay::from(framing);
         let mut close_after = !self.client_keep_alive || !self.body.done;
+        let mut rechunk = false;
+        let mut dechunk = false;
         match framing {
             Framing::Close if !head_only => {
                 if client_version == Version::HTTP_11 {
-                    resp_head.remove_header(&CONTENT_LENGTH);
-                    let _ = resp_head.insert_header(TRANSFER_ENCODING, "chunked");
                     mode = Relay::Rechunk;
+                    rechunk = true;
                 } else {
                     close_after = true;
                 }
             }
             Framing::Chunked if client_version == Version::HTTP_10 => {
-                resp_head.remove_header(&TRANSFER_ENCODING);
                 mode = Relay::Dechunk(Chunked::default());
+                dechunk = true;
                 close_after = true;
             }
             _ => {}
@@ -790,12 +782,57 @@ impl Exchange<'_> {
         if switching {
             close_after = false;
         }
-        if close_after {
-            let _ = resp_head.insert_header(CONNECTION, "close");
-        } else if client_version == Version::HTTP_10 && !switching {
-            let _ = resp_head.insert_header(CONNECTION, "keep-alive");
+        let connection: Option<&[u8]> = if switching {
+            None
+        } else if close_after {
+            Some(b"close")
+        } else if client_version == Version::HTTP_10 {
+            Some(b"keep-alive")
+        } else {
+            None
+        };
+        let wbuf = &mut client.wbuf;
+        match &mapped {
+            Some(head) => {
+                let fields: SmallVec<[(&[u8], &[u8]); 24]> = head
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()))
+                    .collect();
+                let reason = head.status.canonical_reason().unwrap_or("Unknown");
+                write_client_head(
+                    wbuf,
+                    client_version,
+                    status,
+                    reason.as_bytes(),
+                    &fields,
+                    &edits,
+                    switching,
+                    dechunk,
+                    rechunk,
+                    connection,
+                );
+            }
+            None => {
+                {
+                    let buf = &conn.rbuf[..];
+                    let fields: SmallVec<[(&[u8], &[u8]); 24]> = resp.fields(buf).collect();
+                    write_client_head(
+                        wbuf,
+                        client_version,
+                        status,
+                        resp.reason(buf),
+                        &fields,
+                        &edits,
+                        switching,
+                        dechunk,
+                        rechunk,
+                        connection,
+                    );
+                }
+                let _ = conn.rbuf.split_to(resp.head_len);
+            }
         }
-        codec::write_response(&mut client.wbuf, &resp_head, client_version);
         self.status = status;
         self.answered = true;
         if switching {
@@ -825,6 +862,71 @@ impl Exchange<'_> {
         } else {
             After::KeepAlive
         }))
+    }
+
+    /// fly-replay: the header form ends the attempt here, the JSON form once its body is in.
+    /// `Ok(Some(answer))` when the attempt is over (a replay to run: `Some(None)`; a refused
+    /// one: its answer), `Ok(None)` when the response goes to the client.
+    async fn replay_check<S: ClientIo>(
+        &mut self,
+        client: &mut Client<S>,
+        conn: &mut UpConn,
+        head: &mut pingora_http::ResponseHeader,
+        framing: Framing,
+        up_keep_alive: bool,
+        up_cfg: &portico_config::Upstream,
+    ) -> Result<Option<Option<After>>, AttemptError> {
+        let app = self.app;
+        let mut replay = app.inspect_response(&self.head, head, &mut self.ctx);
+        let mut body_read = false;
+        if replay.is_ok() && self.ctx.replay.json.is_some() {
+            let body =
+                read_whole(conn, framing, crate::replay::MAX_JSON, up_cfg.read_timeout).await;
+            body_read = body.is_some();
+            let mut chunk = Some(Bytes::from(body.unwrap_or_default()));
+            replay = app.inspect_body(&self.head, &mut chunk, true, &mut self.ctx);
+            if replay.is_ok() {
+                self.ctx.replay.json = None;
+                return Err(AttemptError::BadResponse(
+                    "the JSON replay instruction was not understood".into(),
+                ));
+            }
+        }
+        if replay.is_ok() {
+            return Ok(None);
+        }
+        // The replay answer itself is dropped; a small body is read so the connection can be
+        // reused.
+        let drained = up_keep_alive
+            && framing != Framing::Close
+            && (body_read
+                || read_whole(conn, framing, DRAIN_LIMIT as usize, up_cfg.read_timeout)
+                    .await
+                    .is_some());
+        self.give_back = drained && self.body_sent_all;
+        if let Some(f) = self.ctx.failure.take() {
+            // A refused replay (malformed, hop limit, unknown app...).
+            return Ok(Some(Some(self.answer_failure(client, f).await)));
+        }
+        self.ctx.replay.pending = false;
+        // The whole body must be in the copy to go again.
+        let max = self.ctx.snap.config.replay.max_body;
+        if !self.body.done {
+            if let Err(f) = self.hold_rest(client, max).await {
+                let f = if f.status == 413 {
+                    crate::replay::large::super_too_large(max)
+                } else {
+                    f
+                };
+                return Ok(Some(Some(self.answer_failure(client, f).await)));
+            }
+        }
+        if self.ctx.replay.body.overflow {
+            let f = crate::replay::large::super_too_large(max);
+            return Ok(Some(Some(self.answer_failure(client, f).await)));
+        }
+        self.ctx.lease = None;
+        Ok(Some(None))
     }
 
     /// Writes Portico's own answer (a redirect, a refusal, an upstream failure) and decides
@@ -1064,6 +1166,59 @@ async fn write_text<S: ClientIo>(
         client.wbuf.put_slice(body.as_bytes());
     }
     client.flush_wbuf().await
+}
+
+/// Writes the response head for the client: the status line, the backend's fields less
+/// the hop-by-hop ones (RFC 9110 section 7.6.1) and the ones the edits replace, the edits'
+/// fields, and Portico's own framing and connection fields.
+#[allow(clippy::too_many_arguments)]
+fn write_client_head(
+    out: &mut BytesMut,
+    version: Version,
+    status: u16,
+    reason: &[u8],
+    fields: &[(&[u8], &[u8])],
+    edits: &crate::proxy::edits::Edits,
+    switching: bool,
+    dechunk: bool,
+    rechunk: bool,
+    connection: Option<&[u8]>,
+) {
+    codec::put_status_line(out, version, status, reason);
+    let nominated: SmallVec<[&[u8]; 4]> = fields
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .collect();
+    for &(n, v) in fields {
+        let lower = |s: &[u8]| n.eq_ignore_ascii_case(s);
+        let framing = lower(b"transfer-encoding") || lower(b"content-length");
+        let hop = (lower(b"connection") && !switching)
+            || lower(b"keep-alive")
+            || lower(b"proxy-connection")
+            || lower(b"te")
+            || lower(b"trailer")
+            || (lower(b"upgrade") && !switching)
+            || (!framing
+                && !(switching && (lower(b"upgrade") || lower(b"connection")))
+                && nominated.iter().any(|t| t.eq_ignore_ascii_case(n)));
+        if hop || (dechunk && lower(b"transfer-encoding")) || edits.drops(n) {
+            continue;
+        }
+        codec::put_field(out, n, v);
+    }
+    for (n, v) in &edits.add {
+        codec::put_field(out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    if rechunk {
+        out.put_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if let Some(c) = connection {
+        codec::put_field(out, b"connection", c);
+    }
+    out.put_slice(b"\r\n");
 }
 
 /// How a response body is relayed.

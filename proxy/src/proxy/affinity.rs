@@ -1,10 +1,11 @@
 //! Cookie affinity of `sticky = { mode = "cookie" }` routes: reading the client's pin before
 //! a backend is chosen, and pinning the client to the backend that answered.
 
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 use portico_config::Sticky;
 
 use super::ctx::RequestCtx;
+use super::edits::Edits;
 use super::{cookie, Portico};
 
 impl Portico {
@@ -34,11 +35,7 @@ impl Portico {
     }
 
     /// Sets the affinity cookie when the backend that answered is not the one pinned.
-    pub(crate) fn pin_response(
-        &self,
-        resp: &mut ResponseHeader,
-        ctx: &RequestCtx,
-    ) -> pingora_error::Result<()> {
+    pub(crate) fn pin_edits(&self, ctx: &RequestCtx, e: &mut Edits) -> pingora_error::Result<()> {
         let (Some(route_idx), Some(lease)) = (ctx.route, &ctx.lease) else {
             return Ok(());
         };
@@ -69,10 +66,10 @@ impl Portico {
         }
         let tls = ctx.conn.tls.is_some();
         let value = signer.value(snap.upstreams[route.upstream].name(), key);
-        resp.append_header(
+        e.add(
             http::header::SET_COOKIE,
-            crate::sticky::set_cookie(c, &value, tls),
-        )?;
+            super::edits::value(&crate::sticky::set_cookie(c, &value, tls))?,
+        );
         Ok(())
     }
 }

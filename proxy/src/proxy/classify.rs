@@ -2,7 +2,6 @@
 //! declared body size. Runs once per request, before any upstream is chosen.
 
 use http::header::CONTENT_LENGTH;
-use http::HeaderValue;
 use pingora_http::RequestHeader;
 use portico_config::routing::normalize_path;
 
@@ -35,10 +34,7 @@ impl Portico {
             .get(server.request_id_header.as_str())
             .filter(|v| forwarded::valid_request_id(v.as_bytes()))
             .cloned();
-        ctx.request_id = Some(incoming.unwrap_or_else(|| {
-            HeaderValue::from_str(&forwarded::new_request_id())
-                .unwrap_or_else(|_| HeaderValue::from_static("-"))
-        }));
+        ctx.request_id = Some(incoming.unwrap_or_else(forwarded::new_request_id));
         // Client address.
         let peer = ctx.conn.peer.map(|a| forwarded::canonical(a.ip()));
         if let Some(peer) = peer {

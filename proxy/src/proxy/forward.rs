@@ -5,12 +5,12 @@ use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_error::{Error, Result};
 use pingora_http::RequestHeader;
-use smallvec::SmallVec;
 
 use super::ctx::RequestCtx;
+use super::edits::Edits;
 use super::Portico;
 
 /// Request headers only Portico may set: anything a client sends under these names, or under
@@ -33,26 +33,26 @@ const FLY_HEADERS: &[&str] = &[
 ];
 
 impl Portico {
-    /// Adds the forwarding headers to `up`, a copy of the client's request about to go
-    /// upstream (before the route's own header edits).
-    pub(crate) fn forward_headers(&self, up: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    /// The forwarding headers of the request sent upstream, as edits to the client's head:
+    /// `X-Forwarded-*`, `Via`, the request id, Fly's headers, and the removal of headers
+    /// only Portico may set.
+    pub(crate) fn forward_edits(
+        &self,
+        req: &RequestHeader,
+        ctx: &RequestCtx,
+        e: &mut Edits,
+    ) -> Result<()> {
         let server = &ctx.snap.config.server;
         let trusted = ctx.peer_trusted;
         // One pass over the (few) request headers decides whether any removal is needed, instead
         // of hashing every reserved name on every request.
-        if up.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
-            let internal: SmallVec<[http::HeaderName; 4]> = up
-                .headers
-                .keys()
-                .filter(|k| is_internal(k.as_str()))
-                .cloned()
-                .collect();
-            for name in internal {
-                up.remove_header(&name);
+        if req.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
+            for name in req.headers.keys().filter(|k| is_internal(k.as_str())) {
+                e.remove(name.clone());
             }
             if !trusted || server.fly_headers {
                 for name in FLY_HEADERS {
-                    up.remove_header(*name);
+                    e.remove(http::HeaderName::from_static(name));
                 }
             }
         }
@@ -60,7 +60,7 @@ impl Portico {
             let mut buf = [0u8; 64];
             let peer = ip_bytes(peer, &mut buf);
             let previous = if trusted {
-                up.headers.get("x-forwarded-for")
+                req.headers.get(X_FORWARDED_FOR)
             } else {
                 None
             };
@@ -70,38 +70,37 @@ impl Portico {
                     v.extend_from_slice(prev.as_bytes());
                     v.extend_from_slice(b", ");
                     v.extend_from_slice(peer);
-                    v
+                    Bytes::from(v)
                 }
-                None => peer.to_vec(),
+                None => Bytes::copy_from_slice(peer),
             };
-            let xff = HeaderValue::from_maybe_shared(Bytes::from(xff)).map_err(|e| {
+            let xff = HeaderValue::from_maybe_shared(xff).map_err(|e| {
                 Error::because(
                     pingora_error::ErrorType::InvalidHTTPHeader,
                     "x-forwarded-for",
                     e,
                 )
             })?;
-            up.insert_header(names::X_FORWARDED_FOR, xff)?;
+            e.set(X_FORWARDED_FOR, xff);
         }
-        let keep = |up: &RequestHeader, name: &str| trusted && up.headers.contains_key(name);
+        let keep = |name: &HeaderName| trusted && req.headers.contains_key(name);
         let tls = self.listener.tls;
-        if !keep(up, "x-forwarded-proto") {
+        if !keep(&X_FORWARDED_PROTO) {
             let v = if tls { "https" } else { "http" };
-            up.insert_header(names::X_FORWARDED_PROTO, HeaderValue::from_static(v))?;
+            e.set(X_FORWARDED_PROTO, HeaderValue::from_static(v));
         }
-        if !keep(up, "x-forwarded-ssl") {
+        if !keep(&X_FORWARDED_SSL) {
             let v = if tls { "on" } else { "off" };
-            up.insert_header(names::X_FORWARDED_SSL, HeaderValue::from_static(v))?;
+            e.set(X_FORWARDED_SSL, HeaderValue::from_static(v));
         }
-        if !keep(up, "x-forwarded-port") {
-            up.insert_header(names::X_FORWARDED_PORT, self.listener.port_value.clone())?;
+        if !keep(&X_FORWARDED_PORT) {
+            e.set(X_FORWARDED_PORT, self.listener.port_value.clone());
         }
-        if !keep(up, "x-forwarded-host") {
-            if let Some(host) = up.headers.get(HOST).cloned() {
-                up.insert_header(names::X_FORWARDED_HOST, host)?;
-            } else if let Some(a) = up.uri.authority() {
-                let host = a.as_str().to_string();
-                up.insert_header(names::X_FORWARDED_HOST, host)?;
+        if !keep(&X_FORWARDED_HOST) {
+            if let Some(host) = req.headers.get(HOST) {
+                e.set(X_FORWARDED_HOST, host.clone());
+            } else if let Some(a) = req.uri.authority() {
+                e.set(X_FORWARDED_HOST, super::edits::value(a.as_str())?);
             }
         }
         let via = if ctx.conn.http2 {
@@ -109,50 +108,84 @@ impl Portico {
         } else {
             &ctx.snap.via_h1
         };
-        up.append_header(names::VIA, via.clone())?;
+        e.add(http::header::VIA, via.clone());
         if let Some(id) = &ctx.request_id {
-            up.insert_header(ctx.snap.request_id_name.clone(), id.clone())?;
+            e.set(ctx.snap.request_id_name.clone(), id.clone());
         }
         if server.fly_headers {
             if let Some(ip) = ctx.client_ip {
                 let mut buf = [0u8; 64];
-                let ip = ip_bytes(ip, &mut buf).to_vec();
-                let v = HeaderValue::from_maybe_shared(Bytes::from(ip)).map_err(|e| {
+                let ip = Bytes::copy_from_slice(ip_bytes(ip, &mut buf));
+                let v = HeaderValue::from_maybe_shared(ip).map_err(|e| {
                     Error::because(pingora_error::ErrorType::InternalError, "client ip", e)
                 })?;
-                up.insert_header(names::FLY_CLIENT_IP, v)?;
+                e.set(FLY_CLIENT_IP, v);
             }
-            up.insert_header(names::FLY_REGION, ctx.snap.region.clone())?;
-            up.insert_header(names::FLY_FORWARDED_PORT, self.listener.port_value.clone())?;
+            e.set(FLY_REGION, ctx.snap.region.clone());
+            e.set(FLY_FORWARDED_PORT, self.listener.port_value.clone());
             if let Some(id) = &ctx.request_id {
-                up.insert_header(names::FLY_REQUEST_ID, id.clone())?;
+                e.set(FLY_REQUEST_ID, id.clone());
             }
         }
         Ok(())
     }
 }
 
-/// Header names as sent upstream, in their conventional case. Static `Bytes` spare pingora's
-/// case-preserving map an allocation per insert.
-pub(super) mod names {
-    use bytes::Bytes;
-    pub const X_FORWARDED_FOR: Bytes = Bytes::from_static(b"X-Forwarded-For");
-    pub const X_FORWARDED_PROTO: Bytes = Bytes::from_static(b"X-Forwarded-Proto");
-    pub const X_FORWARDED_SSL: Bytes = Bytes::from_static(b"X-Forwarded-Ssl");
-    pub const X_FORWARDED_PORT: Bytes = Bytes::from_static(b"X-Forwarded-Port");
-    pub const X_FORWARDED_HOST: Bytes = Bytes::from_static(b"X-Forwarded-Host");
-    pub const VIA: Bytes = Bytes::from_static(b"Via");
-    pub const FLY_CLIENT_IP: Bytes = Bytes::from_static(b"Fly-Client-IP");
-    pub const FLY_REGION: Bytes = Bytes::from_static(b"Fly-Region");
-    pub const FLY_FORWARDED_PORT: Bytes = Bytes::from_static(b"Fly-Forwarded-Port");
-    pub const FLY_REQUEST_ID: Bytes = Bytes::from_static(b"Fly-Request-Id");
-}
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_SSL: HeaderName = HeaderName::from_static("x-forwarded-ssl");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FLY_CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+const FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
+const FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
+const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
 
 /// Formats an IP address into `buf` without allocating.
 fn ip_bytes(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
-    use std::io::Write;
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cur, "{ip}");
-    let n = cur.position() as usize;
-    &buf[..n]
+    match ip {
+        // The common case by hand: `Display` goes through the formatting machinery, which
+        // costs more than the rest of the header it goes into.
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let mut d = itoa::Buffer::new();
+                let s = d.format(*octet).as_bytes();
+                buf[n..n + s.len()].copy_from_slice(s);
+                n += s.len();
+            }
+            &buf[..n]
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cur, "{ip}");
+            let n = cur.position() as usize;
+            &buf[..n]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_format_as_display_does() {
+        for ip in [
+            "127.0.0.1",
+            "10.20.255.0",
+            "0.0.0.0",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(ip_bytes(ip, &mut buf), ip.to_string().as_bytes());
+        }
+    }
 }

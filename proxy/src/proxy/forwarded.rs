@@ -74,8 +74,15 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 }
 
 /// A new random request id: 32 lower-case hex digits.
-pub fn new_request_id() -> String {
-    format!("{:032x}", fastrand::u128(..))
+pub fn new_request_id() -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((n >> ((31 - i) * 4)) & 0xf) as usize];
+    }
+    // Hex digits are always a valid header value.
+    http::HeaderValue::from_bytes(&out).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
 }
 
 #[cfg(test)]
@@ -136,5 +143,6 @@ mod tests {
         let id = new_request_id();
         assert_eq!(id.len(), 32);
         assert!(valid_request_id(id.as_bytes()));
+        assert_ne!(id, new_request_id());
     }
 }

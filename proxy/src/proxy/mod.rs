@@ -11,6 +11,7 @@ pub mod access;
 pub mod affinity;
 pub mod classify;
 pub mod ctx;
+pub mod edits;
 pub mod forward;
 pub mod forwarded;
 pub mod hop;
@@ -164,49 +165,40 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 impl Portico {
-    /// Route and upstream edits to the request sent upstream: host header, header rules,
-    /// `strip_prefix`.
-    pub(crate) fn route_request_edits(
+    /// Every edit of the request sent upstream: forwarding headers, then the upstream's
+    /// `host_header`, the route's rules and `strip_prefix`, then replay headers.
+    pub(crate) fn request_edits(
         &self,
-        up: &mut RequestHeader,
+        req: &RequestHeader,
         ctx: &RequestCtx,
-    ) -> Result<()> {
-        let Some(route) = ctx.route() else {
-            return Ok(());
-        };
-        if let Some(host) = &ctx.snap.config.upstreams[ctx.upstream].host_header {
-            up.insert_header(HOST, host.as_str())?;
+    ) -> Result<edits::Edits> {
+        let mut e = edits::Edits::default();
+        self.forward_edits(req, ctx, &mut e)?;
+        if let Some(route_idx) = ctx.route {
+            let route = &ctx.snap.config.routes.routes()[route_idx];
+            if let Some(Some(host)) = ctx.snap.host_headers.get(ctx.upstream) {
+                e.set(HOST, host.clone());
+            }
+            ctx.snap.route_headers[route_idx].request.apply(&mut e);
+            if route.strip_prefix {
+                let path = req.uri.path();
+                let rest = path
+                    .strip_prefix(route.path.trim_end_matches('/'))
+                    .unwrap_or(path);
+                let mut t = String::with_capacity(rest.len() + 1);
+                if !rest.starts_with('/') {
+                    t.push('/');
+                }
+                t.push_str(rest);
+                if let Some(q) = req.uri.query() {
+                    t.push('?');
+                    t.push_str(q);
+                }
+                e.target = Some(Bytes::from(t));
+            }
         }
-        let rules = &route.request_headers;
-        for name in &rules.remove {
-            up.remove_header(name.as_str());
-        }
-        for (name, value) in &rules.set {
-            up.insert_header(name.clone(), value.as_str())?;
-        }
-        for (name, value) in &rules.add {
-            up.append_header(name.clone(), value.as_str())?;
-        }
-        if route.strip_prefix {
-            let path = up.uri.path();
-            let rest = path
-                .strip_prefix(route.path.trim_end_matches('/'))
-                .unwrap_or(path);
-            let rest = if rest.starts_with('/') {
-                rest.to_string()
-            } else {
-                format!("/{rest}")
-            };
-            let new = match up.uri.query() {
-                Some(q) => format!("{rest}?{q}"),
-                None => rest,
-            };
-            let uri = http::Uri::try_from(new).map_err(|e| {
-                Error::because(pingora_error::ErrorType::InternalError, "rewriting path", e)
-            })?;
-            up.set_uri(uri);
-        }
-        Ok(())
+        self.replay_edits(ctx, &mut e)?;
+        Ok(e)
     }
 
     /// `buffer_requests`: reads the whole body first (413 past the limit, with nothing sent
@@ -381,9 +373,8 @@ impl ProxyHttp for Portico {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        self.forward_headers(upstream_request, ctx)?;
-        self.route_request_edits(upstream_request, ctx)?;
-        self.replay_request_headers(upstream_request, ctx)
+        let edits = self.request_edits(upstream_request, ctx)?;
+        edits.apply_request(upstream_request)
     }
 
     async fn request_body_filter(
@@ -479,8 +470,9 @@ impl ProxyHttp for Portico {
             upstream_response.remove_header(&name);
         }
         websocket::on_response(&self.shared, ctx, status);
-        self.pin_response(upstream_response, ctx)?;
-        respond::common_headers(upstream_response, ctx)
+        let mut e = respond::common_edits(ctx);
+        self.pin_edits(ctx, &mut e)?;
+        e.apply_response(upstream_response)
     }
 
     fn response_body_filter(

@@ -5,12 +5,13 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::HeaderName;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::ctx::{LocalFailure, RequestCtx};
+use super::edits::Edits;
 use super::{cookie, header_value as header, request_host, Portico};
 use crate::replay::cache::{self, CacheKey, CachedTarget};
 use crate::replay::large::Carried;
@@ -135,53 +136,46 @@ impl Portico {
         ctx.replay.kind = "cache";
     }
 
-    /// Adds what a replayed request carries: `fly-replay-src`, `fly-replay-failed`,
+    /// What a replayed request carries: `fly-replay-src`, `fly-replay-failed`,
     /// `fly-replay-cache-status`, `fly-preferred-instance-unavailable`, and the JSON form's
     /// rewrites.
-    pub(crate) fn replay_request_headers(
-        &self,
-        up: &mut RequestHeader,
-        ctx: &RequestCtx,
-    ) -> Result<()> {
+    pub(crate) fn replay_edits(&self, ctx: &RequestCtx, e: &mut Edits) -> Result<()> {
         let Some(t) = &ctx.replay.target else {
             return Ok(());
         };
-        let set = |up: &mut RequestHeader, name: &'static str, value: &str| -> Result<()> {
-            let v = HeaderValue::from_str(value).map_err(|e| {
-                Error::because(ErrorType::InternalError, format!("building {name}"), e)
-            })?;
-            up.insert_header(Bytes::from_static(name.as_bytes()), v)
+        let set = |e: &mut Edits, name: &'static str, value: &str| -> Result<()> {
+            e.set(HeaderName::from_static(name), super::edits::value(value)?);
+            Ok(())
         };
         if let Some(src) = &t.src {
-            set(up, "fly-replay-src", src)?;
+            set(e, "fly-replay-src", src)?;
         }
         if let Some(failed) = &t.failed {
-            set(up, "fly-replay-failed", failed)?;
+            set(e, "fly-replay-failed", failed)?;
         }
         let status = t
             .cache_status
             .or(ctx.replay.cache_bypass.then_some("bypass"));
         if let Some(status) = status {
-            set(up, "fly-replay-cache-status", status)?;
+            set(e, "fly-replay-cache-status", status)?;
         }
         if ctx.preferred_unavailable && !t.instance_forced {
             if let Some(id) = &t.instance {
-                set(up, "fly-preferred-instance-unavailable", id)?;
+                set(e, "fly-preferred-instance-unavailable", id)?;
             }
         }
         if let Some(tr) = &t.transform {
             for name in &tr.delete_headers {
-                up.remove_header(name.as_str());
+                e.remove(super::edits::name(name)?);
             }
             for (name, value) in &tr.set_headers {
-                let v = HeaderValue::from_str(value)
-                    .map_err(|e| Error::because(ErrorType::InternalError, "transform header", e))?;
-                up.insert_header(name.clone(), v)?;
+                e.set(super::edits::name(name)?, super::edits::value(value)?);
             }
             if let Some(path) = &tr.path {
-                let uri = http::Uri::try_from(path.as_str())
+                // Checked now, so a bad path is an error here rather than at write time.
+                http::Uri::try_from(path.as_str())
                     .map_err(|e| Error::because(ErrorType::InternalError, "transform path", e))?;
-                up.set_uri(uri);
+                e.target = Some(Bytes::from(path.clone()));
             }
         }
         Ok(())

@@ -9,34 +9,26 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use super::ctx::{LocalFailure, RequestCtx};
-use portico_config::HeaderRules;
+use super::edits::Edits;
 
-/// Applies a route's header edits to a response.
-pub fn apply_response_rules(resp: &mut ResponseHeader, rules: &HeaderRules) -> Result<()> {
-    for name in &rules.remove {
-        resp.remove_header(name.as_str());
+/// The edits every response gets: the request id and the route's response rules.
+pub fn common_edits(ctx: &RequestCtx) -> Edits {
+    let mut e = Edits::default();
+    if let Some(id) = &ctx.request_id {
+        e.set(ctx.snap.request_id_name.clone(), id.clone());
+        if ctx.snap.config.server.fly_headers {
+            e.set(http::HeaderName::from_static("fly-request-id"), id.clone());
+        }
     }
-    for (name, value) in &rules.set {
-        resp.insert_header(name.clone(), value.as_str())?;
+    if let Some(i) = ctx.route {
+        ctx.snap.route_headers[i].response.apply(&mut e);
     }
-    for (name, value) in &rules.add {
-        resp.append_header(name.clone(), value.as_str())?;
-    }
-    Ok(())
+    e
 }
 
 /// Adds the headers every response gets: the request id and the route's edits.
 pub fn common_headers(resp: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-    if let Some(id) = &ctx.request_id {
-        resp.insert_header(ctx.snap.request_id_name.clone(), id.clone())?;
-        if ctx.snap.config.server.fly_headers {
-            resp.insert_header(bytes::Bytes::from_static(b"Fly-Request-Id"), id.clone())?;
-        }
-    }
-    if let Some(route) = ctx.route() {
-        apply_response_rules(resp, &route.response_headers)?;
-    }
-    Ok(())
+    common_edits(ctx).apply_response(resp)
 }
 
 /// The head of a complete plain-text response Portico answers itself, with the common

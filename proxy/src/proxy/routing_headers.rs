@@ -25,6 +25,10 @@ fn regions(list: &str) -> SmallVec<[&str; 4]> {
 /// The routing wish a request expresses through its headers (`Want::default()` if none).
 pub fn want_from_headers(req: &RequestHeader) -> Want<'_> {
     let mut want = Want::default();
+    // Most requests carry no `fly-` header: one pass over the names settles it.
+    if !req.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
+        return want;
+    }
     if let Some(id) = header(req, "fly-force-instance-id") {
         want.instance = Some(id);
         want.instance_forced = true;

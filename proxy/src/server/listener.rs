@@ -47,13 +47,19 @@ pub fn adopt(fd: RawFd, l: &Listener) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts connections until shutdown, never holding more than `max_connections` at once:
+/// Accepts connections until shutdown, never holding more than `limit`'s permits at once:
 /// past the limit, new connections wait in the kernel's backlog instead of being refused.
+///
+/// Every worker thread runs one accept loop on (a duplicate of) the listening socket and
+/// serves what it accepts itself: a connection's socket and its task then share one
+/// runtime, so no readiness event ever has to wake another thread (handing accepted sockets
+/// to a random runtime cost an eventfd write and a cross-thread wake-up per request). The
+/// kernel gives each new connection to one of the waiting threads, the idlest first.
 pub async fn accept_loop(
     listener: std::net::TcpListener,
     local: SocketAddr,
     lctx: Arc<ListenerCtx>,
-    max_connections: usize,
+    limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -63,7 +69,6 @@ pub async fn accept_loop(
             return;
         }
     };
-    let limit = Arc::new(Semaphore::new(max_connections));
     let accepted = lctx
         .shared
         .metrics
@@ -91,7 +96,7 @@ pub async fn accept_loop(
                 accepted.inc();
                 let lctx = lctx.clone();
                 let shutdown = shutdown.clone();
-                pingora_runtime::current_handle().spawn(async move {
+                tokio::spawn(async move {
                     serve(tcp, peer, local, lctx, shutdown).await;
                     drop(permit);
                 });

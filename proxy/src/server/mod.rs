@@ -364,13 +364,23 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             shared: shared.clone(),
             tracker: tracker.clone(),
         });
-        workers.get_handle().spawn(listener::accept_loop(
-            sock,
-            local,
-            lctx,
-            l.max_connections,
-            shutdown_rx.clone(),
-        ));
+        let limit = Arc::new(tokio::sync::Semaphore::new(l.max_connections));
+        let runtimes: Vec<tokio::runtime::Handle> = match &workers {
+            pingora_runtime::Runtime::NoSteal(r) => (0..r.threads())
+                .map(|i| r.get_runtime_at(i).clone())
+                .collect(),
+            steal => vec![steal.get_handle().clone()],
+        };
+        for rt in &runtimes {
+            rt.spawn(listener::accept_loop(
+                sock.try_clone()?,
+                local,
+                lctx.clone(),
+                limit.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+        drop(sock);
     }
 
     let mut signals = control.block_on(async { Signals::register() })?;
