@@ -14,6 +14,7 @@
 //!
 //! Configuration (file model, validation, routing) lives in the `portico-config` crate.
 
+pub mod accesslog;
 pub mod admin;
 pub mod cli;
 pub mod discovery;

@@ -7,12 +7,8 @@
 
 use portico_config::{LogFormat, Server};
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::filter::{EnvFilter, FilterFn, LevelFilter};
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::Layer;
-
-/// Target of access-log events.
-pub const ACCESS_TARGET: &str = "portico::access";
 
 /// pingora log records that are expected events, not faults, with the level they deserve.
 /// `failed to acquire reusable stream`: pingora's pool hands out an idle connection only
@@ -77,26 +73,18 @@ pub struct LogGuards {
     _guards: Vec<WorkerGuard>,
 }
 
-/// Installs the global subscriber. Call once, before anything logs.
+/// Installs the global subscriber and the access log's writer. Call once, before anything
+/// logs.
 pub fn init(server: &Server) -> anyhow::Result<LogGuards> {
     let filter_spec = std::env::var("PORTICO_LOG").unwrap_or_else(|_| server.log_level.clone());
-    let mut filter = EnvFilter::try_new(&filter_spec)
+    let filter = EnvFilter::try_new(&filter_spec)
         .map_err(|e| anyhow::anyhow!("invalid log filter {filter_spec:?}: {e}"))?;
-    // The access log follows `access_log`, not the diagnostic level.
-    if server.access_log {
-        let directive = format!("{ACCESS_TARGET}=info")
-            .parse()
-            .map_err(|e| anyhow::anyhow!("access log directive: {e}"))?;
-        filter = filter.add_directive(directive);
-    }
     let (err_writer, err_guard) = tracing_appender::non_blocking(std::io::stderr());
     let (out_writer, out_guard) = tracing_appender::non_blocking(std::io::stdout());
-    // Per-layer filters need a level hint, or the subscriber advertises TRACE and every
-    // disabled `debug!` (pingora's `log` calls included) is dispatched only to be dropped.
+    // The access log has its own writer (see `accesslog`): it follows `access_log`, not the
+    // diagnostic level.
+    crate::accesslog::install(out_writer, server.log_format);
     let max = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
-    let not_access = FilterFn::new(|m| m.target() != ACCESS_TARGET).with_max_level_hint(max);
-    let only_access =
-        FilterFn::new(|m| m.target() == ACCESS_TARGET).with_max_level_hint(LevelFilter::INFO);
     let log_max = match max.into_level() {
         None => log::LevelFilter::Off,
         Some(tracing::Level::ERROR) => log::LevelFilter::Error,
@@ -112,43 +100,21 @@ pub fn init(server: &Server) -> anyhow::Result<LogGuards> {
     // `set_global_default`, not `try_init`: the latter would install its own `log` bridge.
     match server.log_format {
         LogFormat::Json => tracing::subscriber::set_global_default(
-            registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_span_list(false)
-                        .with_writer(err_writer)
-                        .with_filter(not_access),
-                )
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_span_list(false)
-                        .with_target(false)
-                        .with_writer(out_writer)
-                        .with_filter(only_access),
-                ),
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(err_writer),
+            ),
         ),
         LogFormat::Text => tracing::subscriber::set_global_default(
-            registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_ansi(false)
-                        .with_writer(err_writer)
-                        .with_filter(not_access),
-                )
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .with_ansi(false)
-                        .with_target(false)
-                        .with_level(false)
-                        .with_writer(out_writer)
-                        .with_filter(only_access),
-                ),
+            registry.with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(err_writer),
+            ),
         ),
     }
     .map_err(|e| anyhow::anyhow!("cannot install the logger: {e}"))?;

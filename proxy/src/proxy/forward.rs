@@ -142,6 +142,11 @@ const FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-po
 const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
 
 /// Formats an IP address into `buf` without allocating.
+/// An IP address as text in `buf`, without allocating.
+pub fn ip_str(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    std::str::from_utf8(ip_bytes(ip, buf)).unwrap_or("-")
+}
+
 fn ip_bytes(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     match ip {
         // The common case by hand: `Display` goes through the formatting machinery, which

@@ -305,6 +305,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         tracing::info!(upstreams = discovered, "discovery running");
     }
     control.spawn(crate::health::run(shared.clone(), shutdown_rx.clone()));
+    control.spawn(crate::accesslog::flusher());
 
     let threads = config.server.threads;
     let workers = pingora_runtime::RuntimeBuilder::new(threads, "portico-worker")
@@ -478,6 +479,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     workers.shutdown_timeout(Duration::from_millis(200));
+    crate::accesslog::flush_all();
     tracing::info!("portico stopped");
     Ok(())
 }
