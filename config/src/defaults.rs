@@ -115,4 +115,4 @@ pub const STICKY_COOKIE: &str = "portico_affinity";
 pub const BUFFER_REQUESTS_MAX: u64 = 10 << 20;
 
 /// The engine serving HTTP/1.1 clients.
-pub const ENGINE: crate::model::Engine = crate::model::Engine::Pingora;
+pub const ENGINE: crate::model::Engine = crate::model::Engine::Portico;
