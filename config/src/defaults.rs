@@ -113,6 +113,3 @@ pub const STICKY_COOKIE: &str = "portico_affinity";
 
 /// Largest body `buffer_requests` holds when the route sets no `max_body` (10 MiB).
 pub const BUFFER_REQUESTS_MAX: u64 = 10 << 20;
-
-/// The engine serving HTTP/1.1 clients.
-pub const ENGINE: crate::model::Engine = crate::model::Engine::Portico;

@@ -19,7 +19,6 @@ pub struct ServerFile {
     pub region: Option<String>,
     pub threads: Option<Int<usize>>,
     pub work_stealing: Option<Flag>,
-    pub engine: Option<String>,
     pub shutdown_timeout: Option<Dur>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,

@@ -50,34 +50,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// Which code serves HTTP/1.1 clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// Portico's own HTTP/1.1 data plane.
-    Portico,
-    /// pingora's HTTP proxy (which serves HTTP/2 clients in every case).
-    Pingora,
-}
-
-impl Engine {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Engine::Portico => "portico",
-            Engine::Pingora => "pingora",
-        }
-    }
-
-    /// Parses the config spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "portico" => Some(Engine::Portico),
-            "pingora" => Some(Engine::Pingora),
-            _ => None,
-        }
-    }
-}
-
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -89,8 +61,6 @@ pub struct Server {
     pub threads: usize,
     /// Whether idle worker threads steal work from busy ones.
     pub work_stealing: bool,
-    /// Which code serves HTTP/1.1 clients.
-    pub engine: Engine,
     /// How long a graceful shutdown waits for in-flight work before closing it.
     pub shutdown_timeout: Duration,
     /// Log filter (`info`, `debug`, `portico=debug,pingora=warn`, ...).

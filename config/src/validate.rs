@@ -280,16 +280,6 @@ impl Validator<'_> {
                 LogFormat::Text
             }
         };
-        let engine = match f.engine.as_deref() {
-            None => crate::defaults::ENGINE,
-            Some(s) => Engine::parse(s).unwrap_or_else(|| {
-                self.err(
-                    k.key("engine"),
-                    format!("unknown engine {s:?}: expected \"portico\" or \"pingora\""),
-                );
-                crate::defaults::ENGINE
-            }),
-        };
         let mut trusted_proxies = Vec::new();
         for (i, p) in f.trusted_proxies.unwrap_or_default().iter().enumerate() {
             match parse_cidr(p) {
@@ -344,7 +334,6 @@ impl Validator<'_> {
             region,
             threads,
             work_stealing: f.work_stealing.is_some_and(|f| f.0),
-            engine,
             shutdown_timeout,
             log_level,
             log_format,

@@ -19,6 +19,8 @@ pub mod admin;
 pub mod cli;
 pub mod discovery;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod logging;
 pub mod metrics;

@@ -360,8 +360,15 @@ pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, B
         return Err(BadResponse(format!("invalid status {code}")));
     }
     let base = buf.as_ptr() as usize;
+    let end = base + buf.len();
+    // Where a slice httparse returned lies in `buf`. An empty one may point elsewhere (an
+    // empty reason phrase is a static ""), found by the fuzz targets: it becomes (0, 0).
     let span = |s: &[u8]| {
-        let start = (s.as_ptr() as usize - base) as u32;
+        let at = s.as_ptr() as usize;
+        if s.is_empty() || at < base || at + s.len() > end {
+            return (0, 0);
+        }
+        let start = (at - base) as u32;
         (start, start + s.len() as u32)
     };
     let reason = resp.reason.map_or((0, 0), |r| span(r.as_bytes()));
@@ -399,6 +406,11 @@ pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, B
                 keep |= t.eq_ignore_ascii_case(b"keep-alive");
             }
         }
+    }
+    if te.is_some() && length.is_some() {
+        return Err(BadResponse(
+            "Transfer-Encoding and Content-Length together".into(),
+        ));
     }
     let chunked = match te {
         None => false,

@@ -751,7 +751,7 @@ impl Exchange<'_> {
                 "101 Switching Protocols to a request that did not ask for it".into(),
             ));
         }
-        websocket::on_response(&app.shared, &mut self.ctx, status);
+        websocket::on_response(&mut self.ctx, status);
         let mut edits = respond::common_edits(&self.ctx);
         if let Err(e) = app.pin_edits(&self.ctx, &mut edits) {
             tracing::debug!(error = %e, "affinity cookie not set");
@@ -993,7 +993,11 @@ impl Exchange<'_> {
             return After::Gone;
         }
         if close {
-            self.linger(client).await;
+            // A malformed body cannot be read to its end: close at once. Any other early
+            // answer lingers, so an uploading client reads it instead of a reset.
+            if status_of(&self.ctx) != 400 {
+                self.linger(client).await;
+            }
             After::Close
         } else {
             After::KeepAlive
@@ -1115,6 +1119,10 @@ fn body_failure(e: BodyError) -> LocalFailure {
             LocalFailure::new(400, "bad_request", format!("malformed request body: {why}"))
         }
     }
+}
+
+fn status_of(ctx: &RequestCtx) -> u16 {
+    ctx.failure.as_ref().map_or(0, |f| f.status)
 }
 
 /// Writes Portico's own plain-text answer for a request that could not be parsed.

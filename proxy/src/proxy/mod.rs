@@ -226,7 +226,6 @@ impl Portico {
                 session.set_keepalive(None);
                 if session.response_written().is_none() {
                     respond::send_failure(session, ctx, &failure).await?;
-                    respond::linger(session).await;
                 }
             }
             ctx.failure = Some(failure);
@@ -266,11 +265,6 @@ impl ProxyHttp for Portico {
                     ctx.upstream = ctx.route().map_or(0, |r| r.upstream);
                     let snap = ctx.snap.clone();
                     if let Some(route) = ctx.route.map(|i| &snap.config.routes.routes()[i]) {
-                        if upgrade {
-                            // An idle WebSocket is normal: only `ws_idle_timeout` may close it
-                            // (pingora's default body read timeout is 60 s).
-                            session.set_read_timeout(websocket::read_timeout(route));
-                        }
                         if let Some(files) = &route.static_files {
                             let served = crate::statics::serve(
                                 &self.shared.files,
@@ -322,7 +316,6 @@ impl ProxyHttp for Portico {
             respond::send_failure(session, ctx, &failure).await?;
             ctx.failure = Some(failure);
         }
-        respond::linger(session).await;
         Ok(true)
     }
 
@@ -333,22 +326,13 @@ impl ProxyHttp for Portico {
     ) -> Result<Box<HttpPeer>> {
         ctx.upstream_loop = true;
         self.pick_backend(session.req_header(), ctx).await?;
-        let (Some(lease), Some(route)) = (&ctx.lease, ctx.route()) else {
+        let Some(lease) = &ctx.lease else {
             return Err(Error::explain(
                 pingora_error::ErrorType::InternalError,
                 "no backend chosen",
             ));
         };
-        let mut peer = Box::new(lease.backend.peer.clone());
-        // WebSocket and other upgrades only work over HTTP/1.1.
-        if session.is_upgrade_req() {
-            if peer.is_tls() {
-                peer.options.alpn = pingora_core::protocols::ALPN::H1;
-            }
-            // A tunnel may idle as long as the route allows (forever by default).
-            peer.options.read_timeout = websocket::read_timeout(route);
-        }
-        Ok(peer)
+        Ok(Box::new(lease.backend.peer.clone()))
     }
 
     async fn connected_to_upstream(
@@ -387,10 +371,6 @@ impl ProxyHttp for Portico {
         let Some(chunk) = body else {
             return Ok(());
         };
-        if websocket::count_in(ctx, chunk.len()) {
-            // A tunnel: no body limits, no replay copy.
-            return Ok(());
-        }
         // pingora re-feeds its retry buffer on every attempt: only bytes new from the client
         // count, and Portico keeps its own copy for replays the retry buffer cannot hold.
         let replay = &ctx.snap.config.replay;
@@ -469,23 +449,9 @@ impl ProxyHttp for Portico {
         for name in hop::response_fields(&upstream_response.headers, status == 101) {
             upstream_response.remove_header(&name);
         }
-        websocket::on_response(&self.shared, ctx, status);
         let mut e = respond::common_edits(ctx);
         self.pin_edits(ctx, &mut e)?;
         e.apply_response(upstream_response)
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<std::time::Duration>> {
-        if let Some(b) = body {
-            websocket::count_out(ctx, b.len());
-        }
-        Ok(None)
     }
 
     fn fail_to_connect(
@@ -684,9 +650,8 @@ impl ProxyHttp for Portico {
                     message,
                     retry_after: ctx.failure.as_ref().and_then(|f| f.retry_after),
                 };
-                match respond::send_failure(session, ctx, &failure).await {
-                    Ok(()) => respond::linger(session).await,
-                    Err(we) => tracing::debug!(error = %we, "could not write the error response"),
+                if let Err(we) = respond::send_failure(session, ctx, &failure).await {
+                    tracing::debug!(error = %we, "could not write the error response");
                 }
             }
         }

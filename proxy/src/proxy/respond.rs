@@ -186,22 +186,3 @@ pub fn describe_connect_error(e: &Error, timeout: std::time::Duration) -> String
 pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest wait for the next piece of that body.
 pub const LINGER_READ: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// After an early answer (413, 404, 502 ...) to an HTTP/1.x request whose body is still
-/// arriving: reads and discards the rest for a bounded time, like nginx's lingering close.
-/// Closing with unread bytes in the socket makes the kernel send a reset, which can destroy
-/// the answer before the client reads it (browsers upload without `Expect: 100-continue`).
-pub async fn linger(session: &mut Session) {
-    if session.is_http2() {
-        return;
-    }
-    let deadline = tokio::time::Instant::now() + LINGER_TIME;
-    while !session.as_mut().is_body_done() {
-        let read = session.downstream_session.read_request_body();
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left.min(LINGER_READ), read).await {
-            Ok(Ok(Some(_))) => {}
-            _ => break,
-        }
-    }
-}

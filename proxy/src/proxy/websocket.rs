@@ -15,15 +15,6 @@ use prometheus::{IntCounter, IntGauge};
 use super::ctx::{LocalFailure, RequestCtx};
 use crate::state::Shared;
 
-/// How long an engine lets a tunnel stay silent before cutting it, beyond the idle watchdog
-/// (which closes it with close frames at `ws_idle_timeout`): room for the closing handshake.
-pub fn read_timeout(route: &portico_config::Route) -> Option<std::time::Duration> {
-    route.ws_idle_timeout.map(|t| t + IDLE_CLOSE_GRACE)
-}
-
-/// Time a closing handshake gets after `ws_idle_timeout` before the connection is cut.
-pub const IDLE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// Open upgraded connections per route name.
 #[derive(Default)]
 pub struct WsCounts(Mutex<HashMap<String, Arc<AtomicUsize>>>);
@@ -97,7 +88,7 @@ pub fn admit(shared: &Shared, upgrade: bool, ctx: &mut RequestCtx) -> Option<Loc
 }
 
 /// The upstream answered an upgrade request: counts the socket as open on a 101.
-pub fn on_response(shared: &Shared, ctx: &mut RequestCtx, status: u16) {
+pub fn on_response(ctx: &mut RequestCtx, status: u16) {
     let Some(route_idx) = ctx.route else { return };
     let Some(ws) = ctx.ws.as_mut() else { return };
     if status == 101 && ws.open.is_none() {
@@ -105,8 +96,6 @@ pub fn on_response(shared: &Shared, ctx: &mut RequestCtx, status: u16) {
         m.ws_total.inc();
         m.ws_open.inc();
         ws.open = Some(m.ws_open.clone());
-        let idle = ctx.route().and_then(|r| r.ws_idle_timeout);
-        shared.ws_conns.mark_upgraded(idle);
     }
 }
 

@@ -44,6 +44,12 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
         .or_else(|| memmem::find(hay, b"\n\n").map(|j| start + j + 2))
 }
 
+/// Where the head in `buf` ends, searching from `from` (at most `buf.len()`), for callers
+/// outside this module (fuzzing).
+pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    head_end(buf, from.min(buf.len()))
+}
+
 /// Limits for reading one head.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadLimits {

@@ -725,11 +725,26 @@ impl RawOrigin {
                             }
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
+                        let chunked = head
                             .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
+                            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+                        let len = if chunked {
+                            // Reads until the body's end: the last chunk and the trailers.
+                            loop {
+                                if let Some(n) = chunked_len(&buf[end..]) {
+                                    break n;
+                                }
+                                match tcp.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                        } else {
+                            head.lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0)
+                        };
                         while buf.len() < end + len {
                             match tcp.read(&mut chunk).await {
                                 Ok(0) | Err(_) => return,
@@ -762,6 +777,32 @@ impl RawOrigin {
 impl Drop for RawOrigin {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// The length of a complete chunked body at the start of `b`, or `None` while incomplete.
+fn chunked_len(b: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line_end = b[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        let size_text = std::str::from_utf8(&b[at..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at = line_end + 2;
+        if size == 0 {
+            // Trailer lines, then an empty line.
+            loop {
+                let e = b[at..].windows(2).position(|w| w == b"\r\n")? + at;
+                let empty = e == at;
+                at = e + 2;
+                if empty {
+                    return Some(at);
+                }
+            }
+        }
+        if b.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
     }
 }
 
