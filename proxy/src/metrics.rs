@@ -72,6 +72,9 @@ pub struct Metrics {
     pub websockets_total: IntCounterVec,
     /// Bytes through upgraded connections, by route and direction (`in`: from clients).
     pub websocket_bytes: IntCounterVec,
+    /// Bytes of relay buffers held by tunnels right now (an idle tunnel on plain TCP holds
+    /// none; one read through TLS holds a small one).
+    pub websocket_buffer_bytes: IntGauge,
     /// Sticky routing outcomes (`hit`, `moved`, `new`, `invalid`), by route.
     pub sticky: IntCounterVec,
     /// Generation number of the running configuration.
@@ -287,6 +290,11 @@ impl Metrics {
                 "portico_websocket_bytes_total",
                 "Bytes through upgraded connections, by route and direction (in: client to upstream, out: upstream to client).",
                 &["route", "direction"],
+            ),
+            websocket_buffer_bytes: gauge(
+                &registry,
+                "portico_websocket_buffer_bytes",
+                "Bytes of relay buffers held by upgraded connections right now (idle tunnels on plain TCP hold none).",
             ),
             sticky: counter_vec(
                 &registry,

@@ -718,3 +718,207 @@ async fn graceful_shutdown_leaves_sockets_open_then_closes_them_with_close_frame
     }
     assert_eq!(*s.closes.lock().unwrap(), vec![1001]);
 }
+
+/// Opens a WebSocket over TLS through Portico, trusting `ca_pem`, and reads the greeting.
+type TlsWs =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+async fn connect_tls(addr: SocketAddr, ca_pem: &str) -> TlsWs {
+    use rustls::pki_types::ServerName;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("ws.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    let url = format!("wss://ws.test:{}/", addr.port());
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(url, tls),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "hello from a"),
+        other => panic!("no greeting: {other:?}"),
+    }
+    ws
+}
+
+/// Sends one message on every socket at once and reads each echo.
+async fn echo_all<S>(socks: &mut [tokio_tungstenite::WebSocketStream<S>], round: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let all = socks.iter_mut().enumerate().map(|(i, ws)| async move {
+        let msg = format!("round {round} socket {i}");
+        ws.send(Message::text(msg.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(msg));
+    });
+    futures::future::join_all(all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_tunnels_hold_no_relay_buffers_over_tcp_and_a_small_one_over_tls() {
+    const PLAIN: usize = 150;
+    const TLS: usize = 50;
+    let s = WsServer::start("a").await;
+    let pki = Pki::new();
+    let cfg = format!(
+        r#"
+[[listeners]]
+name = "https"
+address = "127.0.0.1:0"
+tls = {{ certificates = [ {{ cert = "ws.pem", key = "ws.key" }} ] }}
+{}"#,
+        config(&[s.addr], "")
+    );
+    let p = Portico::start_with(&cfg, &[], |dir| {
+        pki.leaf(dir, "ws", &["ws.test"]);
+    });
+    let buffers = || metric(&p, "portico_websocket_buffer_bytes", &[]);
+    let url = ws_url(&p, "/");
+    for round in 0..3 {
+        // Opened in parallel, greeted (bytes went through every tunnel), then left idle.
+        let mut plain: Vec<Ws> = futures::future::join_all((0..PLAIN).map(|_| {
+            let url = url.clone();
+            async move { connect(&url, &[]).await.0 }
+        }))
+        .await;
+        wait_metric(&p, "portico_websockets_open", &[], PLAIN as f64).await;
+        assert_eq!(buffers().await, 0.0, "round {round}: idle plain tunnels");
+        // Traffic on every tunnel at once takes buffers only while it is in flight.
+        echo_all(&mut plain, round).await;
+        assert_eq!(buffers().await, 0.0, "round {round}: after traffic");
+
+        let mut tls: Vec<TlsWs> =
+            futures::future::join_all((0..TLS).map(|_| connect_tls(p.addr("https"), &pki.ca_pem)))
+                .await;
+        echo_all(&mut tls, round).await;
+        wait_metric(&p, "portico_websockets_open", &[], (PLAIN + TLS) as f64).await;
+        // A TLS read waits with a 2 KiB buffer: one per idle TLS tunnel, none for plain.
+        let held = buffers().await;
+        assert!(
+            held <= (TLS * 2048) as f64,
+            "round {round}: {held} bytes held by {TLS} idle TLS tunnels"
+        );
+        for ws in plain.iter_mut() {
+            ws.close(None).await.unwrap();
+            while ws.next().await.is_some() {}
+        }
+        for ws in tls.iter_mut() {
+            ws.close(None).await.unwrap();
+            while ws.next().await.is_some() {}
+        }
+        wait_metric(&p, "portico_websockets_open", &[], 0.0).await;
+        assert_eq!(buffers().await, 0.0, "round {round}: all closed");
+    }
+    // Every tunnel's end was recorded once: 101s counted and logged when they closed.
+    let rounds = 3.0 * (PLAIN + TLS) as f64;
+    assert_eq!(
+        metric(&p, "portico_websockets_total", &[("route", "*/")]).await,
+        rounds
+    );
+    assert_eq!(
+        metric(&p, "portico_http_requests_total", &[("status", "1xx")]).await,
+        rounds
+    );
+    assert_eq!(
+        metric(&p, "portico_http_requests_in_flight", &[]).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_tunnel_is_logged_when_it_closes_with_its_bytes_and_lifetime() {
+    let s = WsServer::start("a").await;
+    let p = Portico::start(&format!(
+        "[server]\nlog_format = \"json\"\n{}",
+        config(&[s.addr], "")
+    ));
+    let (mut ws, _, _) = connect(
+        &ws_url(&p, "/live?room=7"),
+        &[("x-request-id", "ws-log-me"), ("user-agent", "ws-test/1")],
+    )
+    .await;
+    ws.send(Message::text("0123456789")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("0123456789")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing is logged while the tunnel is open.
+    assert!(!p.stdout_lines().iter().any(|l| l.contains("ws-log-me")));
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    let start = Instant::now();
+    let line = loop {
+        if let Some(l) = p
+            .stdout_lines()
+            .into_iter()
+            .find(|l| l.contains("ws-log-me"))
+        {
+            break l;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no access log line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["status"], 101);
+    assert_eq!(v["upstream_status"], 101);
+    assert_eq!(v["path"], "/live");
+    assert_eq!(v["query"], "room=7");
+    assert_eq!(v["user_agent"], "ws-test/1");
+    assert_eq!(v["backend"], s.addr.to_string());
+    // Greeting (14-byte frame) + echo (12) + the server's close frame, at least.
+    assert!(v["bytes"].as_u64().unwrap() >= 26, "{v}");
+    assert!(v["duration_ms"].as_f64().unwrap() >= 300.0, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_tunnels_carry_traffic_across_twenty_reloads_while_new_ones_open() {
+    const OPEN: usize = 40;
+    let s = WsServer::start("a").await;
+    let cfg = |tag: &str| {
+        config(&[s.addr], &format!("max_websockets = {}\nresponse_headers = {{ set = {{ \"x-config\" = \"{tag}\" }} }}", 2 * OPEN))
+    };
+    let p = Portico::start(&cfg("A"));
+    let url = ws_url(&p, "/");
+    let mut socks: Vec<Ws> = futures::future::join_all((0..OPEN).map(|_| {
+        let url = url.clone();
+        async move { connect(&url, &[]).await.0 }
+    }))
+    .await;
+    for round in 0..20 {
+        let tag = if round % 2 == 0 { "B" } else { "A" };
+        std::fs::write(&p.config_path, cfg(tag)).unwrap();
+        let r = client().post(p.admin_url("/reload")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "reload {round}");
+        // Every tunnel opened before still relays both ways, while a new one opens and
+        // closes on the new config (and the admission count stays exact across reloads).
+        let (_, (mut fresh, _, _)) = tokio::join!(echo_all(&mut socks, round), connect(&url, &[]));
+        fresh.close(None).await.unwrap();
+        while fresh.next().await.is_some() {}
+        wait_metric(&p, "portico_websockets_open", &[], OPEN as f64).await;
+    }
+    for ws in socks.iter_mut() {
+        ws.close(None).await.unwrap();
+        while ws.next().await.is_some() {}
+    }
+    wait_metric(&p, "portico_websockets_open", &[], 0.0).await;
+}

@@ -19,14 +19,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::chunked::Chunked;
 use super::codec::{self, Framing};
+use super::tunnel::{End, Handoff};
 use super::upstream::{self, PoolKey, UpConn};
 use super::{pool, Client, ClientIo, CLIENT_IO_TIMEOUT};
 use crate::metrics::status_class;
-use crate::proxy::ctx::{LocalFailure, RequestCtx};
-use crate::proxy::{respond, websocket, Portico};
+use crate::proxy::ctx::{InFlight, LocalFailure, RequestCtx};
+use crate::proxy::{access, respond, websocket, Portico};
+use crate::server::wsclose::Frames;
 
 /// What the connection does after a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum After {
     /// Read the next request.
     KeepAlive,
@@ -34,6 +35,8 @@ pub enum After {
     Close,
     /// It is gone or unusable: drop it.
     Gone,
+    /// The backend switched protocols: the connection becomes a tunnel.
+    Tunnel(Box<super::tunnel::Handoff>),
 }
 
 /// Longest response head accepted from a backend.
@@ -178,11 +181,20 @@ pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bo
         answered: false,
         body_sent_all: true,
         give_back: false,
+        switched: None,
     };
     ex.ctx.conn = client.info.clone();
     let after = ex.run(client).await;
-    ex.finish();
-    after
+    match ex.switched.take() {
+        Some((up, frames)) => match ex.hand_off(up, frames) {
+            Some(h) => After::Tunnel(Box::new(h)),
+            None => After::Gone,
+        },
+        None => {
+            ex.finish();
+            after
+        }
+    }
 }
 
 /// The state of one request.
@@ -204,6 +216,8 @@ struct Exchange<'a> {
     body_sent_all: bool,
     /// The connection of a replay answer can go back to the pool.
     give_back: bool,
+    /// The backend connection of an upgrade it accepted, with the client's frame position.
+    switched: Option<(super::upstream::UpIo, Frames)>,
 }
 
 impl Exchange<'_> {
@@ -836,11 +850,31 @@ impl Exchange<'_> {
         self.status = status;
         self.answered = true;
         if switching {
+            // The backend's first frames (sent right after its 101) go out with the head.
+            if !conn.rbuf.is_empty() {
+                self.bytes_sent = conn.rbuf.len() as u64;
+                if let Some(ws) = &self.ctx.ws {
+                    ws.count_out(conn.rbuf.len());
+                }
+                client.wbuf.extend_from_slice(&conn.rbuf);
+            }
             if client.flush_wbuf().await.is_err() {
                 return Ok(Some(After::Gone));
             }
-            let idle = self.ctx.route().and_then(|r| r.ws_idle_timeout);
-            super::tunnel::relay(client, conn, &self.ctx, &app.shared, idle).await;
+            // The client's first frames (sent before the 101 came) go to the backend.
+            let mut frames = Frames::default();
+            if !client.rbuf.is_empty() {
+                frames.advance(&client.rbuf);
+                if let Some(ws) = &self.ctx.ws {
+                    ws.count_in(client.rbuf.len());
+                }
+                let sent = tokio::time::timeout(CLIENT_IO_TIMEOUT, conn.io.write_all(&client.rbuf));
+                if !matches!(sent.await, Ok(Ok(()))) {
+                    return Ok(Some(After::Gone));
+                }
+                client.rbuf.clear();
+            }
+            self.switched = Some((conn.io, frames));
             return Ok(Some(After::Gone));
         }
         let pumped = relay_body(client, &mut conn, mode, up_cfg.read_timeout, head_only).await;
@@ -1076,6 +1110,35 @@ impl Exchange<'_> {
     }
 
     /// Metrics and the access log, once the request is over.
+    /// The backend switched protocols: what the tunnel keeps of this request. The rest (the
+    /// head, the context, the snapshot it holds) is dropped with the exchange.
+    fn hand_off(&mut self, up: super::upstream::UpIo, frames: Frames) -> Option<Handoff> {
+        let ctx = &mut self.ctx;
+        let ws = ctx.ws.take()?;
+        let route = ctx.route?;
+        let metrics = &ctx.snap.route_metrics[route];
+        let log = ctx.snap.config.server.access_log.then(|| {
+            let mut bufs = access::Bufs::default();
+            Box::new(access::Fields::new(&self.head, ctx, &mut bufs).to_owned())
+        });
+        Some(Handoff {
+            up,
+            frames,
+            idle: ctx.route().and_then(|r| r.ws_idle_timeout),
+            end: End {
+                ws,
+                lease: ctx.lease.take(),
+                in_flight: InFlight::new(&self.app.shared),
+                request_id: ctx.id().into(),
+                requests: metrics.requests[status_class(101)].clone(),
+                duration: metrics.duration.clone(),
+                start: ctx.start,
+                log,
+                bytes_out: self.bytes_sent,
+            },
+        })
+    }
+
     fn finish(&mut self) {
         let ctx = &mut self.ctx;
         ctx.lease = None;

@@ -98,14 +98,15 @@ pub struct Limits {
 pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves HTTP/1.1 requests on one client connection until it closes, the client stops
-/// sending, or a shutdown ends it between requests.
+/// sending, or a shutdown ends it between requests. When a backend switches protocols, the
+/// connection comes back as a [`tunnel::Tunnel`] for the caller to run as a task of its own.
 pub async fn serve<S: ClientIo>(
     io: S,
     info: ConnInfo,
     app: &Portico,
     mut shutdown: watch::Receiver<bool>,
     limits: impl Fn() -> Limits,
-) {
+) -> Option<tunnel::Tunnel<S>> {
     let mut client = Client {
         io,
         rbuf: BytesMut::with_capacity(4096),
@@ -135,7 +136,7 @@ pub async fn serve<S: ClientIo>(
                     "408 Request Timeout\nportico: the request head was not received in time\n",
                 )
                 .await;
-                return;
+                return None;
             }
             Err(HeadError::TooLarge) => {
                 reject(app, "header_too_large");
@@ -148,9 +149,9 @@ pub async fn serve<S: ClientIo>(
                     ),
                 )
                 .await;
-                return;
+                return None;
             }
-            Err(_) => return,
+            Err(_) => return None,
         }
         served = served.saturating_add(1);
         let last = l.keepalive.is_zero()
@@ -160,9 +161,10 @@ pub async fn serve<S: ClientIo>(
             exchange::After::KeepAlive => {}
             exchange::After::Close => {
                 let _ = client.io.shutdown().await;
-                return;
+                return None;
             }
-            exchange::After::Gone => return,
+            exchange::After::Gone => return None,
+            exchange::After::Tunnel(h) => return Some(tunnel::Tunnel::new(client.io, *h)),
         }
     }
 }

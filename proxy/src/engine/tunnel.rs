@@ -1,30 +1,35 @@
-//! Upgraded connections (WebSockets): once the backend answered `101`, bytes are relayed both
-//! ways until either side closes.
+//! Upgraded connections (WebSockets): once the backend answered `101`, the HTTP exchange
+//! hands the two sockets over as a [`Tunnel`] and ends; the tunnel runs as a task of its own
+//! and relays bytes both ways until either side closes.
 //!
-//! An idle tunnel holds no data buffer: on plain TCP the relay waits for the socket to become
-//! readable and only then takes a buffer, for as long as the bytes take to forward (the HTTP
-//! state that served the handshake is dropped before). A TLS client connection is read
-//! through pingora's TLS stream, which needs a buffer to wait with; it gets a small one.
+//! An idle tunnel is small: the connection's HTTP state (request head, context, the
+//! exchange's future, read and write buffers) is gone with the task that served the
+//! handshake, and on plain TCP the relay waits for a socket to become readable before it
+//! takes a buffer, for as long as the bytes take to forward. A TLS client connection is read
+//! through the TLS stream, which needs a buffer to wait with; it gets a small one. The
+//! `portico_websocket_buffer_bytes` gauge shows what tunnels hold.
 //!
-//! Like the pingora path, the relay follows the client's WebSocket frames, so that at the
-//! shutdown deadline or after `ws_idle_timeout` without traffic it can send the backend a
-//! close frame (1001, going away) between two client frames; the backend's own close frame
-//! reaches the client, and both see a closing handshake. The connection ends
-//! [`CLOSE_GRACE`] later at most.
+//! The relay follows the client's WebSocket frames, so that at the shutdown deadline or after
+//! `ws_idle_timeout` without traffic it can send the backend a close frame (1001, going
+//! away) between two client frames; the backend's own close frame reaches the client, and
+//! both see a closing handshake. The connection ends [`CLOSE_GRACE`] later at most.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use super::upstream::UpConn;
-use super::{Client, ClientIo, CLIENT_IO_TIMEOUT};
-use crate::proxy::ctx::RequestCtx;
-use crate::proxy::websocket;
+use super::upstream::UpIo;
+use super::{ClientIo, CLIENT_IO_TIMEOUT};
+use crate::proxy::access;
+use crate::proxy::ctx::InFlight;
+use crate::proxy::websocket::WsState;
 use crate::server::wsclose::{close_frame, ConnState, Frames};
 use crate::state::Shared;
+use crate::upstream::Lease;
 
 /// How long peers get to finish a closing handshake Portico started.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -33,11 +38,123 @@ const CHUNK: usize = 16 * 1024;
 /// Buffer a TLS client read waits with.
 const TLS_WAIT: usize = 2 * 1024;
 
-enum Event {
+/// What the HTTP exchange hands over once the backend switched protocols.
+pub struct Handoff {
+    /// The backend connection.
+    pub up: UpIo,
+    /// Where the client's bytes stand in its frames (the handshake's early bytes counted).
+    pub frames: Frames,
+    /// The route's `ws_idle_timeout`.
+    pub idle: Option<Duration>,
+    /// What the tunnel keeps of its request.
+    pub end: End,
+}
+
+/// An upgraded connection, out of the HTTP exchange that set it up.
+pub struct Tunnel<S> {
+    client: S,
+    h: Handoff,
+}
+
+/// What a tunnel keeps of its request: the admission slot, backend lease and in-flight count
+/// it holds until it closes, and what its end records (metrics, the access-log line).
+pub struct End {
+    /// Admission slot and byte counters.
+    pub ws: WsState,
+    /// The backend's in-flight count (least_requests sees open tunnels as load).
+    pub lease: Option<Lease>,
+    /// The request counts as in flight until the tunnel closes.
+    pub in_flight: InFlight,
+    /// Request id, for debug lines.
+    pub request_id: Box<str>,
+    /// The route's 1xx request counter.
+    pub requests: IntCounter,
+    /// The route's request duration histogram.
+    pub duration: Histogram,
+    /// When the request head arrived.
+    pub start: std::time::Instant,
+    /// The access-log fields, when the access log is on.
+    pub log: Option<Box<access::Owned>>,
+    /// Upstream-to-client bytes before the tunnel started (the handshake's early bytes).
+    pub bytes_out: u64,
+}
+
+impl End {
+    fn finish(self) {
+        self.requests.inc();
+        let elapsed = self.start.elapsed();
+        self.duration.observe(elapsed.as_secs_f64());
+        if let Some(log) = &self.log {
+            access::write(&log.fields(), 101, self.bytes_out, elapsed);
+        }
+    }
+}
+
+impl<S: ClientIo> Tunnel<S> {
+    /// The tunnel between `client` and the handed-over backend connection.
+    pub fn new(client: S, h: Handoff) -> Self {
+        Self { client, h }
+    }
+
+    /// Relays bytes between the client and the backend until both sides are done, then
+    /// records the request's end.
+    pub async fn run(self, shared: Arc<Shared>) {
+        let Tunnel {
+            mut client,
+            h:
+                Handoff {
+                    mut up,
+                    mut frames,
+                    idle,
+                    mut end,
+                },
+        } = self;
+        let state = Arc::new(ConnState::default());
+        shared.ws_conns.register(&state);
+        let gauge = &shared.metrics.websocket_buffer_bytes;
+        relay(
+            &mut client,
+            &mut up,
+            &mut frames,
+            idle,
+            &mut end,
+            &state,
+            gauge,
+        )
+        .await;
+        end.finish();
+    }
+}
+
+/// A relay buffer, counted in `portico_websocket_buffer_bytes` while it lives.
+struct Held<'a> {
+    buf: BytesMut,
+    counted: usize,
+    gauge: &'a IntGauge,
+}
+
+impl<'a> Held<'a> {
+    fn new(size: usize, gauge: &'a IntGauge) -> Self {
+        gauge.add(size as i64);
+        Held {
+            buf: BytesMut::with_capacity(size),
+            counted: size,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.gauge.sub(self.counted as i64);
+    }
+}
+
+enum Event<'a> {
     /// Bytes from the client (empty: it closed its side).
-    FromClient(BytesMut),
+    FromClient(Held<'a>),
     /// Bytes from the backend (empty: it closed its side).
-    FromUpstream(BytesMut),
+    FromUpstream(Held<'a>),
     /// A shutdown asked for a close.
     Closing,
     /// Nothing moved for `ws_idle_timeout`.
@@ -49,43 +166,45 @@ enum Event {
 }
 
 /// Reads from the client without holding a buffer while waiting (plain TCP).
-async fn read_client<S: ClientIo>(client: &mut Client<S>) -> Option<BytesMut> {
-    if let Some(tcp) = client.io.tcp() {
+async fn read_client<'g, S: ClientIo>(client: &mut S, gauge: &'g IntGauge) -> Option<Held<'g>> {
+    if let Some(tcp) = client.tcp() {
         loop {
             if tcp.readable().await.is_err() {
                 return None;
             }
-            let mut buf = BytesMut::with_capacity(CHUNK);
-            match tcp.try_read_buf(&mut buf) {
-                Ok(_) => return Some(buf),
+            let mut held = Held::new(CHUNK, gauge);
+            match tcp.try_read_buf(&mut held.buf) {
+                Ok(_) => return Some(held),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => return None,
             }
         }
     }
-    let mut buf = BytesMut::with_capacity(TLS_WAIT);
-    match client.io.read_buf(&mut buf).await {
-        Ok(_) => Some(buf),
+    let mut held = Held::new(TLS_WAIT, gauge);
+    match client.read_buf(&mut held.buf).await {
+        Ok(_) => Some(held),
         Err(_) => None,
     }
 }
 
 /// Reads from the backend, waiting on the TCP socket's readiness first.
-async fn read_upstream(conn: &mut UpConn) -> Option<BytesMut> {
+async fn read_upstream<'g>(up: &mut UpIo, gauge: &'g IntGauge) -> Option<Held<'g>> {
     loop {
-        if conn.io.tcp().readable().await.is_err() {
+        if up.tcp().readable().await.is_err() {
             return None;
         }
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        match &mut conn.io {
-            super::upstream::UpIo::Plain(t) => match t.try_read_buf(&mut buf) {
-                Ok(_) => return Some(buf),
+        let mut held = Held::new(CHUNK, gauge);
+        match up {
+            UpIo::Plain(t) => match t.try_read_buf(&mut held.buf) {
+                Ok(_) => return Some(held),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(_) => return None,
             },
-            super::upstream::UpIo::Tls(t) => {
-                return match t.read_buf(&mut buf).await {
-                    Ok(_) => Some(buf),
+            // Readable TCP under TLS: a record (or part of one) is there, the read does not
+            // wait long with its buffer.
+            UpIo::Tls(t) => {
+                return match t.read_buf(&mut held.buf).await {
+                    Ok(_) => Some(held),
                     Err(_) => None,
                 }
             }
@@ -100,37 +219,15 @@ async fn write_all<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, data: &[u8]) -> 
     )
 }
 
-/// Relays bytes between the client and the backend until both sides are done.
-pub async fn relay<S: ClientIo>(
-    client: &mut Client<S>,
-    mut conn: UpConn,
-    ctx: &RequestCtx,
-    shared: &Shared,
+async fn relay<S: ClientIo>(
+    client: &mut S,
+    up: &mut UpIo,
+    frames: &mut Frames,
     idle: Option<Duration>,
+    end: &mut End,
+    state: &ConnState,
+    gauge: &IntGauge,
 ) {
-    let state = Arc::new(ConnState::default());
-    shared.ws_conns.register(&state);
-    let mut frames = Frames::default();
-    // Bytes that came with the handshake on either side.
-    if !client.rbuf.is_empty() {
-        let early = client.rbuf.split();
-        frames.advance(&early);
-        websocket::count_in(ctx, early.len());
-        if !write_all(&mut conn.io, &early).await {
-            return;
-        }
-    }
-    if !conn.rbuf.is_empty() {
-        let early = conn.rbuf.split();
-        websocket::count_out(ctx, early.len());
-        if !write_all(&mut client.io, &early).await {
-            return;
-        }
-    }
-    // Release what the HTTP exchange held: an idle tunnel keeps no buffer.
-    client.rbuf = BytesMut::new();
-    client.wbuf = BytesMut::new();
-    conn.rbuf = BytesMut::new();
     let mut last_active = Instant::now();
     let mut close_wanted = false;
     let mut close_sent = false;
@@ -139,11 +236,11 @@ pub async fn relay<S: ClientIo>(
     loop {
         let idle_at = idle.map(|d| last_active + d);
         let event = tokio::select! {
-            b = read_client(client), if client_open => match b {
+            b = read_client(client, gauge), if client_open => match b {
                 Some(b) => Event::FromClient(b),
                 None => Event::Failed,
             },
-            b = read_upstream(&mut conn) => match b {
+            b = read_upstream(up, gauge) => match b {
                 Some(b) => Event::FromUpstream(b),
                 None => Event::Failed,
             },
@@ -152,40 +249,41 @@ pub async fn relay<S: ClientIo>(
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => Event::Done,
         };
         match event {
-            Event::FromClient(b) if b.is_empty() => {
+            Event::FromClient(b) if b.buf.is_empty() => {
                 // The client is done sending: the backend may still answer (a WebSocket
                 // server closes after the client's close), for a little while.
                 client_open = false;
-                let _ = conn.io.shutdown().await;
+                let _ = up.shutdown().await;
                 deadline.get_or_insert_with(|| Instant::now() + CLOSE_GRACE);
             }
             Event::FromClient(b) => {
                 last_active = Instant::now();
                 if !close_sent {
-                    frames.advance(&b);
+                    frames.advance(&b.buf);
                 }
-                websocket::count_in(ctx, b.len());
-                if !write_all(&mut conn.io, &b).await {
+                end.ws.count_in(b.buf.len());
+                if !write_all(up, &b.buf).await {
                     return;
                 }
             }
-            Event::FromUpstream(b) if b.is_empty() => {
+            Event::FromUpstream(b) if b.buf.is_empty() => {
                 // The backend closed: the tunnel is over (a WebSocket client waits for the
                 // server to close the connection, as RFC 6455 asks).
-                let _ = client.io.shutdown().await;
+                let _ = client.shutdown().await;
                 return;
             }
             Event::FromUpstream(b) => {
                 last_active = Instant::now();
-                websocket::count_out(ctx, b.len());
-                if !write_all(&mut client.io, &b).await {
+                end.ws.count_out(b.buf.len());
+                end.bytes_out += b.buf.len() as u64;
+                if !write_all(client, &b.buf).await {
                     return;
                 }
             }
             Event::Closing | Event::Idle => {
                 if matches!(event, Event::Idle) {
                     tracing::debug!(
-                        request_id = ctx.id(),
+                        request_id = &*end.request_id,
                         "WebSocket idle: closing with close frames"
                     );
                 }
@@ -197,7 +295,7 @@ pub async fn relay<S: ClientIo>(
         // A close is due: sent between two client frames, as if the client had sent it.
         if close_wanted && !close_sent && frames.at_boundary() {
             close_sent = true;
-            if !write_all(&mut conn.io, &close_frame()).await {
+            if !write_all(up, &close_frame()).await {
                 return;
             }
         }

@@ -41,6 +41,16 @@ impl WsState {
     pub fn upgraded(&self) -> bool {
         self.open.is_some()
     }
+
+    /// Counts tunnel bytes from the client.
+    pub fn count_in(&self, len: usize) {
+        self.bytes_in.inc_by(len as u64);
+    }
+
+    /// Counts tunnel bytes to the client.
+    pub fn count_out(&self, len: usize) {
+        self.bytes_out.inc_by(len as u64);
+    }
 }
 
 impl Drop for WsState {
@@ -96,24 +106,5 @@ pub fn on_response(ctx: &mut RequestCtx, status: u16) {
         m.ws_total.inc();
         m.ws_open.inc();
         ws.open = Some(m.ws_open.clone());
-    }
-}
-
-/// Counts tunnel bytes from the client; true when the request is a tunnel (so the body
-/// checks of ordinary requests do not apply).
-pub fn count_in(ctx: &RequestCtx, len: usize) -> bool {
-    match &ctx.ws {
-        Some(ws) if ws.upgraded() => {
-            ws.bytes_in.inc_by(len as u64);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Counts tunnel bytes to the client.
-pub fn count_out(ctx: &RequestCtx, len: usize) {
-    if let Some(ws) = ctx.ws.as_ref().filter(|w| w.upgraded()) {
-        ws.bytes_out.inc_by(len as u64);
     }
 }

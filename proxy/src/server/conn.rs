@@ -13,7 +13,7 @@ use pingora_core::protocols::SocketDigest;
 use pingora_core::protocols::{GetSocketDigest, Stream, ALPN};
 use pingora_proxy::HttpProxy;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit};
 
 use crate::proxy::Portico;
 use crate::state::Shared;
@@ -129,21 +129,19 @@ pub async fn serve(
     local: SocketAddr,
     lctx: Arc<ListenerCtx>,
     shutdown: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
 ) {
-    let _tracked = lctx.tracker.enter();
     let open = lctx
         .shared
         .metrics
         .connections_open
         .with_label_values(&[&lctx.name]);
     open.inc();
-    struct Dec(prometheus::IntGauge);
-    impl Drop for Dec {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
-    }
-    let _open = Dec(open);
+    let held = Held {
+        _tracked: lctx.tracker.enter(),
+        _open: Dec(open),
+        _permit: permit,
+    };
 
     let _ = tcp.set_nodelay(true);
     let settings = lctx.settings();
@@ -157,10 +155,13 @@ pub async fn serve(
         if !h2c {
             let info = crate::engine::conn_info(peer, None);
             let l = lctx.clone();
-            crate::engine::serve(tcp, info, &lctx.app, shutdown, move || {
+            let tunnel = crate::engine::serve(tcp, info, &lctx.app, shutdown, move || {
                 l.settings().limits()
             })
             .await;
+            if let Some(t) = tunnel {
+                spawn_tunnel(t, &lctx, held);
+            }
             return;
         }
         // pingora runs the HTTP/2 connection: streams, flow control and GOAWAY on shutdown.
@@ -200,10 +201,43 @@ pub async fn serve(
         .map(|d| crate::proxy::tls_version_name(&d.version));
     let info = crate::engine::conn_info(peer, tls);
     let l = lctx.clone();
-    crate::engine::serve(stream, info, &lctx.app, shutdown, move || {
+    let tunnel = crate::engine::serve(stream, info, &lctx.app, shutdown, move || {
         l.settings().limits()
     })
     .await;
+    if let Some(t) = tunnel {
+        spawn_tunnel(t, &lctx, held);
+    }
+}
+
+/// What keeps a connection counted: drain tracking, the open-connections gauge and the
+/// listener's `max_connections` slot. A tunnel takes them over from its connection.
+struct Held {
+    _tracked: TrackGuard,
+    _open: Dec,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Dec(prometheus::IntGauge);
+
+impl Drop for Dec {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Runs an upgraded connection as a task of its own: the task that served its HTTP
+/// exchange ends, and with it every byte of HTTP state (see [`crate::engine::tunnel`]).
+fn spawn_tunnel<S: crate::engine::ClientIo>(
+    t: crate::engine::tunnel::Tunnel<S>,
+    lctx: &ListenerCtx,
+    held: Held,
+) {
+    let shared = lctx.shared.clone();
+    tokio::spawn(async move {
+        t.run(shared).await;
+        drop(held);
+    });
 }
 
 /// The TCP socket as pingora's stream, with its addresses known (pingora's TLS and HTTP/2

@@ -96,10 +96,7 @@ pub async fn accept_loop(
                 accepted.inc();
                 let lctx = lctx.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    serve(tcp, peer, local, lctx, shutdown).await;
-                    drop(permit);
-                });
+                tokio::spawn(serve(tcp, peer, local, lctx, shutdown, permit));
             }
             Err(e) => {
                 // Out of file descriptors: back off instead of spinning on accept().

@@ -42,19 +42,30 @@ impl ConnState {
 
 /// Upgraded connections that may need a close frame.
 #[derive(Default)]
-pub struct Registry(Mutex<Vec<Weak<ConnState>>>);
+pub struct Registry(Mutex<List>);
+
+/// The registered tunnels; closed ones are swept when the list has doubled since the last
+/// sweep, so registering stays O(1) amortised with tens of thousands open.
+#[derive(Default)]
+struct List {
+    tunnels: Vec<Weak<ConnState>>,
+    sweep_at: usize,
+}
 
 impl Registry {
     /// Registers a tunnel, so a shutdown can ask it to close.
     pub fn register(&self, c: &Arc<ConnState>) {
         let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        list.retain(|w| w.strong_count() > 0);
-        list.push(Arc::downgrade(c));
+        if list.tunnels.len() >= list.sweep_at {
+            list.tunnels.retain(|w| w.strong_count() > 0);
+            list.sweep_at = (list.tunnels.len() * 2).max(64);
+        }
+        list.tunnels.push(Arc::downgrade(c));
     }
 
     /// Asks every open tunnel to close; returns how many were asked.
     pub fn close_all(&self) -> usize {
-        let list = std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        let list = std::mem::take(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()).tunnels);
         let mut n = 0;
         for c in list.iter().filter_map(Weak::upgrade) {
             c.close();
