@@ -1056,11 +1056,11 @@ impl Exchange<'_> {
             Body::Empty => client.flush_wbuf().await.is_ok(),
             Body::Bytes(b) => {
                 self.bytes_sent = b.len() as u64;
-                if b.len() <= 64 * 1024 {
+                if b.len() <= 4096 {
                     client.wbuf.put_slice(&b);
                     client.flush_wbuf().await.is_ok()
                 } else {
-                    client.flush_wbuf().await.is_ok() && client.io.write_all(&b).await.is_ok()
+                    client.write_with(&b).await.is_ok()
                 }
             }
             Body::File { path, start, count } => {
@@ -1109,7 +1109,6 @@ impl Exchange<'_> {
         client.rbuf.clear();
     }
 
-    /// Metrics and the access log, once the request is over.
     /// The backend switched protocols: what the tunnel keeps of this request. The rest (the
     /// head, the context, the snapshot it holds) is dropped with the exchange.
     fn hand_off(&mut self, up: super::upstream::UpIo, frames: Frames) -> Option<Handoff> {
@@ -1521,8 +1520,55 @@ async fn send_file<S: ClientIo>(
     start: u64,
     count: u64,
 ) -> io::Result<u64> {
+    let file = tokio::fs::File::open(path).await?.into_std().await;
+    if let Some(tcp) = client.io.tcp() {
+        return sendfile(tcp, &file, start, count).await;
+    }
+    copy_file(&mut client.io, file, start, count).await
+}
+
+/// `sendfile(2)` from `file` to a plain socket: the kernel moves page-cache pages to the
+/// socket with no copy through Portico. Like nginx without `aio threads`, a read of a page
+/// not in the page cache blocks this worker thread for the disk; files served this way are
+/// the ones too large for the memory cache.
+async fn sendfile(
+    tcp: &tokio::net::TcpStream,
+    file: &std::fs::File,
+    start: u64,
+    count: u64,
+) -> io::Result<u64> {
+    use nix::sys::sendfile::sendfile as sys_sendfile;
+    let mut offset =
+        i64::try_from(start).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut sent = 0;
+    while sent < count {
+        // At most 1 MiB per call, so one large file does not hold the thread for long.
+        let want = (count - sent).min(1 << 20) as usize;
+        tcp.writable().await?;
+        let res = tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            sys_sendfile(tcp, file, Some(&mut offset), want).map_err(io::Error::from)
+        });
+        match res {
+            // The file shrank under us: the answer cannot be completed honestly.
+            Ok(0) => return Ok(sent),
+            Ok(n) => sent += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sent)
+}
+
+/// Copies `count` bytes of `file` from `start` through a buffer (TLS: the bytes must be
+/// encrypted in user space, so `sendfile` cannot apply). Reads run on the blocking pool.
+async fn copy_file<W: tokio::io::AsyncWrite + Unpin>(
+    out: &mut W,
+    file: std::fs::File,
+    start: u64,
+    count: u64,
+) -> io::Result<u64> {
     use tokio::io::AsyncSeekExt;
-    let mut file = tokio::fs::File::open(path).await?;
+    let mut file = tokio::fs::File::from_std(file);
     if start > 0 {
         file.seek(io::SeekFrom::Start(start)).await?;
     }
@@ -1536,7 +1582,7 @@ async fn send_file<S: ClientIo>(
             // The file shrank under us: the answer cannot be completed honestly.
             return Ok(sent);
         }
-        client.io.write_all(&buf[..n]).await?;
+        out.write_all(&buf[..n]).await?;
         left -= n as u64;
         sent += n as u64;
     }

@@ -79,6 +79,27 @@ impl<S: ClientIo> Client<S> {
         }
         Ok(())
     }
+
+    /// Writes `wbuf` (a response head) and then `body`, with vectored writes: one system
+    /// call when the socket takes both, and no copy of the body into `wbuf`. Clears `wbuf`.
+    pub async fn write_with(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let (mut head_at, mut body_at) = (0, 0);
+        while head_at < self.wbuf.len() || body_at < body.len() {
+            let bufs = [
+                std::io::IoSlice::new(&self.wbuf[head_at..]),
+                std::io::IoSlice::new(&body[body_at..]),
+            ];
+            let n = self.io.write_vectored(&bufs).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            let from_head = (self.wbuf.len() - head_at).min(n);
+            head_at += from_head;
+            body_at += n - from_head;
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
 }
 
 /// The limits of one client connection, from its listener (they follow reloads).

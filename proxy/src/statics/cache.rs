@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use http::HeaderValue;
 use portico_config::StaticFiles;
 
 use super::mime;
@@ -44,6 +45,47 @@ pub struct Repr {
     pub coding: Option<Coding>,
     /// The bytes, when small enough to keep.
     pub body: Option<Bytes>,
+    /// Its validator and length as header values, made once: a cache hit clones them (a
+    /// reference count) instead of formatting and allocating them per request.
+    pub fields: Fields,
+}
+
+/// Header values of one representation, formatted when it is loaded.
+#[derive(Debug)]
+pub struct Fields {
+    /// `ETag`.
+    pub etag: HeaderValue,
+    /// `Last-Modified`.
+    pub last_modified: HeaderValue,
+    /// `Content-Length` of the whole representation.
+    pub length: HeaderValue,
+}
+
+impl Repr {
+    fn new(
+        path: PathBuf,
+        len: u64,
+        modified: SystemTime,
+        etag: String,
+        coding: Option<Coding>,
+        body: Option<Bytes>,
+    ) -> Repr {
+        let value = |s: &str| HeaderValue::from_str(s).unwrap_or(HeaderValue::from_static(""));
+        let fields = Fields {
+            etag: value(&etag),
+            last_modified: value(&httpdate::fmt_http_date(modified)),
+            length: HeaderValue::from(len),
+        };
+        Repr {
+            path,
+            len,
+            modified,
+            etag,
+            coding,
+            body,
+            fields,
+        }
+    }
 }
 
 /// What a request path resolved to.
@@ -235,14 +277,14 @@ fn resolve(
     // What was read is what gets served: a file changing between stat and read must not
     // leave a length that disagrees with the bytes.
     let len = body.as_ref().map_or(len, |b| b.len() as u64);
-    let identity = Repr {
-        body,
-        path: p.clone(),
+    let identity = Repr::new(
+        p.clone(),
         len,
         modified,
-        etag: etag(len, modified, ""),
-        coding: None,
-    };
+        etag(len, modified, ""),
+        None,
+        body,
+    );
     let mut variants = Vec::new();
     if cfg.precompressed {
         for (coding, ext) in [(Coding::Br, "br"), (Coding::Gzip, "gz")] {
@@ -259,14 +301,8 @@ fn resolve(
             let (vlen, vmod) = stamp(&m);
             let body = read_small(&sp, vlen);
             let vlen = body.as_ref().map_or(vlen, |b| b.len() as u64);
-            variants.push(Repr {
-                body,
-                path: sp,
-                len: vlen,
-                modified: vmod,
-                etag: etag(vlen, vmod, &format!("-{ext}")),
-                coding: Some(coding),
-            });
+            let tag = etag(vlen, vmod, &format!("-{ext}"));
+            variants.push(Repr::new(sp, vlen, vmod, tag, Some(coding), body));
         }
     }
     let has_gzip = variants.iter().any(|v| v.coding == Some(Coding::Gzip));
@@ -279,14 +315,14 @@ fn resolve(
             );
             if enc.write_all(body).is_ok() {
                 if let Ok(gz) = enc.finish() {
-                    variants.push(Repr {
-                        path: p.clone(),
-                        len: gz.len() as u64,
+                    variants.push(Repr::new(
+                        p.clone(),
+                        gz.len() as u64,
                         modified,
-                        etag: etag(len, modified, "-gzip"),
-                        coding: Some(Coding::Gzip),
-                        body: Some(Bytes::from(gz)),
-                    });
+                        etag(len, modified, "-gzip"),
+                        Some(Coding::Gzip),
+                        Some(Bytes::from(gz)),
+                    ));
                 }
             }
         }
