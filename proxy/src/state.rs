@@ -110,12 +110,13 @@ impl Snapshot {
             })
             .collect();
         let name = &config.server.name;
+        let token = crate::proxy::forward::instance_token();
         Ok(Snapshot {
             sticky_signers,
             generation,
             loaded_at: SystemTime::now(),
-            via_h1: header_value(&format!("1.1 {name}")),
-            via_h2: header_value(&format!("2 {name}")),
+            via_h1: header_value(&format!("1.1 {name} ({token})")),
+            via_h2: header_value(&format!("2 {name} ({token})")),
             region: header_value(&config.server.region),
             request_id_name: http::HeaderName::from_bytes(
                 config.server.request_id_header.as_bytes(),

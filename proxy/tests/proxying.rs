@@ -156,7 +156,16 @@ async fn forwarded_headers_and_request_ids() {
         Some(p.addr("http").port().to_string().as_str())
     );
     assert_eq!(seen.header("host"), Some("example.com"));
-    assert_eq!(seen.header("via"), Some("1.1 portico"));
+    // `1.1 portico (<this process's token>)`: the token is what loop detection looks for.
+    let via = seen.header("via").unwrap();
+    let token = via
+        .strip_prefix("1.1 portico (")
+        .and_then(|t| t.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{via}"));
+    assert!(
+        token.len() == 16 && token.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{via}"
+    );
     assert_eq!(seen.header("x-request-id"), Some(echoed_id.as_str()));
     // Internal and hop-by-hop headers never reach the upstream.
     assert_eq!(seen.header("fly-replay-src"), None);
@@ -649,4 +658,93 @@ upstream = "hang"
             assert!(r2.ends_with("good"), "{r2}");
         }
     }
+}
+
+/// An upstream that points back at Portico itself: the request comes back with this
+/// process's token in `Via` and is answered 508 at once, instead of looping until every
+/// connection is taken. Another Portico's `Via` (same name, other token) passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_looping_back_through_portico_is_508() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let web = Origin::named("web").await;
+    let p = Portico::start(&format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.self]
+backends = ["127.0.0.1:{port}"]
+[upstreams.web]
+backends = ["{}"]
+[[routes]]
+path = "/loop"
+upstream = "self"
+[[routes]]
+path = "/"
+upstream = "web"
+"#,
+        web.addr
+    ));
+    let c = client();
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        let r = c.get(p.url("http", "/loop")).send().await.unwrap();
+        assert_eq!(r.status(), 508);
+        let text = r.text().await.unwrap();
+        assert!(
+            text.contains("already passed through this Portico"),
+            "{text}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    assert!(metric(&p, "portico_http_rejected_total", &[("reason", "via_loop")]).await >= 20.0);
+    // A chain of Porticos, all named "portico", is not a loop.
+    let r = c
+        .get(p.url("http", "/"))
+        .header("via", "1.1 portico (0123456789abcdef), 1.1 portico")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = web.requests().pop().unwrap();
+    let via = seen.headers["via"].join(", ");
+    assert!(
+        via.starts_with("1.1 portico (0123456789abcdef), 1.1 portico, 1.1 portico ("),
+        "{via}"
+    );
+}
+
+/// With `routing_headers = false`, the routing headers are neither honoured nor forwarded.
+#[tokio::test]
+async fn routing_headers_off_are_ignored_and_removed() {
+    let web = Origin::named("web").await;
+    let api = Origin::named("api").await;
+    let p = Portico::start(&two_upstreams(&web, &api, "routing_headers = false"));
+    let r = client()
+        .get(p.url("http", "/"))
+        .header("fly-force-region", "nowhere")
+        .header("fly-force-instance-id", "nope")
+        .header("fly-prefer-region", "syd")
+        .header("fly-prefer-instance-id", "x")
+        .header("fly-other", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = web.requests().pop().unwrap();
+    for name in [
+        "fly-force-region",
+        "fly-force-instance-id",
+        "fly-prefer-region",
+        "fly-prefer-instance-id",
+    ] {
+        assert_eq!(seen.header(name), None, "{name}");
+    }
+    assert_eq!(seen.header("fly-other"), Some("kept"));
 }

@@ -43,6 +43,16 @@ impl Portico {
             let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
             ctx.client_ip = Some(forwarded::client_ip(peer, xff, &server.trusted_proxies));
         }
+        if super::forward::via_loop(req) {
+            return Some(LocalFailure {
+                status: 508,
+                reason: "via_loop",
+                message: "this request has already passed through this Portico (its Via \
+                          field holds this process's token): the upstream leads back here"
+                    .to_string(),
+                retry_after: None,
+            });
+        }
         let listener = self.listener_cfg(ctx)?;
         if listener.force_https && !self.listener.tls {
             let port = listener

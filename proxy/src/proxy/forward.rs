@@ -18,6 +18,25 @@ use super::Portico;
 /// `fly-replay-cache-status`, ...), is dropped before the request goes upstream.
 pub const INTERNAL_HEADERS: &[&str] = &["fly-preferred-instance-unavailable"];
 
+/// This process's token in `Via` (`Via: 1.1 portico (3f9ac2d15e7b0a64)`): 16 random hex
+/// digits made at start. A request whose `Via` already holds it has come back to this very
+/// process (an upstream that points at Portico itself) and is refused with 508 instead of
+/// looping until every connection is taken. The name alone cannot tell: every Portico in a
+/// chain of them may be called `portico`.
+pub fn instance_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("{:016x}", fastrand::u64(..)))
+}
+
+/// Whether `Via` fields of a request show it has already passed through this process.
+pub fn via_loop(req: &RequestHeader) -> bool {
+    let token = instance_token().as_bytes();
+    req.headers
+        .get_all(http::header::VIA)
+        .iter()
+        .any(|v| memchr::memmem::find(v.as_bytes(), token).is_some())
+}
+
 /// Whether a request header name is reserved to Portico (see [`INTERNAL_HEADERS`]).
 pub fn is_internal(name: &str) -> bool {
     name.starts_with("fly-replay") || INTERNAL_HEADERS.contains(&name)
@@ -52,6 +71,13 @@ impl Portico {
             }
             if !trusted || server.fly_headers {
                 for name in FLY_HEADERS {
+                    e.remove(http::HeaderName::from_static(name));
+                }
+            }
+            // Routing headers Portico was told not to honour must not reach an app that
+            // might honour them itself (or another Portico behind this one).
+            if !server.routing_headers {
+                for name in super::routing_headers::NAMES {
                     e.remove(http::HeaderName::from_static(name));
                 }
             }

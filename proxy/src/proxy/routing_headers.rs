@@ -10,6 +10,14 @@ use smallvec::SmallVec;
 
 use crate::upstream::Want;
 
+/// The four routing headers (removed before the upstream when `routing_headers = false`).
+pub const NAMES: [&str; 4] = [
+    "fly-prefer-region",
+    "fly-force-region",
+    "fly-prefer-instance-id",
+    "fly-force-instance-id",
+];
+
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     super::header_value(&req.headers, name)
 }
