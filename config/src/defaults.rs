@@ -19,6 +19,11 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle time allowed between requests on a client connection.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the next piece of a request body (nginx's `client_body_timeout`).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a draining connection between requests waits for a request its client may
+/// already have sent.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Largest request header (request line plus all fields).
 pub const MAX_HEADER_SIZE: u64 = 32 * 1024;
 /// Upper bound for `max_header_size` (pingora's parser refuses 1 MiB and more).

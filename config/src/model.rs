@@ -63,6 +63,9 @@ pub struct Server {
     pub work_stealing: bool,
     /// How long a graceful shutdown waits for in-flight work before closing it.
     pub shutdown_timeout: Duration,
+    /// On shutdown or upgrade, how long an idle keep-alive connection waits for a request
+    /// its client may already have sent (served with `Connection: close`) before it closes.
+    pub drain_grace: Duration,
     /// Log filter (`info`, `debug`, `portico=debug,pingora=warn`, ...).
     pub log_level: String,
     /// Log line format.
@@ -240,6 +243,12 @@ pub struct Listener {
     pub header_read_timeout: Duration,
     /// How long an idle client connection is kept open between requests.
     pub keepalive_timeout: Duration,
+    /// Longest wait for the next piece of a request body (408 after it).
+    pub body_read_timeout: Duration,
+    /// Slowest average request body rate accepted, bytes per second: the whole body must
+    /// arrive within `body_read_timeout` plus one second per `min_body_rate` bytes from its
+    /// start (Apache's `RequestReadTimeout body=...,MinRate=...`); 408 after it.
+    pub min_body_rate: Option<u64>,
     /// Largest request header accepted (431 above it).
     pub max_header_size: usize,
     /// Requests served on one connection before it is closed.

@@ -298,6 +298,10 @@ impl Validator<'_> {
             );
         }
         let shutdown_timeout = dur(f.shutdown_timeout, d::SHUTDOWN_TIMEOUT);
+        let drain_grace = dur(f.drain_grace, d::DRAIN_GRACE);
+        if drain_grace > Duration::from_secs(60) {
+            self.err(k.key("drain_grace"), "must be at most 60s");
+        }
         let primary_region = f.primary_region.clone().filter(|r| !r.is_empty());
         if let Some(r) = &primary_region {
             if !is_name(r) {
@@ -335,6 +339,7 @@ impl Validator<'_> {
             threads,
             work_stealing: f.work_stealing.is_some_and(|f| f.0),
             shutdown_timeout,
+            drain_grace,
             log_level,
             log_format,
             access_log: f.access_log.is_none_or(|f| f.0),
@@ -557,6 +562,17 @@ impl Validator<'_> {
             if header_read_timeout.is_zero() {
                 self.err(k.key("header_read_timeout"), "must be greater than zero");
             }
+            let body_read_timeout = dur(f.body_read_timeout, d::BODY_READ_TIMEOUT);
+            if body_read_timeout.is_zero() {
+                self.err(k.key("body_read_timeout"), "must be greater than zero");
+            }
+            let min_body_rate = f.min_body_rate.map(|v| v.0);
+            if min_body_rate == Some(0) {
+                self.err(
+                    k.key("min_body_rate"),
+                    "must be greater than zero (leave it out for no minimum)",
+                );
+            }
             let max_header_size = f.max_header_size.map_or(d::MAX_HEADER_SIZE, |v| v.0);
             if !(1024..=d::MAX_HEADER_SIZE_LIMIT).contains(&max_header_size) {
                 self.err(
@@ -580,6 +596,8 @@ impl Validator<'_> {
                 max_connections,
                 header_read_timeout,
                 keepalive_timeout: dur(f.keepalive_timeout, d::KEEPALIVE_TIMEOUT),
+                body_read_timeout,
+                min_body_rate,
                 max_header_size: usize::try_from(max_header_size).unwrap_or(usize::MAX),
                 max_requests_per_connection: f.max_requests_per_connection.map(|n| n.0),
                 reuse_port: f.reuse_port.is_some_and(|v| v.0),

@@ -159,8 +159,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test]
 async fn idle_shutdown_is_fast() {
     let o = Origin::named("o").await;
-    let mut p = Portico::start(&simple(&o, ""));
-    // An idle keep-alive connection must not hold the shutdown.
+    let mut p = Portico::start(&simple(&o, "drain_grace = \"100ms\""));
+    // An idle keep-alive connection holds the shutdown for `drain_grace` at most.
     let mut s = tokio::net::TcpStream::connect(p.addr("http"))
         .await
         .unwrap();

@@ -1,5 +1,6 @@
 //! Client limits and their status codes: 431 header size, 413 body size, 408 header timeout,
-//! keep-alive idle close, requests per connection, connections per listener.
+//! 408 for stalled and too-slow request bodies, keep-alive idle close, requests per
+//! connection, connections per listener.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -297,5 +298,101 @@ async fn buffered_routes_refuse_streamed_bodies_before_the_app_sees_them() {
         o.count(),
         2,
         "only the bodies under the limit reached the app"
+    );
+}
+
+/// Sends a head announcing `len` body bytes, then `piece` bytes every `every` until the
+/// connection answers or closes; returns the answer and how long it took.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    len: usize,
+    piece: usize,
+    every: Duration,
+) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let start = Instant::now();
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let mut sent = 0;
+    let end = start + Duration::from_secs(30);
+    while Instant::now() < end {
+        if sent < len && piece > 0 {
+            let n = piece.min(len - sent);
+            if s.write_all(&vec![b'x'; n]).await.is_err() {
+                break;
+            }
+            sent += n;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(every, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if out.windows(4).any(|w| w == b"\r\n\r\n") {
+            // The head is in; read what follows of a short body and stop.
+            let _ = tokio::time::timeout(Duration::from_millis(200), s.read_to_end(&mut out)).await;
+            break;
+        }
+    }
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+/// A body that stops arriving is cut at `body_read_timeout` with a 408; one that trickles
+/// (a byte now and then, never a long pause: R.U.D.Y.) is cut by `min_body_rate`; a normal
+/// upload on the same listener is untouched. Both are metered by reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_and_too_slow_bodies_get_408() {
+    let origin = Origin::named("app").await;
+    let p = Portico::start(&config(
+        &origin,
+        "body_read_timeout = \"1s\"\nmin_body_rate = \"1KiB\"",
+        "",
+    ));
+    let addr = p.addr("http");
+    // Stalled: 10 bytes of 1000, then nothing.
+    let (out, took) = trickle(addr, 1000, 10, Duration::from_secs(20)).await;
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert!(out.contains("body_read_timeout"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Trickling: 50 bytes every 200 ms (250 B/s, below 1 KiB/s), never a 1 s pause.
+    let (out, took) = trickle(addr, 100_000, 50, Duration::from_millis(200)).await;
+    assert!(out.starts_with("HTTP/1.1 408 "), "{out}");
+    assert!(out.contains("min_body_rate"), "{out}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    // A fast upload passes.
+    let r = client()
+        .post(p.url("http", "/up"))
+        .body(vec![b'y'; 4 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(origin.requests().last().unwrap().body.len(), 4 << 20);
+    assert_eq!(
+        metric(
+            &p,
+            "portico_http_rejected_total",
+            &[("reason", "body_timeout")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &p,
+            "portico_http_rejected_total",
+            &[("reason", "body_too_slow")]
+        )
+        .await,
+        1.0
     );
 }

@@ -50,8 +50,10 @@ const DRAIN_LIMIT: u64 = 64 * 1024;
 enum BodyError {
     /// The client went away or reset.
     Gone,
-    /// The client sent nothing for too long.
+    /// The client sent nothing for `body_read_timeout`.
     Timeout,
+    /// The body fell behind `min_body_rate` by more than the slack.
+    TooSlow,
     /// The body's framing is broken.
     Malformed(&'static str),
 }
@@ -65,6 +67,8 @@ struct ClientBody {
     done: bool,
     /// Body bytes read so far (data only, without chunk framing).
     data: u64,
+    /// When the first read of the body began (the clock of `min_body_rate`).
+    started: Option<tokio::time::Instant>,
 }
 
 impl ClientBody {
@@ -80,6 +84,7 @@ impl ClientBody {
             chunked: Chunked::default(),
             done,
             data: 0,
+            started: None,
         }
     }
 
@@ -120,9 +125,26 @@ impl ClientBody {
                 }
             }
             client.rbuf.reserve(16 * 1024);
-            match tokio::time::timeout(CLIENT_IO_TIMEOUT, client.io.read_buf(&mut client.rbuf))
-                .await
-            {
+            // The wait ends at `body_read_timeout`, or sooner when the body falls behind
+            // `min_body_rate`: the bytes read so far must have come within `read_timeout`
+            // plus `data / rate` seconds of the start (Apache's `MinRate`), so a trickle of
+            // bytes (R.U.D.Y.) cannot hold a connection and a backend for long.
+            let limits = client.body_limits;
+            let now = tokio::time::Instant::now();
+            let started = *self.started.get_or_insert(now);
+            let mut deadline = now + limits.read_timeout;
+            let mut too_slow = false;
+            if let Some(rate) = limits.min_rate {
+                let due = started
+                    + limits.read_timeout
+                    + Duration::from_secs_f64(self.data as f64 / rate as f64);
+                if due < deadline {
+                    deadline = due;
+                    too_slow = true;
+                }
+            }
+            match tokio::time::timeout_at(deadline, client.io.read_buf(&mut client.rbuf)).await {
+                Err(_) if too_slow => return Err(BodyError::TooSlow),
                 Err(_) => return Err(BodyError::Timeout),
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(BodyError::Gone),
                 Ok(Ok(_)) => {}
@@ -1027,9 +1049,10 @@ impl Exchange<'_> {
             return After::Gone;
         }
         if close {
-            // A malformed body cannot be read to its end: close at once. Any other early
-            // answer lingers, so an uploading client reads it instead of a reset.
-            if status_of(&self.ctx) != 400 {
+            // A malformed body cannot be read to its end, and a too-slow one is what the
+            // 408 ends: close at once. Any other early answer lingers, so an uploading
+            // client reads it instead of a reset.
+            if !matches!(status_of(&self.ctx), 400 | 408) {
                 self.linger(client).await;
             }
             After::Close
@@ -1175,7 +1198,12 @@ fn body_failure(e: BodyError) -> LocalFailure {
         BodyError::Timeout => LocalFailure::new(
             408,
             "body_timeout",
-            "the request body stopped arriving".into(),
+            "the request body stopped arriving (body_read_timeout)".into(),
+        ),
+        BodyError::TooSlow => LocalFailure::new(
+            408,
+            "body_too_slow",
+            "the request body arrived slower than min_body_rate".into(),
         ),
         BodyError::Malformed(why) => {
             LocalFailure::new(400, "bad_request", format!("malformed request body: {why}"))

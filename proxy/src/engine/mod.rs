@@ -68,6 +68,8 @@ pub struct Client<S> {
     pub wbuf: BytesMut,
     /// What the request path knows about the connection.
     pub info: ConnInfo,
+    /// Body limits of the listener (as of the current request).
+    pub body_limits: BodyLimits,
 }
 
 impl<S: ClientIo> Client<S> {
@@ -113,9 +115,32 @@ pub struct Limits {
     pub max_header_size: usize,
     /// Requests per connection.
     pub max_requests: Option<u32>,
+    /// Request body timeouts.
+    pub body: BodyLimits,
+    /// On shutdown, how long an idle connection waits for a request already on its way.
+    pub drain_grace: Duration,
 }
 
-/// Per-read timeout of request bodies and of writes to clients.
+/// How slowly a request body may arrive (`body_read_timeout`, `min_body_rate`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// Longest wait for the next piece.
+    pub read_timeout: Duration,
+    /// Slowest average rate, bytes per second: the body must have arrived by `read_timeout`
+    /// plus `bytes / min_rate` seconds from its first read.
+    pub min_rate: Option<u64>,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            read_timeout: portico_config::defaults::BODY_READ_TIMEOUT,
+            min_rate: None,
+        }
+    }
+}
+
+/// Timeout of writes to clients.
 pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves HTTP/1.1 requests on one client connection until it closes, the client stops
@@ -133,6 +158,7 @@ pub async fn serve<S: ClientIo>(
         rbuf: BytesMut::with_capacity(4096),
         wbuf: BytesMut::with_capacity(4096),
         info,
+        body_limits: BodyLimits::default(),
     };
     let mut served: u32 = 0;
     loop {
@@ -146,7 +172,9 @@ pub async fn serve<S: ClientIo>(
             header_timeout: l.header_timeout,
             max_size: l.max_header_size,
             fresh: served == 0,
+            drain_grace: l.drain_grace,
         };
+        client.body_limits = l.body;
         match read_head(&mut client.io, &mut client.rbuf, head_limits, &mut shutdown).await {
             Ok(()) => {}
             Err(HeadError::Timeout) => {

@@ -82,6 +82,8 @@ pub struct ListenerCtx {
 struct Settings {
     header_timeout: Duration,
     keepalive: Duration,
+    body: crate::engine::BodyLimits,
+    drain_grace: Duration,
     max_header_size: usize,
     max_requests: Option<u32>,
     h2c: bool,
@@ -92,6 +94,8 @@ impl Settings {
         crate::engine::Limits {
             header_timeout: self.header_timeout,
             keepalive: self.keepalive,
+            body: self.body,
+            drain_grace: self.drain_grace,
             max_header_size: self.max_header_size,
             max_requests: self.max_requests,
         }
@@ -102,10 +106,16 @@ impl ListenerCtx {
     /// Current per-connection settings (they follow config reloads).
     fn settings(&self) -> Settings {
         let snap = self.shared.current.load();
+        let drain_grace = snap.config.server.drain_grace;
         match snap.config.listeners.iter().find(|l| *l.name == *self.name) {
             Some(l) => Settings {
                 header_timeout: l.header_read_timeout,
                 keepalive: l.keepalive_timeout,
+                body: crate::engine::BodyLimits {
+                    read_timeout: l.body_read_timeout,
+                    min_rate: l.min_body_rate,
+                },
+                drain_grace,
                 max_header_size: l.max_header_size,
                 max_requests: l.max_requests_per_connection,
                 h2c: l.h2c,
@@ -113,6 +123,8 @@ impl ListenerCtx {
             None => Settings {
                 header_timeout: portico_config::defaults::HEADER_READ_TIMEOUT,
                 keepalive: portico_config::defaults::KEEPALIVE_TIMEOUT,
+                body: crate::engine::BodyLimits::default(),
+                drain_grace,
                 max_header_size: portico_config::defaults::MAX_HEADER_SIZE as usize,
                 max_requests: None,
                 h2c: false,

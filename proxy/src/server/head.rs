@@ -63,6 +63,9 @@ pub struct HeadLimits {
     /// The connection is new: its client is about to send a request and expects an answer,
     /// so a shutdown does not close it before its first request (within `idle`).
     pub fresh: bool,
+    /// Once a shutdown began, how long to wait for a request the client may already have
+    /// sent before closing an idle connection.
+    pub drain_grace: Duration,
 }
 
 /// Reads until `buf` holds a complete request head. Bytes after the head (a body) may be in
@@ -74,19 +77,40 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), HeadError> {
     // Phase 1: wait for the first byte (the connection is idle until then).
+    //
+    // On a shutdown or upgrade, an idle connection is not closed at once: its client may
+    // have sent its next request already (it is in the socket buffer, or on the wire), and
+    // a close now would reset it unanswered: a POST the client cannot know the fate of.
+    // A request arriving within `drain_grace` is served (with `Connection: close`, as the
+    // caller sees the shutdown); a connection that stays silent for it is closed.
     if buf.is_empty() {
-        if *shutdown.borrow() && !limits.fresh {
-            return Err(HeadError::Shutdown);
-        }
         buf.reserve(4096);
         let first = if limits.fresh {
             // Accepted just before a shutdown (or handed over by an upgrade): serve it.
             tokio::time::timeout(limits.idle, stream.read_buf(buf)).await
+        } else if *shutdown.borrow() {
+            match tokio::time::timeout(limits.drain_grace.min(limits.idle), stream.read_buf(buf))
+                .await
+            {
+                Err(_) => return Err(HeadError::Shutdown),
+                r => r,
+            }
         } else {
+            let idle_until = Instant::now() + limits.idle;
             tokio::select! {
-                biased;
-                _ = shutdown.changed() => return Err(HeadError::Shutdown),
-                r = tokio::time::timeout(limits.idle, stream.read_buf(buf)) => r,
+                // `read_buf` is cancel-safe: bytes read before the shutdown stay in `buf`.
+                r = tokio::time::timeout_at(idle_until, stream.read_buf(buf)) => r,
+                _ = shutdown.changed() => {
+                    let grace = (Instant::now() + limits.drain_grace).min(idle_until);
+                    if !buf.is_empty() {
+                        Ok(Ok(buf.len()))
+                    } else {
+                        match tokio::time::timeout_at(grace, stream.read_buf(buf)).await {
+                            Err(_) => return Err(HeadError::Shutdown),
+                            r => r,
+                        }
+                    }
+                }
             }
         };
         match first {
@@ -147,6 +171,7 @@ mod tests {
             idle: Duration::from_millis(200),
             header_timeout: Duration::from_millis(200),
             max_size: 64,
+            drain_grace: Duration::from_millis(100),
         }
     }
 

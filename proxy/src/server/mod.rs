@@ -246,6 +246,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                 max_connections: 64,
                 header_read_timeout: Duration::from_secs(10),
                 keepalive_timeout: Duration::from_secs(10),
+                body_read_timeout: Duration::from_secs(10),
+                min_body_rate: None,
                 max_header_size: 8192,
                 max_requests_per_connection: None,
                 reuse_port: false,
