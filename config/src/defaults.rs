@@ -19,6 +19,8 @@ pub const MAX_CONNECTIONS: usize = 10_000;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle time allowed between requests on a client connection.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Shortest admin token accepted.
+pub const ADMIN_TOKEN_MIN: usize = 16;
 /// Longest wait for the next piece of a request body (nginx's `client_body_timeout`).
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a draining connection between requests waits for a request its client may

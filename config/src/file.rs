@@ -152,6 +152,8 @@ pub struct CertFile {
 pub struct AdminFile {
     pub address: Option<String>,
     pub enabled: Option<Flag>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
 }
 
 /// One `[upstreams.<name>]` table.

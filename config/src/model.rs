@@ -266,6 +266,9 @@ pub struct Listener {
 pub struct Admin {
     /// Address to bind (loopback unless configured otherwise).
     pub address: SocketAddr,
+    /// Bearer token required for `/metrics`, `/status` details and `POST /reload`
+    /// (mandatory when `address` is not loopback).
+    pub token: Option<String>,
 }
 
 /// Load-balancing algorithm of an upstream.

@@ -675,6 +675,52 @@ impl Validator<'_> {
         }
     }
 
+    /// The admin token from `token` or the first line of `token_file`: at least
+    /// [`d::ADMIN_TOKEN_MIN`] characters, no whitespace.
+    fn admin_token(
+        &mut self,
+        token: Option<String>,
+        file: Option<String>,
+        k: &KeyPath,
+    ) -> Option<String> {
+        let (value, key) = match (token, file) {
+            (Some(_), Some(_)) => {
+                self.err(k.key("token_file"), "set token or token_file, not both");
+                return None;
+            }
+            (Some(t), None) => (t, "token"),
+            (None, Some(f)) => {
+                let path = self.resolve_path(&f);
+                match std::fs::read_to_string(&path) {
+                    Ok(s) => (
+                        s.lines().next().unwrap_or("").trim().to_string(),
+                        "token_file",
+                    ),
+                    Err(e) => {
+                        self.err(
+                            k.key("token_file"),
+                            format!("cannot read {}: {e}", path.display()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            (None, None) => return None,
+        };
+        if value.len() < d::ADMIN_TOKEN_MIN || value.chars().any(char::is_whitespace) {
+            self.err(
+                k.key(key),
+                format!(
+                    "the admin token must be at least {} characters without spaces (e.g. the \
+                     output of `openssl rand -hex 32`)",
+                    d::ADMIN_TOKEN_MIN
+                ),
+            );
+            return None;
+        }
+        Some(value)
+    }
+
     fn admin(&mut self, f: AdminFile, listeners: &[Listener]) -> Option<Admin> {
         if f.enabled.is_some_and(|e| !e.0) {
             return None;
@@ -691,7 +737,18 @@ impl Validator<'_> {
                         );
                     }
                 }
-                Some(Admin { address })
+                let token = self.admin_token(f.token, f.token_file, &k);
+                if token.is_none() && !address.ip().is_loopback() {
+                    self.err(
+                        k.key("address"),
+                        format!(
+                            "{address} is not a loopback address: set admin.token (or \
+                             admin.token_file) so /metrics, /status and /reload are not open \
+                             to the network"
+                        ),
+                    );
+                }
+                Some(Admin { address, token })
             }
             Err(e) => {
                 self.err(k.key("address"), e);

@@ -2,6 +2,14 @@
 //!
 //! It binds to loopback unless the config says otherwise, and runs on the control runtime so
 //! that it answers even when the proxy's workers are saturated.
+//!
+//! Access: with `[admin] token` (mandatory off loopback) `/metrics`, `POST /reload`, the
+//! reasons of `/ready` and the addresses in `/status` need `Authorization: Bearer <token>`
+//! (compared in constant time); `/healthz`, `/ready`'s status and a redacted `/status` stay
+//! open for probes. Without a token (loopback only) everything is open to local processes,
+//! but a request must name the admin by IP address or `localhost` (a web page cannot reach it
+//! through DNS rebinding). `POST /reload` refuses cross-site browser requests (`Origin`,
+//! `Sec-Fetch-Site`) in every mode, so a page open in a browser on the host cannot reload.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -43,6 +51,114 @@ fn health_json(b: &crate::upstream::BackendRt) -> Value {
 pub struct Admin {
     shared: Arc<Shared>,
     reloader: Option<Arc<crate::reload::Reloader>>,
+}
+
+/// What a request may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// No token configured (loopback): everything.
+    Open,
+    /// The right bearer token: everything.
+    Granted,
+    /// A token is configured and the request lacks it: probes and redacted status only.
+    Anonymous,
+    /// Refused outright (a loopback admin named by a host name: DNS rebinding).
+    Refused,
+}
+
+impl Access {
+    fn full(self) -> bool {
+        matches!(self, Access::Open | Access::Granted)
+    }
+}
+
+/// Constant-time equality of two secrets of any length: their SHA-256 digests are compared
+/// with every byte examined.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let (da, db) = (
+        ring::digest::digest(&ring::digest::SHA256, a),
+        ring::digest::digest(&ring::digest::SHA256, b),
+    );
+    da.as_ref()
+        .iter()
+        .zip(db.as_ref())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Whether a `Host` field names the admin by address or `localhost` (with any port).
+fn host_is_literal(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => {
+            return rest
+                .split(']')
+                .next()
+                .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+fn access(req: &pingora_http::RequestHeader, token: Option<&str>) -> Access {
+    let Some(token) = token else {
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        // No Host (HTTP/1.0) is a local tool, not a browser.
+        return if host.is_empty() || host_is_literal(host) {
+            Access::Open
+        } else {
+            Access::Refused
+        };
+    };
+    let presented = req
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, cred) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| cred.trim())
+        });
+    match presented {
+        Some(p) if same_secret(p.as_bytes(), token.as_bytes()) => Access::Granted,
+        _ => Access::Anonymous,
+    }
+}
+
+/// Whether a browser sent this request from another site: `Sec-Fetch-Site` other than
+/// `same-origin`/`none`, or an `Origin` that is not this admin's own.
+fn cross_site(req: &pingora_http::RequestHeader) -> bool {
+    let h = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+    if let Some(site) = h("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return true;
+        }
+    }
+    match h("origin") {
+        None => false,
+        Some(origin) => {
+            let host = h("host").unwrap_or("");
+            let own = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            own != Some(host)
+        }
+    }
+}
+
+fn unauthorized() -> Response<Vec<u8>> {
+    let mut r = text(
+        StatusCode::UNAUTHORIZED,
+        "this admin endpoint needs Authorization: Bearer <admin.token>\n",
+    );
+    r.headers_mut().insert(
+        "www-authenticate",
+        http::HeaderValue::from_static("Bearer realm=\"portico admin\""),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Vec<u8>> {
@@ -142,8 +258,17 @@ impl Admin {
             .unwrap_or_else(|_| Response::new(Vec::new()))
     }
 
-    /// The `/status` document.
-    pub fn status(&self) -> Value {
+    /// The `/status` document; `full` is false for a caller without the admin token, who sees
+    /// no listener, backend or discovery addresses and no static roots.
+    pub fn status(&self, full: bool) -> Value {
+        let mut v = self.status_full();
+        if !full {
+            redact(&mut v);
+        }
+        v
+    }
+
+    fn status_full(&self) -> Value {
         let snap = self.shared.current.load();
         let cfg = &snap.config;
         let listeners: Vec<Value> = self
@@ -256,6 +381,43 @@ impl Admin {
     }
 }
 
+/// Removes addresses and paths from a `/status` document.
+fn redact(v: &mut Value) {
+    let hide = |o: &mut Value, keys: &[&str]| {
+        if let Some(o) = o.as_object_mut() {
+            for k in keys {
+                if o.contains_key(*k) {
+                    o.insert(
+                        (*k).to_string(),
+                        Value::String("(hidden: needs admin.token)".into()),
+                    );
+                }
+            }
+        }
+    };
+    if let Some(ls) = v.get_mut("listeners").and_then(Value::as_array_mut) {
+        ls.iter_mut().for_each(|l| hide(l, &["address"]));
+    }
+    if let Some(rs) = v.get_mut("routes").and_then(Value::as_array_mut) {
+        rs.iter_mut().for_each(|r| hide(r, &["static_root"]));
+    }
+    if let Some(us) = v.get_mut("upstreams").and_then(Value::as_array_mut) {
+        for u in us {
+            if let Some(d) = u.get_mut("discovery") {
+                hide(d, &["targets", "last_error"]);
+            }
+            if let Some(bs) = u.get_mut("backends").and_then(Value::as_array_mut) {
+                bs.iter_mut()
+                    .for_each(|b| hide(b, &["key", "address", "origin"]));
+            }
+        }
+    }
+    hide(
+        v.get_mut("config").unwrap_or(&mut Value::Null),
+        &["source", "last_reload_error"],
+    );
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -263,6 +425,21 @@ impl ServeHttp for Admin {
         let method = req.method.clone();
         let path = req.uri.path().to_string();
         let get = method == http::Method::GET || method == http::Method::HEAD;
+        let token = self
+            .shared
+            .current
+            .load()
+            .config
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.clone());
+        let access = access(req, token.as_deref());
+        if access == Access::Refused {
+            return text(
+                StatusCode::FORBIDDEN,
+                "the admin answers requests addressed to it by IP address or localhost\n",
+            );
+        }
         match path.as_str() {
             "/metrics" | "/healthz" | "/ready" | "/status" if !get => {
                 let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -270,12 +447,15 @@ impl ServeHttp for Admin {
                     .insert("allow", http::HeaderValue::from_static("GET, HEAD"));
                 r
             }
+            "/metrics" if !access.full() => unauthorized(),
             "/metrics" => self.metrics(),
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/ready" => {
                 let reasons = self.not_ready_reasons();
                 if reasons.is_empty() {
                     text(StatusCode::OK, "ready\n")
+                } else if !access.full() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                 } else {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -283,13 +463,18 @@ impl ServeHttp for Admin {
                     )
                 }
             }
-            "/status" => json_response(StatusCode::OK, &self.status()),
+            "/status" => json_response(StatusCode::OK, &self.status(access.full())),
             "/reload" if method != http::Method::POST => {
                 let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "use POST /reload\n");
                 r.headers_mut()
                     .insert("allow", http::HeaderValue::from_static("POST"));
                 r
             }
+            "/reload" if cross_site(req) => text(
+                StatusCode::FORBIDDEN,
+                "cross-site requests cannot reload (Origin / Sec-Fetch-Site)\n",
+            ),
+            "/reload" if !access.full() => unauthorized(),
             "/reload" => match &self.reloader {
                 None => text(StatusCode::SERVICE_UNAVAILABLE, "reload is not available\n"),
                 Some(r) => match r.reload("POST /reload").await {

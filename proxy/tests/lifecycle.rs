@@ -339,3 +339,157 @@ async fn default_config_command_prints_a_valid_config() {
     let (code, _, err) = run_cli(&["check", "-c", path.to_str().unwrap()], &[]);
     assert_eq!(code, 0, "{err}");
 }
+
+/// With `[admin] token`, `/metrics` and `POST /reload` need the bearer token, `/status`
+/// hides addresses without it, probes stay open, and cross-site browser requests cannot
+/// reload even with a token. Without a token (loopback), a request naming the admin by a
+/// host name (DNS rebinding) is refused and cross-site reloads too.
+#[tokio::test]
+async fn admin_token_origin_checks_and_redacted_status() {
+    let o = Origin::named("origin").await;
+    let token = "s3cret-admin-token-0123456789";
+    let p = Portico::start(&format!(
+        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
+        o.addr
+    ));
+    let c = client();
+    let bearer = format!("Bearer {token}");
+    let get = |path: &str, auth: Option<&str>| {
+        let mut rb = c.get(p.admin_url(path));
+        if let Some(a) = auth {
+            rb = rb.header("authorization", a);
+        }
+        rb.send()
+    };
+    assert_eq!(get("/healthz", None).await.unwrap().status(), 200);
+    assert_eq!(get("/ready", None).await.unwrap().status(), 200);
+    let r = get("/metrics", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    assert_eq!(
+        get("/metrics", Some("Bearer wrong-token-0123456789"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(get("/metrics", Some(&bearer)).await.unwrap().status(), 200);
+    let anon = get("/status", None).await.unwrap().text().await.unwrap();
+    assert!(!anon.contains(&o.addr.to_string()), "{anon}");
+    assert!(!anon.contains(&p.addr("http").to_string()), "{anon}");
+    assert!(anon.contains("\"in_flight\""), "{anon}");
+    let full = get("/status", Some(&bearer))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(full.contains(&o.addr.to_string()), "{full}");
+    let reload = |headers: &[(&str, &str)]| {
+        let mut rb = c.post(p.admin_url("/reload"));
+        for (k, v) in headers {
+            rb = rb.header(*k, *v);
+        }
+        rb.send()
+    };
+    assert_eq!(reload(&[]).await.unwrap().status(), 401);
+    assert_eq!(
+        reload(&[("authorization", &bearer)])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    for cross in [
+        ("origin", "http://evil.example"),
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+    ] {
+        let r = reload(&[("authorization", &bearer), cross]).await.unwrap();
+        assert_eq!(r.status(), 403, "{cross:?}");
+    }
+    // The admin's own origin is fine.
+    let own = format!("http://{}", p.admin());
+    assert_eq!(
+        reload(&[("authorization", &bearer), ("origin", &own)])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // No token, loopback: open to local tools, closed to web pages.
+    let q = Portico::start(&simple(&o, ""));
+    let r = c.get(q.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(q.admin_url("/status"))
+        .header("host", "rebind.evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c
+        .get(q.admin_url("/status"))
+        .header("host", format!("localhost:{}", q.admin().port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .post(q.admin_url("/reload"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        c.post(q.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+/// Off loopback the admin needs a token: `portico check` names the key and the fix; bad
+/// tokens and unreadable token files are errors too; a token file works.
+#[tokio::test]
+async fn admin_off_loopback_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |admin: &str| {
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            format!("[[listeners]]\naddress = \"127.0.0.1:8080\"\n[admin]\n{admin}\n[upstreams.app]\nbackends = [\"127.0.0.1:3000\"]\n"),
+        )
+        .unwrap();
+        run_cli(&["check", "-c", path.to_str().unwrap()], &[])
+    };
+    let (code, _, err) = check("address = \"0.0.0.0:9901\"");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("admin.address"), "{err}");
+    assert!(
+        err.contains("not a loopback address: set admin.token"),
+        "{err}"
+    );
+    let (code, _, err) = check("address = \"0.0.0.0:9901\"\ntoken = \"short\"");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("admin.token") && err.contains("at least 16"),
+        "{err}"
+    );
+    let (code, _, err) = check("address = \"0.0.0.0:9901\"\ntoken_file = \"missing-token\"");
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("admin.token_file") && err.contains("cannot read"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("admin-token"), "0123456789abcdef0123\n").unwrap();
+    let (code, _, err) = check("address = \"0.0.0.0:9901\"\ntoken_file = \"admin-token\"");
+    assert_eq!(code, 0, "{err}");
+}
