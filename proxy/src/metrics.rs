@@ -26,6 +26,9 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     /// Requests answered by Portico itself, by reason (`no_route`, `body_too_large`, ...).
     pub rejected: IntCounterVec,
+    /// Responses that started and could not be completed, by route and reason
+    /// (`upstream_failed_mid_response`, `client_gone`).
+    pub incomplete: IntCounterVec,
     /// Client connections open now, by listener.
     pub connections_open: IntGaugeVec,
     /// Client connections accepted, by listener.
@@ -164,6 +167,12 @@ impl Metrics {
                 "portico_http_rejected_total",
                 "Requests answered by Portico without reaching an upstream, by reason.",
                 &["reason"],
+            ),
+            incomplete: counter_vec(
+                &registry,
+                "portico_http_incomplete_total",
+                "Responses whose head went out and whose body could not be completed, by route and reason.",
+                &["route", "reason"],
             ),
             connections_open: gauge_vec(
                 &registry,

@@ -494,6 +494,7 @@ async fn access_log_line_per_request() {
     assert_eq!(v["referer"], "https://example.com/from");
     assert_eq!(v["protocol"], "HTTP/1.1");
     assert_eq!(v["tls"], "-");
+    assert_eq!(v["error"], "-");
     assert_eq!(v["upstream_status"], 200);
     let up_ms = v["upstream_ms"].as_f64().unwrap();
     assert!(
@@ -747,4 +748,162 @@ async fn routing_headers_off_are_ignored_and_removed() {
         assert_eq!(seen.header(name), None, "{name}");
     }
     assert_eq!(seen.header("fly-other"), Some("kept"));
+}
+
+/// An origin that reads one request per connection and answers with `answer`, then closes.
+async fn closing_origin(answer: &'static [u8]) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+                // Dropped: the connection ends here, in the head or the body.
+            });
+        }
+    });
+    addr
+}
+
+/// One truthful outcome per request: a backend that closes in the response head was
+/// reached, so the 502 says `upstream_error` (not "unreachable"); one that closes in the
+/// middle of the body leaves the status the client got (200) in the log, with
+/// `error=upstream_failed_mid_response` and a count in `portico_http_incomplete_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_have_one_truthful_outcome_in_answer_log_and_metrics() {
+    let in_head = closing_origin(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+    let mid_body =
+        closing_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial body").await;
+    let p = Portico::start(&format!(
+        r#"
+[server]
+log_format = "json"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+[admin]
+address = "127.0.0.1:0"
+[upstreams.head]
+backends = ["{in_head}"]
+[upstreams.body]
+backends = ["{mid_body}"]
+[upstreams.dead]
+backends = ["{}"]
+[[routes]]
+path = "/head"
+upstream = "head"
+[[routes]]
+path = "/body"
+upstream = "body"
+[[routes]]
+path = "/dead"
+upstream = "dead"
+"#,
+        dead_addr()
+    ));
+    let c = client();
+    let r = c
+        .get(p.url("http", "/head"))
+        .header("x-request-id", "in-head")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("upstream \"head\" failed"), "{text}");
+    let r = c
+        .get(p.url("http", "/dead"))
+        .header("x-request-id", "dead")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("unreachable"));
+    let r = c
+        .get(p.url("http", "/body"))
+        .header("x-request-id", "mid-body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.is_err(), "the body must end early");
+
+    let line = |id: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(l) = p
+                .stdout_lines()
+                .into_iter()
+                .find(|l| l.contains(&format!("\"{id}\"")))
+            {
+                return serde_json::from_str::<serde_json::Value>(&l).unwrap();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no access log line for {id}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let v = line("in-head");
+    assert_eq!(
+        (v["status"].as_u64(), v["error"].as_str()),
+        (Some(502), Some("upstream_error")),
+        "{v}"
+    );
+    let v = line("dead");
+    assert_eq!(
+        (v["status"].as_u64(), v["error"].as_str()),
+        (Some(502), Some("upstream_unreachable")),
+        "{v}"
+    );
+    let v = line("mid-body");
+    assert_eq!(
+        (v["status"].as_u64(), v["error"].as_str()),
+        (Some(200), Some("upstream_failed_mid_response")),
+        "{v}"
+    );
+    assert_eq!(
+        metric(
+            &p,
+            "portico_http_rejected_total",
+            &[("reason", "upstream_error")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &p,
+            "portico_http_rejected_total",
+            &[("reason", "upstream_unreachable")]
+        )
+        .await,
+        1.0
+    );
+    wait_metric(
+        &p,
+        "portico_http_incomplete_total",
+        &[("reason", "upstream_failed_mid_response")],
+        1.0,
+    )
+    .await;
+    // The warning about the head failure names the same reason as the answer and the log.
+    let err = p.stderr_text();
+    let warning = err
+        .lines()
+        .find(|l| l.contains("in-head") && l.contains("request failed"));
+    assert!(
+        warning.is_some_and(|l| l.contains("upstream_error")),
+        "{err}"
+    );
 }

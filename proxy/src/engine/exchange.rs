@@ -375,6 +375,7 @@ impl Exchange<'_> {
         match e {
             AttemptError::Client(f) => Some(f),
             AttemptError::BadResponse(why) => {
+                ctx.last_error_reason = "upstream_error";
                 ctx.last_error = Some(format!("backend {addr}: {why}"));
                 Some(LocalFailure::new(
                     502,
@@ -395,6 +396,7 @@ impl Exchange<'_> {
                     }
                 }
                 ctx.last_error_status = 502;
+                ctx.last_error_reason = "upstream_unreachable";
                 ctx.last_error = Some(format!("connecting to {addr} failed: {why}"));
                 tracing::debug!(request_id = ctx.id(), upstream = up.name(), backend = %addr, error = %why, "connect to backend failed");
                 // Nothing reached the backend: any method may go elsewhere, if the body can
@@ -416,6 +418,11 @@ impl Exchange<'_> {
             AttemptError::Failed { message, timeout } => {
                 ctx.last_error = Some(format!("backend {addr}: {message}"));
                 ctx.last_error_status = if timeout { 504 } else { 502 };
+                ctx.last_error_reason = if timeout {
+                    "upstream_timeout"
+                } else {
+                    "upstream_error"
+                };
                 // The request may have reached the backend: only idempotent requests go
                 // again, before anything reached the client, within the retry budget, and not
                 // after a timeout (a retry storm in the making).
@@ -905,11 +912,14 @@ impl Exchange<'_> {
             pool::give(conn, up_cfg.idle_timeout);
         }
         if pumped.client_failed {
+            self.incomplete("client_gone");
             return Ok(Some(After::Gone));
         }
         if let Some(e) = pumped.up_error {
-            // The answer started: the client can only see the connection end early.
-            tracing::warn!(request_id = self.ctx.id(), status, error = %e, "backend failed in the middle of the response");
+            // The answer started: the client can only see the connection end early. The
+            // status it got stays in the log and metrics; `error` says it was cut short.
+            self.incomplete("upstream_failed_mid_response");
+            tracing::warn!(request_id = self.ctx.id(), status, reason = "upstream_failed_mid_response", error = %e, "backend failed in the middle of the response");
             return Ok(Some(After::Gone));
         }
         Ok(Some(if close_after {
@@ -993,6 +1003,9 @@ impl Exchange<'_> {
         client: &mut Client<S>,
         f: LocalFailure,
     ) -> After {
+        if f.reason != "force_https" {
+            self.ctx.error = Some(f.reason);
+        }
         if f.status == 0 || self.answered {
             tracing::debug!(request_id = self.ctx.id(), reason = f.reason, message = %f.message, "request ended without an answer");
             self.ctx.failure = Some(f);
@@ -1159,6 +1172,18 @@ impl Exchange<'_> {
                 bytes_out: self.bytes_sent,
             },
         })
+    }
+
+    /// A response that started could not be completed.
+    fn incomplete(&mut self, reason: &'static str) {
+        self.ctx.error = Some(reason);
+        let route = self.ctx.route().map_or("-", |r| r.name.as_str());
+        self.app
+            .shared
+            .metrics
+            .incomplete
+            .with_label_values(&[route, reason])
+            .inc();
     }
 
     fn finish(&mut self) {

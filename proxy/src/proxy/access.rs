@@ -47,6 +47,7 @@ pub struct Fields<'a> {
     upstream_ms: Option<f64>,
     attempts: u32,
     replays: u32,
+    error: &'static str,
 }
 
 impl<'a> Fields<'a> {
@@ -104,6 +105,7 @@ impl<'a> Fields<'a> {
             upstream_ms: ctx.upstream_time.map(ms),
             attempts: ctx.attempts,
             replays: u32::from(ctx.replay.hops),
+            error: ctx.error.unwrap_or("-"),
         }
     }
 
@@ -122,6 +124,7 @@ impl<'a> Fields<'a> {
             upstream_ms: self.upstream_ms,
             attempts: self.attempts,
             replays: self.replays,
+            error: self.error,
         }
     }
 }
@@ -134,6 +137,7 @@ pub struct Owned {
     upstream_ms: Option<f64>,
     attempts: u32,
     replays: u32,
+    error: &'static str,
 }
 
 impl Owned {
@@ -151,6 +155,7 @@ impl Owned {
             upstream_ms: self.upstream_ms,
             attempts: self.attempts,
             replays: self.replays,
+            error: self.error,
         }
     }
 }
@@ -186,5 +191,6 @@ pub fn write(f: &Fields<'_>, status: u16, bytes: u64, duration: Duration) {
         ("replayed_from", Value::Str(replayed_from)),
         ("user_agent", Value::Str(user_agent)),
         ("referer", Value::Str(referer)),
+        ("error", Value::Str(f.error)),
     ]);
 }

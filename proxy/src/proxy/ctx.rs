@@ -92,6 +92,12 @@ pub struct RequestCtx {
     pub last_error: Option<String>,
     /// Status that error maps to (502, or 504 for a timeout).
     pub last_error_status: u16,
+    /// Reason that error maps to: `upstream_unreachable` (no connection), `upstream_error`
+    /// (the backend was reached and failed), `upstream_timeout`.
+    pub last_error_reason: &'static str,
+    /// Why the request did not end cleanly, for the access log's `error` field: the reason
+    /// of Portico's own answer, or what cut a response short.
+    pub error: Option<&'static str>,
     /// A response Portico decided on (no route, queue timeout, ...).
     pub failure: Option<LocalFailure>,
     /// Request body bytes seen (for `max_body`).
@@ -141,6 +147,8 @@ impl RequestCtx {
             attempts: 0,
             last_error: None,
             last_error_status: 502,
+            last_error_reason: "upstream_unreachable",
+            error: None,
             failure: None,
             body_bytes: 0,
             backend_addr: None,

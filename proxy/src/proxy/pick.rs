@@ -56,11 +56,18 @@ pub(super) fn acquire_failure(up: &UpstreamRt, e: AcquireError, ctx: &RequestCtx
             ),
             retry_after: None,
         },
+        // The last attempt says what happened: no connection at all, or a backend that was
+        // reached and failed (a reset in the response head is not "unreachable").
         AcquireError::AllTried => LocalFailure {
             status: 502,
-            reason: "upstream_unreachable",
+            reason: ctx.last_error_reason,
             message: format!(
-                "upstream \"{name}\" unreachable: {}",
+                "upstream \"{name}\" {}: {}",
+                if ctx.last_error_reason == "upstream_unreachable" {
+                    "unreachable"
+                } else {
+                    "failed"
+                },
                 ctx.last_error.as_deref().unwrap_or("every backend failed")
             ),
             retry_after: None,
