@@ -135,6 +135,16 @@ async fn ambiguous_framing_is_refused_and_nothing_reaches_the_backend() {
             format!("GET /a b HTTP/1.1\r\nHost: a\r\n\r\n{smuggled}"),
             400,
         ),
+        (
+            "tab in the target",
+            format!("GET /a\tb HTTP/1.1\r\nHost: a\r\n\r\n{smuggled}"),
+            400,
+        ),
+        (
+            "raw UTF-8 in the target",
+            format!("GET /caf\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n{smuggled}"),
+            400,
+        ),
     ];
     for (name, req, status) in &cases {
         let out = raw(addr, req.as_bytes(), Duration::from_secs(5)).await;
@@ -292,6 +302,10 @@ async fn limits_on_the_request_line_and_field_count() {
     let addr = p.addr("http");
     let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(10 * 1024));
     let out = raw(addr, long.as_bytes(), Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 414 "), "{out}");
+    // A request line longer than the whole head limit is still a 414, not a 431.
+    let longer = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(40 * 1024));
+    let out = raw(addr, longer.as_bytes(), Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 414 "), "{out}");
     let many: String = (0..150).map(|i| format!("x-{i}: 1\r\n")).collect();
     let req = format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n");

@@ -121,6 +121,9 @@ fn chunked_only(headers: &HeaderMap) -> Result<bool, Refused> {
     ))
 }
 
+/// Longest request target accepted (414 beyond it), as nginx's default 8 KiB line buffer.
+pub const MAX_TARGET: usize = 8 * 1024;
+
 /// Parses a complete request head at the start of `buf`. `max_target` bounds the request
 /// target (414 beyond it).
 pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> {
@@ -150,6 +153,14 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
         return Err(refused(
             414,
             format!("request target longer than {max_target} bytes"),
+        ));
+    }
+    // Only visible ASCII (RFC 9112 section 3.2, RFC 3986): raw UTF-8 or control bytes in
+    // the target are refused, not passed on for each backend to read its own way.
+    if !target.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(refused(
+            400,
+            "the request target must be visible ASCII (percent-encode other bytes)",
         ));
     }
     let version = if minor == 1 {

@@ -169,7 +169,7 @@ enum AttemptError {
 
 /// Serves one request whose head is at the start of `client.rbuf`.
 pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bool) -> After {
-    let max_target = 8 * 1024;
+    let max_target = codec::MAX_TARGET;
     let parsed = match codec::parse_request(&client.rbuf, max_target) {
         Ok(p) => p,
         Err(r) => {

@@ -187,6 +187,22 @@ pub async fn serve<S: ClientIo>(
                 .await;
                 return None;
             }
+            Err(HeadError::TooLarge)
+                if memchr::memchr(b'\n', &client.rbuf).is_none_or(|i| i > codec::MAX_TARGET) =>
+            {
+                // The request line is what is too long: a target over the limit (RFC 9112).
+                reject(app, "uri_too_long");
+                let _ = crate::server::head::write_simple_response(
+                    &mut client.io,
+                    "414 URI Too Long",
+                    &format!(
+                        "414 URI Too Long\nportico: the request line is longer than {} bytes\n",
+                        l.max_header_size
+                    ),
+                )
+                .await;
+                return None;
+            }
             Err(HeadError::TooLarge) => {
                 reject(app, "header_too_large");
                 let _ = crate::server::head::write_simple_response(
