@@ -115,7 +115,10 @@ async fn continuation_flood_gets_goaway_and_reaches_nobody() {
         sent += cont.len();
     }
     let kinds = frames_until_close(&mut s, Duration::from_secs(10)).await;
-    assert!(kinds.contains(&7), "no GOAWAY after {sent} bytes: {kinds:?}");
+    assert!(
+        kinds.contains(&7),
+        "no GOAWAY after {sent} bytes: {kinds:?}"
+    );
     assert_eq!(origin.count(), 0, "a flooded request reached the origin");
     still_serves(&p).await;
 }

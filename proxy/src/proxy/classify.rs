@@ -31,7 +31,7 @@ impl Portico {
         // Request id: keep a valid incoming one, else make one.
         let incoming = req
             .headers
-            .get(server.request_id_header.as_str())
+            .get(&ctx.snap.request_id_name)
             .filter(|v| forwarded::valid_request_id(v.as_bytes()))
             .cloned();
         ctx.request_id = Some(incoming.unwrap_or_else(forwarded::new_request_id));
@@ -40,7 +40,9 @@ impl Portico {
         if let Some(peer) = peer {
             ctx.peer_ip = Some(peer);
             ctx.peer_trusted = forwarded::is_trusted(peer, &server.trusted_proxies);
-            let xff = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+            // Looked up by a constant name: a `&str` name is parsed and hashed per call.
+            const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+            let xff = req.headers.get(XFF).map(|v| v.as_bytes());
             ctx.client_ip = Some(forwarded::client_ip(peer, xff, &server.trusted_proxies));
         }
         if super::forward::via_loop(req) {

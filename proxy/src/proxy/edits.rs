@@ -36,6 +36,14 @@ impl Edits {
         self.add.push((name, value));
     }
 
+    /// [`Self::set`] for a name these edits do not hold yet (the forwarding headers, set once
+    /// each on empty edits): no search of what is there.
+    pub fn set_new(&mut self, name: HeaderName, value: HeaderValue) {
+        debug_assert!(!self.add.iter().any(|(n, _)| *n == name));
+        self.drop.push(name.clone());
+        self.add.push((name, value));
+    }
+
     /// Adds a value of `name`, keeping the others.
     pub fn add(&mut self, name: HeaderName, value: HeaderValue) {
         self.add.push((name, value));

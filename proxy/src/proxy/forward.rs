@@ -107,26 +107,26 @@ impl Portico {
                     e,
                 )
             })?;
-            e.set(X_FORWARDED_FOR, xff);
+            e.set_new(X_FORWARDED_FOR, xff);
         }
         let keep = |name: &HeaderName| trusted && req.headers.contains_key(name);
         let tls = self.listener.tls;
         if !keep(&X_FORWARDED_PROTO) {
             let v = if tls { "https" } else { "http" };
-            e.set(X_FORWARDED_PROTO, HeaderValue::from_static(v));
+            e.set_new(X_FORWARDED_PROTO, HeaderValue::from_static(v));
         }
         if !keep(&X_FORWARDED_SSL) {
             let v = if tls { "on" } else { "off" };
-            e.set(X_FORWARDED_SSL, HeaderValue::from_static(v));
+            e.set_new(X_FORWARDED_SSL, HeaderValue::from_static(v));
         }
         if !keep(&X_FORWARDED_PORT) {
-            e.set(X_FORWARDED_PORT, self.listener.port_value.clone());
+            e.set_new(X_FORWARDED_PORT, self.listener.port_value.clone());
         }
         if !keep(&X_FORWARDED_HOST) {
             if let Some(host) = req.headers.get(HOST) {
-                e.set(X_FORWARDED_HOST, host.clone());
+                e.set_new(X_FORWARDED_HOST, host.clone());
             } else if let Some(a) = req.uri.authority() {
-                e.set(X_FORWARDED_HOST, super::edits::value(a.as_str())?);
+                e.set_new(X_FORWARDED_HOST, super::edits::value(a.as_str())?);
             }
         }
         let via = if ctx.conn.http2 {
@@ -136,7 +136,7 @@ impl Portico {
         };
         e.add(http::header::VIA, via.clone());
         if let Some(id) = &ctx.request_id {
-            e.set(ctx.snap.request_id_name.clone(), id.clone());
+            e.set_new(ctx.snap.request_id_name.clone(), id.clone());
         }
         if server.fly_headers {
             if let Some(ip) = ctx.client_ip {
@@ -145,12 +145,12 @@ impl Portico {
                 let v = HeaderValue::from_maybe_shared(ip).map_err(|e| {
                     Error::because(pingora_error::ErrorType::InternalError, "client ip", e)
                 })?;
-                e.set(FLY_CLIENT_IP, v);
+                e.set_new(FLY_CLIENT_IP, v);
             }
-            e.set(FLY_REGION, ctx.snap.region.clone());
-            e.set(FLY_FORWARDED_PORT, self.listener.port_value.clone());
+            e.set_new(FLY_REGION, ctx.snap.region.clone());
+            e.set_new(FLY_FORWARDED_PORT, self.listener.port_value.clone());
             if let Some(id) = &ctx.request_id {
-                e.set(FLY_REQUEST_ID, id.clone());
+                e.set_new(FLY_REQUEST_ID, id.clone());
             }
         }
         Ok(())

@@ -39,7 +39,11 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let hay = &buf[start..];
     // Nearly every client ends lines with CRLF, so one search usually settles it. A head
     // with bare-LF endings is found by the second search; pingora parses the exact end itself.
-    memmem::find(hay, b"\r\n\r\n")
+    // One searcher built once: `memmem::find` builds one per call, which cost more than the
+    // search of a short head.
+    static END: std::sync::LazyLock<memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memmem::Finder::new(b"\r\n\r\n"));
+    END.find(hay)
         .map(|i| start + i + 4)
         .or_else(|| memmem::find(hay, b"\n\n").map(|j| start + j + 2))
 }
