@@ -76,7 +76,7 @@ macro_rules! outln {
 /// `portico check`: validates the config (including certificates and host names) and prints
 /// a summary, or every problem.
 fn check(path: Option<PathBuf>) -> i32 {
-    let loaded = match server::load_config(path.as_deref()) {
+    let loaded = match crate::load::load_config(path.as_deref()) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
@@ -84,7 +84,7 @@ fn check(path: Option<PathBuf>) -> i32 {
             return 2;
         }
     };
-    if let Err(errors) = server::prepare_tls(&loaded) {
+    if let Err(errors) = crate::load::prepare_tls(&loaded) {
         eprintln!("{errors}");
         eprintln!("{} problem(s) found", errors.errors().len());
         return 2;

@@ -87,10 +87,10 @@ pub fn chunked(data: &[u8]) {
 
 /// The end of a request head.
 pub fn head_end(data: &[u8]) {
-    if let Some(end) = crate::server::head::find_head_end(data, 0) {
+    if let Some(end) = crate::engine::head::find_head_end(data, 0) {
         assert!(end <= data.len());
         let from = data.first().map_or(0, |&b| b as usize % (data.len() + 1));
-        if let Some(again) = crate::server::head::find_head_end(data, from.min(end)) {
+        if let Some(again) = crate::engine::head::find_head_end(data, from.min(end)) {
             assert!(again <= data.len());
         }
     }
@@ -98,7 +98,7 @@ pub fn head_end(data: &[u8]) {
 
 /// WebSocket frame boundaries, fed in two pieces.
 pub fn ws_frames(data: &[u8]) {
-    let mut f = crate::server::wsclose::Frames::default();
+    let mut f = crate::wsclose::Frames::default();
     let cut = data.len() / 2;
     f.advance(&data[..cut]);
     f.advance(&data[cut..]);

@@ -22,6 +22,7 @@ pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
@@ -34,3 +35,4 @@ pub mod sticky;
 pub mod tls;
 pub mod tls_client;
 pub mod upstream;
+pub mod wsclose;

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
-use crate::server::{load_config, prepare_tls};
+use crate::load::{load_config, prepare_tls};
 use crate::state::{Shared, Snapshot};
 use crate::tls::SniResolver;
 

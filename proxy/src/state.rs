@@ -238,7 +238,7 @@ pub struct Shared {
     /// Static files in memory.
     pub files: crate::statics::cache::FileCache,
     /// Upgraded client connections, to close cleanly at shutdown.
-    pub ws_conns: crate::server::wsclose::Registry,
+    pub ws_conns: crate::wsclose::Registry,
     next_generation: AtomicU64,
 }
 

@@ -25,7 +25,7 @@ use super::{pool, Client, ClientIo, CLIENT_IO_TIMEOUT};
 use crate::metrics::status_class;
 use crate::proxy::ctx::{InFlight, LocalFailure, RequestCtx};
 use crate::proxy::{access, respond, websocket, Portico};
-use crate::server::wsclose::Frames;
+use crate::wsclose::Frames;
 
 /// What the connection does after a request.
 pub enum After {

@@ -22,6 +22,7 @@
 pub mod chunked;
 pub mod codec;
 pub mod exchange;
+pub mod head;
 pub mod pool;
 pub mod tunnel;
 pub mod upstream;
@@ -34,9 +35,9 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use crate::engine::head::{read_head, HeadError, HeadLimits};
 use crate::proxy::ctx::ConnInfo;
 use crate::proxy::Portico;
-use crate::server::head::{read_head, HeadError, HeadLimits};
 
 /// A client connection's transport: plain TCP, or TLS through pingora's acceptor.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -179,7 +180,7 @@ pub async fn serve<S: ClientIo>(
             Ok(()) => {}
             Err(HeadError::Timeout) => {
                 reject(app, "header_timeout");
-                let _ = crate::server::head::write_simple_response(
+                let _ = crate::engine::head::write_simple_response(
                     &mut client.io,
                     "408 Request Timeout",
                     "408 Request Timeout\nportico: the request head was not received in time\n",
@@ -192,7 +193,7 @@ pub async fn serve<S: ClientIo>(
             {
                 // The request line is what is too long: a target over the limit (RFC 9112).
                 reject(app, "uri_too_long");
-                let _ = crate::server::head::write_simple_response(
+                let _ = crate::engine::head::write_simple_response(
                     &mut client.io,
                     "414 URI Too Long",
                     &format!(
@@ -205,7 +206,7 @@ pub async fn serve<S: ClientIo>(
             }
             Err(HeadError::TooLarge) => {
                 reject(app, "header_too_large");
-                let _ = crate::server::head::write_simple_response(
+                let _ = crate::engine::head::write_simple_response(
                     &mut client.io,
                     "431 Request Header Fields Too Large",
                     &format!(

@@ -27,9 +27,9 @@ use super::{ClientIo, CLIENT_IO_TIMEOUT};
 use crate::proxy::access;
 use crate::proxy::ctx::InFlight;
 use crate::proxy::websocket::WsState;
-use crate::server::wsclose::{close_frame, ConnState, Frames};
 use crate::state::Shared;
 use crate::upstream::Lease;
+use crate::wsclose::{close_frame, ConnState, Frames};
 
 /// How long peers get to finish a closing handshake Portico started.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);

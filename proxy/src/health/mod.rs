@@ -4,12 +4,11 @@
 //! keeps one task per (upstream, backend, check): new backends (from start-up, DNS or a
 //! reload) are checked right away, removed ones stop being checked. Each task checks on its
 //! interval with jitter, under a global bound on concurrent checks, and records results in the
-//! backend's [`state::Health`], which selection reads with two atomic loads. Transitions are
+//! backend's [`crate::upstream::health::Health`], which selection reads with two atomic loads. Transitions are
 //! logged once each. Successful check round trips feed the backend's latency estimate, which
 //! orders remote regions.
 
 pub mod probe;
-pub mod state;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::state::Shared;
+use crate::upstream::health as state;
 use crate::upstream::BackendRt;
 use state::{Transition, Verdict};
 

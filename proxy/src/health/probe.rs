@@ -9,7 +9,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::state::CheckResult;
+use crate::upstream::health::CheckResult;
 
 /// Largest response head read from a check.
 const MAX_HEAD: usize = 8192;

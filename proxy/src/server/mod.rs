@@ -5,10 +5,8 @@
 //! connections, exit when done or after `shutdown_timeout`); SIGINT stops at once.
 
 pub mod conn;
-pub mod head;
 pub mod listener;
 pub mod upgrade;
-pub mod wsclose;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,18 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::http_proxy;
-use portico_config::{ConfigErrors, Loaded, Problems};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::load::{load_config, prepare_tls};
 use crate::metrics::Metrics;
 use crate::proxy::{ListenerInfo, Portico};
 use crate::state::{BoundListener, Shared, Snapshot};
-use crate::tls::{self, CertStore, SniResolver};
 use conn::{ListenerCtx, Tracker};
 
 /// How `portico run` was asked to start.
@@ -51,56 +47,6 @@ impl std::fmt::Display for Reported {
 }
 
 impl std::error::Error for Reported {}
-
-/// Loads the configuration: the file if given, else the embedded default.
-pub fn load_config(path: Option<&std::path::Path>) -> Result<Loaded, ConfigErrors> {
-    match path {
-        Some(p) => portico_config::load(p),
-        None => portico_config::embedded(&portico_config::ProcessEnv),
-    }
-}
-
-/// TLS material of one listener, checked and ready for handshakes.
-pub struct ListenerTls {
-    /// Swappable certificate store.
-    pub resolver: Arc<SniResolver>,
-    /// pingora acceptor over the rustls config.
-    pub acceptor: Arc<Acceptor>,
-}
-
-/// Loads every listener's certificates; all problems are reported together, located in the
-/// config file.
-pub fn prepare_tls(loaded: &Loaded) -> Result<Vec<Option<ListenerTls>>, ConfigErrors> {
-    let mut problems = Problems::default();
-    let mut out = Vec::new();
-    for l in &loaded.config.listeners {
-        let Some(t) = &l.tls else {
-            out.push(None);
-            continue;
-        };
-        match tls::load_listener_certs(t) {
-            Ok(certs) => {
-                let resolver = Arc::new(SniResolver::new(CertStore::new(&certs)));
-                let config = tls::server_config(t, resolver.clone());
-                out.push(Some(ListenerTls {
-                    resolver,
-                    acceptor: Arc::new(Acceptor::from_server_config(config)),
-                }));
-            }
-            Err(errs) => {
-                for e in errs {
-                    problems.add(e.key, e.message);
-                }
-                out.push(None);
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(out)
-    } else {
-        Err(problems.into_errors(&loaded.source))
-    }
-}
 
 /// Raises the soft open-files limit (to `wanted`, or to the hard limit).
 fn raise_nofile(wanted: Option<u64>) {

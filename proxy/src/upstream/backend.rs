@@ -34,7 +34,7 @@ pub struct BackendRt {
     /// Moving average of new-connection (and health check) round trips, in µs; 0 = unknown.
     pub latency_ewma_us: AtomicU64,
     /// Active-check verdict and passive ejection.
-    pub health: crate::health::state::Health,
+    pub health: super::health::Health,
 }
 
 /// Description of a backend to create.
@@ -100,7 +100,7 @@ impl BackendRt {
             requests: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             latency_ewma_us: AtomicU64::new(0),
-            health: crate::health::state::Health::new(up.checks.len(), up.start_healthy),
+            health: super::health::Health::new(up.checks.len(), up.start_healthy),
         }
     }
 

@@ -8,6 +8,7 @@
 //! then name. Soft limits never move traffic across regions.
 
 pub mod backend;
+pub mod health;
 pub mod select;
 
 use std::collections::HashMap;

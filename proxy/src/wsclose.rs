@@ -1,7 +1,6 @@
 //! Closing WebSockets cleanly when a shutdown's grace period ends: the registry of open
 //! tunnels a shutdown asks to close, and what a tunnel needs to close one with a close frame
-//! between two client frames (Portico's engine relays the bytes, see
-//! [`crate::engine::tunnel`]).
+//! between two client frames (the engine's tunnels relay the bytes and call these).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};

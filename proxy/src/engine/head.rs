@@ -1,9 +1,9 @@
-//! Reads an HTTP/1.x request head before pingora parses it, to enforce what pingora does not:
-//! a total deadline for the head (slow clients get 408) and a configurable size limit (431).
-//!
-//! pingora's own parser times each read separately (a client sending one byte a minute is
-//! never cut) and accepts heads up to 1 MiB, answering 400 beyond. The bytes read here are
-//! handed to pingora as a prefix, so nothing is read twice.
+//! Reads an HTTP/1.x request head off a client connection until it is complete: one deadline
+//! for the whole head (a client sending a byte a minute gets 408 at `header_read_timeout`),
+//! a size limit (431, or 414 when the request line is what is too long), the keep-alive idle
+//! wait between requests, and the drain grace (an idle connection at shutdown still serves a
+//! request already on its way). The bytes stay in the connection's buffer for the parser
+//! ([`super::codec`]), so nothing is read twice.
 
 use std::io;
 use std::time::Duration;
