@@ -135,8 +135,10 @@ impl Portico {
             &ctx.snap.via_h1
         };
         e.add(http::header::VIA, via.clone());
+        // The request id's name is configurable (it may even be one of the names above, or
+        // `fly-request-id` below): set with a search.
         if let Some(id) = &ctx.request_id {
-            e.set_new(ctx.snap.request_id_name.clone(), id.clone());
+            e.set(ctx.snap.request_id_name.clone(), id.clone());
         }
         if server.fly_headers {
             if let Some(ip) = ctx.client_ip {
@@ -150,7 +152,7 @@ impl Portico {
             e.set_new(FLY_REGION, ctx.snap.region.clone());
             e.set_new(FLY_FORWARDED_PORT, self.listener.port_value.clone());
             if let Some(id) = &ctx.request_id {
-                e.set_new(FLY_REQUEST_ID, id.clone());
+                e.set(FLY_REQUEST_ID, id.clone());
             }
         }
         Ok(())
