@@ -11,21 +11,31 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_new_process_takes_over_without_refusing_a_connection() {
-    let origin = Origin::named("app").await;
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("upgrade.sock");
-    let sock_s = sock.to_str().unwrap().to_string();
-    let cfg_path = dir.path().join("portico.toml");
+/// A config file for upgrade tests in `dir` (one listener in front of `origin`, the admin,
+/// `server_extra` in `[server]`) and the upgrade socket path beside it.
+fn upgrade_setup(
+    dir: &std::path::Path,
+    origin: &Origin,
+    server_extra: &str,
+) -> (std::path::PathBuf, String) {
+    let sock = dir.join("upgrade.sock").to_str().unwrap().to_string();
+    let cfg_path = dir.join("portico.toml");
     std::fs::write(
         &cfg_path,
         format!(
-            "[server]\nshutdown_timeout = \"5s\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
+            "[server]\nshutdown_timeout = \"5s\"\n{server_extra}\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
             origin.addr
         ),
     )
     .unwrap();
+    (cfg_path, sock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_process_takes_over_without_refusing_a_connection() {
+    let origin = Origin::named("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg_path, sock_s) = upgrade_setup(dir.path(), &origin, "");
     let mut old = Portico::start_path(&cfg_path, &[("PORTICO_UPGRADE_SOCKET", sock_s.as_str())]);
     let addr = old.addr("http");
     let admin = old.admin();
@@ -224,17 +234,7 @@ async fn post_client(
 async fn upgrades_and_drain_under_keepalive_post_load_lose_nothing() {
     let origin = Origin::named("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("upgrade.sock");
-    let sock_s = sock.to_str().unwrap().to_string();
-    let cfg_path = dir.path().join("portico.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "[server]\nshutdown_timeout = \"5s\"\naccess_log = false\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-            origin.addr
-        ),
-    )
-    .unwrap();
+    let (cfg_path, sock_s) = upgrade_setup(dir.path(), &origin, "access_log = false");
     let mut current =
         Portico::start_path(&cfg_path, &[("PORTICO_UPGRADE_SOCKET", sock_s.as_str())]);
     let addr = current.addr("http");
