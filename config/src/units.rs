@@ -55,8 +55,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         };
         total = total.checked_add(part).ok_or_else(usage)?;
     }
+    // Deadlines are computed as `now + duration`: a value near `u64::MAX` seconds would
+    // overflow the clock. Ten years is longer than any timeout means.
+    if total > MAX_DURATION {
+        return Err(format!("duration {s:?} is too large (at most 3650d)"));
+    }
     Ok(total)
 }
+
+/// Longest duration a config accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(3650 * 86_400);
 
 /// Parses a byte size: an integer with an optional unit. `K`/`KB`/`KiB` = 1024 bytes,
 /// `M`/`MB`/`MiB` = 1024², `G`/`GB`/`GiB` = 1024³ (binary, as nginx and HAProxy count).
@@ -231,6 +239,14 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("1h1m1s"), Ok(Duration::from_secs(3661)));
         assert_eq!(parse_duration("1s500ms"), Ok(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn parse_duration_rejects_what_would_overflow_a_deadline() {
+        assert!(parse_duration("3650d").is_ok());
+        let e = parse_duration("3651d").unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(parse_duration("213503982334601d").is_err());
     }
 
     #[test]

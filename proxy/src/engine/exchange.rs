@@ -132,13 +132,18 @@ impl ClientBody {
             let limits = client.body_limits;
             let now = tokio::time::Instant::now();
             let started = *self.started.get_or_insert(now);
-            let mut deadline = now + limits.read_timeout;
+            // A configured timeout too large for the clock means "no timeout" (about 30 years).
+            let mut deadline = now
+                .checked_add(limits.read_timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(1 << 30));
             let mut too_slow = false;
             if let Some(rate) = limits.min_rate {
-                let due = started
-                    + limits.read_timeout
-                    + Duration::from_secs_f64(self.data as f64 / rate as f64);
-                if due < deadline {
+                // Checked arithmetic: no byte count or rate can make this panic.
+                let allowed = Duration::try_from_secs_f64(self.data as f64 / rate as f64)
+                    .ok()
+                    .and_then(|d| d.checked_add(limits.read_timeout));
+                let due = allowed.and_then(|d| started.checked_add(d));
+                if let Some(due) = due.filter(|due| *due < deadline) {
                     deadline = due;
                     too_slow = true;
                 }
