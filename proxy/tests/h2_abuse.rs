@@ -59,6 +59,17 @@ async fn setup() -> (Origin, Portico) {
     (origin, p)
 }
 
+/// A plain connection to the h2c listener and the bytes that open HTTP/2 on it (the
+/// preface and an empty SETTINGS frame), for the test to extend and send.
+async fn open(p: &Portico) -> (tokio::net::TcpStream, Vec<u8>) {
+    let s = tokio::net::TcpStream::connect(p.addr("http"))
+        .await
+        .unwrap();
+    let mut out = PREFACE.to_vec();
+    out.extend(frame(4, 0, 0, &[]));
+    (s, out)
+}
+
 async fn still_serves(p: &Portico) {
     let r = client().get(p.url("http", "/after")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -67,11 +78,7 @@ async fn still_serves(p: &Portico) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_gets_goaway() {
     let (origin, p) = setup().await;
-    let mut s = tokio::net::TcpStream::connect(p.addr("http"))
-        .await
-        .unwrap();
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(4, 0, 0, &[]));
+    let (mut s, mut out) = open(&p).await;
     // 2,000 streams opened and cancelled at once, as fast as the socket takes them.
     for i in 0..2000u32 {
         let id = 2 * i + 1;
@@ -93,11 +100,7 @@ async fn rapid_reset_gets_goaway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_gets_goaway_and_reaches_nobody() {
     let (origin, p) = setup().await;
-    let mut s = tokio::net::TcpStream::connect(p.addr("http"))
-        .await
-        .unwrap();
-    let mut out = PREFACE.to_vec();
-    out.extend(frame(4, 0, 0, &[]));
+    let (mut s, mut out) = open(&p).await;
     // HEADERS without END_HEADERS, then CONTINUATION frames that never end: 16 MiB of
     // header block, far over the 32 KiB header limit.
     out.extend(frame(1, 0x1, 1, &get_headers()));

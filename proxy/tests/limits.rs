@@ -377,22 +377,6 @@ async fn stalled_and_too_slow_bodies_get_408() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(origin.requests().last().unwrap().body.len(), 4 << 20);
-    assert_eq!(
-        metric(
-            &p,
-            "portico_http_rejected_total",
-            &[("reason", "body_timeout")]
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &p,
-            "portico_http_rejected_total",
-            &[("reason", "body_too_slow")]
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(rejected(&p, "body_timeout").await, 1.0);
+    assert_eq!(rejected(&p, "body_too_slow").await, 1.0);
 }

@@ -117,10 +117,7 @@ upstream = "web"
     );
     assert!(body.contains(&id));
     assert_eq!(web.count(), 0);
-    assert_eq!(
-        metric(&p, "portico_http_rejected_total", &[("reason", "no_route")]).await,
-        1.0
-    );
+    assert_eq!(rejected(&p, "no_route").await, 1.0);
 }
 
 #[tokio::test]
@@ -704,7 +701,7 @@ upstream = "web"
         );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
-    assert!(metric(&p, "portico_http_rejected_total", &[("reason", "via_loop")]).await >= 20.0);
+    assert!(rejected(&p, "via_loop").await >= 20.0);
     // A chain of Porticos, all named "portico", is not a loop.
     let r = c
         .get(p.url("http", "/"))
@@ -872,24 +869,8 @@ upstream = "dead"
         (Some(200), Some("upstream_failed_mid_response")),
         "{v}"
     );
-    assert_eq!(
-        metric(
-            &p,
-            "portico_http_rejected_total",
-            &[("reason", "upstream_error")]
-        )
-        .await,
-        1.0
-    );
-    assert_eq!(
-        metric(
-            &p,
-            "portico_http_rejected_total",
-            &[("reason", "upstream_unreachable")]
-        )
-        .await,
-        1.0
-    );
+    assert_eq!(rejected(&p, "upstream_error").await, 1.0);
+    assert_eq!(rejected(&p, "upstream_unreachable").await, 1.0);
     wait_metric(
         &p,
         "portico_http_incomplete_total",

@@ -47,27 +47,10 @@ upstream = "api"
     )
 }
 
-async fn peer_cert_names(addr: std::net::SocketAddr, sni: &str, ca_pem: &str) -> Vec<String> {
+async fn peer_cert_names(addr: std::net::SocketAddr, sni: &str, pki: &Pki) -> Vec<String> {
     // Handshake with a client that trusts the test CA and report which names the served
     // certificate holds.
-    use rustls::pki_types::ServerName;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = pki.tls_connect(addr, sni).await;
     let (_, conn) = tls.get_ref();
     let leaf = conn.peer_certificates().unwrap()[0].clone();
     let ee = webpki::EndEntityCert::try_from(&leaf).unwrap();
@@ -114,16 +97,13 @@ async fn two_hostnames_three_routes_two_upstreams_over_h1_and_h2() {
     assert!(seen.header("host").unwrap().starts_with("a.test"));
 
     // SNI picks the certificate; an unknown name gets the first (default) certificate.
+    assert_eq!(peer_cert_names(addr, "a.test", &pki).await, vec!["a.test"]);
     assert_eq!(
-        peer_cert_names(addr, "a.test", &pki.ca_pem).await,
-        vec!["a.test"]
-    );
-    assert_eq!(
-        peer_cert_names(addr, "b.test", &pki.ca_pem).await,
+        peer_cert_names(addr, "b.test", &pki).await,
         vec!["b.test", "*.b.test"]
     );
     assert_eq!(
-        peer_cert_names(addr, "z.b.test", &pki.ca_pem).await,
+        peer_cert_names(addr, "z.b.test", &pki).await,
         vec!["b.test", "*.b.test"]
     );
 

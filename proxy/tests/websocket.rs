@@ -723,25 +723,8 @@ async fn graceful_shutdown_leaves_sockets_open_then_closes_them_with_close_frame
 type TlsWs =
     tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
 
-async fn connect_tls(addr: SocketAddr, ca_pem: &str) -> TlsWs {
-    use rustls::pki_types::ServerName;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(ServerName::try_from("ws.test").unwrap(), tcp)
-        .await
-        .unwrap();
+async fn connect_tls(addr: SocketAddr, pki: &Pki) -> TlsWs {
+    let tls = pki.tls_connect(addr, "ws.test").await;
     let url = format!("wss://ws.test:{}/", addr.port());
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -806,8 +789,7 @@ tls = {{ certificates = [ {{ cert = "ws.pem", key = "ws.key" }} ] }}
         wait_metric(&p, "portico_websocket_buffer_bytes", &[], 0.0).await;
 
         let mut tls: Vec<TlsWs> =
-            futures::future::join_all((0..TLS).map(|_| connect_tls(p.addr("https"), &pki.ca_pem)))
-                .await;
+            futures::future::join_all((0..TLS).map(|_| connect_tls(p.addr("https"), &pki))).await;
         echo_all(&mut tls, round).await;
         wait_metric(&p, "portico_websockets_open", &[], (PLAIN + TLS) as f64).await;
         // A TLS read waits with a 2 KiB buffer: one per idle TLS tunnel, none for plain.

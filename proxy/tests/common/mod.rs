@@ -585,6 +585,33 @@ impl Pki {
         (cert_path, key_path)
     }
 
+    /// A raw TLS connection to `addr` with SNI `sni`, trusting only this CA.
+    #[allow(dead_code)]
+    pub async fn tls_connect(
+        &self,
+        addr: SocketAddr,
+        sni: &str,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        use rustls::pki_types::ServerName;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        connector
+            .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
     /// A client trusting this CA; `resolve` maps host names to the proxy's address.
     pub fn client(&self, resolve: &[(&str, SocketAddr)], http2: bool) -> reqwest::Client {
         let mut b = reqwest::Client::builder()
@@ -640,6 +667,12 @@ pub async fn metric(p: &Portico, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// `portico_http_rejected_total{reason}`: requests Portico answered itself for `reason`.
+#[allow(dead_code)]
+pub async fn rejected(p: &Portico, reason: &str) -> f64 {
+    metric(p, "portico_http_rejected_total", &[("reason", reason)]).await
 }
 
 /// Waits until a metric reaches `want` (metrics are updated after the client may already have
