@@ -358,8 +358,10 @@ impl Admin {
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default();
+        let (nofile_soft, nofile_hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
         json!({
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": crate::buildinfo::VERSION,
+            "commit": crate::buildinfo::COMMIT,
             "uptime_seconds": self.shared.started.elapsed().as_secs_f64(),
             "draining": self.shared.is_draining(),
             "config": {
@@ -373,6 +375,9 @@ impl Admin {
                 "name": cfg.server.name,
                 "region": cfg.server.region,
                 "threads": cfg.server.threads,
+                "open_files_limit": nofile_soft,
+                "open_files_hard_limit": nofile_hard,
+                "open_files_needed": crate::doctor::Needs::of(cfg).descriptors,
             },
             "listeners": listeners,
             "routes": routes,

@@ -1,14 +1,21 @@
-//! Command-line interface: `portico run`, `portico check`, `portico default-config`.
+//! Command-line interface: `portico run`, `check`, `doctor`, `healthcheck`, `default-config`,
+//! `completions` and `man`.
+//!
+//! Without `-c`, the config is `$PORTICO_CONFIG`, else `/etc/portico/portico.toml` when it
+//! exists, else the embedded default; every command says which one it used.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::server::{self, Reported, RunOptions};
 
+/// The config file used when neither `-c` nor `$PORTICO_CONFIG` names one.
+pub const SYSTEM_CONFIG: &str = "/etc/portico/portico.toml";
+
 /// Portico: an edge reverse proxy and load balancer.
 #[derive(Debug, Parser)]
-#[command(name = "portico", version, about)]
+#[command(name = "portico", version, long_version = crate::buildinfo::LONG_VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -18,49 +25,173 @@ struct Cli {
 enum Command {
     /// Run the proxy (the default command).
     Run {
-        /// Config file; without one, the embedded default is used.
-        #[arg(short = 'c', long = "config", env = "PORTICO_CONFIG")]
+        /// Config file; without one, $PORTICO_CONFIG, then /etc/portico/portico.toml, then the
+        /// embedded default.
+        #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
         /// Take the listening sockets over from a running Portico, which hands them over on
         /// SIGQUIT (zero-downtime binary upgrade). The socket path is $PORTICO_UPGRADE_SOCKET,
-        /// default /tmp/portico-upgrade.sock.
+        /// default /tmp/portico-upgrade.sock. (SIGUSR2 to the running Portico starts its
+        /// successor itself; see docs/operations.md.)
         #[arg(long)]
         upgrade: bool,
     },
     /// Check a config file and print a summary; exit 2 and list every problem if it is invalid.
     Check {
-        /// Config file to check; without one, the embedded default is checked.
-        #[arg(short = 'c', long = "config", env = "PORTICO_CONFIG")]
+        /// Config file to check (same lookup as `run`).
+        #[arg(short = 'c', long = "config")]
         config: Option<PathBuf>,
+    },
+    /// Check the host and the config for what limits a proxy (file descriptors, kernel
+    /// queues, ports, certificates, DNS, backends) and print each finding with its fix.
+    /// Exit 0 when nothing needs fixing, 1 when something does, 2 for an invalid config.
+    Doctor {
+        /// Config file to check against (same lookup as `run`).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Probe a running Portico (for container HEALTHCHECKs): GET /healthz on the admin
+    /// listener, or a TCP connect to the first listener when there is no admin. Exit 0 when
+    /// healthy, 1 otherwise.
+    Healthcheck {
+        /// Config file of the Portico to probe (same lookup as `run`).
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Address to probe instead of the one the config names (host:port).
+        #[arg(long)]
+        address: Option<String>,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout: u64,
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `portico man > /usr/share/man/man1/portico.1`, or
+    /// write it and one page per subcommand (portico-run.1, ...) into a directory.
+    Man {
+        /// Write every page into this directory instead of printing the main one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Where the config came from, for the user.
+#[derive(Debug, Clone)]
+pub struct ConfigChoice {
+    /// The file, or `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    /// How it was chosen: "--config", "$PORTICO_CONFIG", "/etc/portico/portico.toml" or
+    /// "embedded default".
+    pub from: &'static str,
+}
+
+/// Resolves the config file: `-c`, then `$PORTICO_CONFIG`, then `system` if it exists, else
+/// the embedded default.
+pub fn choose_config(explicit: Option<PathBuf>, system: &Path) -> ConfigChoice {
+    if let Some(p) = explicit {
+        return ConfigChoice {
+            path: Some(p),
+            from: "--config",
+        };
+    }
+    if let Some(p) = std::env::var_os("PORTICO_CONFIG").filter(|v| !v.is_empty()) {
+        return ConfigChoice {
+            path: Some(PathBuf::from(p)),
+            from: "$PORTICO_CONFIG",
+        };
+    }
+    if system.exists() {
+        return ConfigChoice {
+            path: Some(system.to_path_buf()),
+            from: SYSTEM_CONFIG,
+        };
+    }
+    ConfigChoice {
+        path: None,
+        from: "embedded default",
+    }
+}
+
+fn choose(explicit: Option<PathBuf>) -> ConfigChoice {
+    choose_config(explicit, Path::new(SYSTEM_CONFIG))
 }
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run {
-        config: std::env::var_os("PORTICO_CONFIG").map(PathBuf::from),
+        config: None,
         upgrade: false,
     }) {
-        Command::Run { config, upgrade } => match server::run(RunOptions { config, upgrade }) {
-            Ok(()) => 0,
-            Err(e) => match e.downcast_ref::<Reported>() {
-                Some(Reported(code)) => *code,
-                None => {
-                    eprintln!("portico: {e:#}");
-                    1
-                }
-            },
-        },
-        Command::Check { config } => check(config),
+        Command::Run { config, upgrade } => {
+            let choice = choose(config);
+            match server::run(RunOptions {
+                config: choice.path,
+                config_from: choice.from,
+                upgrade,
+            }) {
+                Ok(()) => 0,
+                Err(e) => match e.downcast_ref::<Reported>() {
+                    Some(Reported(code)) => *code,
+                    None => {
+                        eprintln!("portico: {e:#}");
+                        1
+                    }
+                },
+            }
+        }
+        Command::Check { config } => check(choose(config)),
+        Command::Doctor { config, json } => crate::doctor::main(choose(config), json),
+        Command::Healthcheck {
+            config,
+            address,
+            timeout,
+        } => crate::healthcheck::main(
+            choose(config),
+            address.as_deref(),
+            std::time::Duration::from_secs(timeout.max(1)),
+        ),
         Command::DefaultConfig => {
             let _ = std::io::Write::write_all(
                 &mut std::io::stdout(),
                 portico_config::defaults::EMBEDDED_CONFIG.as_bytes(),
             );
             0
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "portico", &mut std::io::stdout());
+            0
+        }
+        Command::Man { dir } => man(dir.as_deref()),
+    }
+}
+
+/// `portico man`: the main page to stdout, or every page into `dir`.
+fn man(dir: Option<&Path>) -> i32 {
+    let cmd = Cli::command();
+    let result = match dir {
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut out)
+                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out))
+        }
+        Some(d) => std::fs::create_dir_all(d).and_then(|()| clap_mangen::generate_to(cmd, d)),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("portico man: {e}");
+            1
         }
     }
 }
@@ -75,8 +206,8 @@ macro_rules! outln {
 
 /// `portico check`: validates the config (including certificates and host names) and prints
 /// a summary, or every problem.
-fn check(path: Option<PathBuf>) -> i32 {
-    let loaded = match crate::load::load_config(path.as_deref()) {
+fn check(choice: ConfigChoice) -> i32 {
+    let loaded = match crate::load::load_config(choice.path.as_deref()) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
@@ -91,7 +222,7 @@ fn check(path: Option<PathBuf>) -> i32 {
     }
     let c = &loaded.config;
     let mut out = String::new();
-    outln!(out, "{}: ok", c.source_name);
+    outln!(out, "{}: ok (config from {})", c.source_name, choice.from);
     for l in &c.listeners {
         let tls = match &l.tls {
             Some(t) => format!(

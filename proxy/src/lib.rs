@@ -9,19 +9,22 @@
 //! - [`replay`]: fly-replay instructions, replay targets, the replay cache;
 //! - [`state`]: the per-generation snapshot held in an `ArcSwap`;
 //! - [`tls`]: certificates and SNI;
-//! - [`admin`], [`metrics`], [`logging`]: operations;
+//! - [`admin`], [`metrics`], [`logging`], [`systemd`], [`doctor`], [`healthcheck`]: operations;
 //! - [`cli`]: the `portico` command.
 //!
 //! Configuration (file model, validation, routing) lives in the `portico-config` crate.
 
 pub mod accesslog;
 pub mod admin;
+pub mod buildinfo;
 pub mod cli;
 pub mod discovery;
+pub mod doctor;
 pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
+pub mod healthcheck;
 pub mod load;
 pub mod logging;
 pub mod metrics;
@@ -32,6 +35,7 @@ pub mod server;
 pub mod state;
 pub mod statics;
 pub mod sticky;
+pub mod systemd;
 pub mod tls;
 pub mod tls_client;
 pub mod upstream;

@@ -120,6 +120,18 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = registry.register(Box::new(pc));
         }
+        // portico_build_info: a constant 1 labelled with what the binary is.
+        if let Ok(info) = prometheus::IntGauge::with_opts(
+            prometheus::Opts::new("portico_build_info", "Build information; always 1.")
+                .const_label("version", crate::buildinfo::VERSION)
+                .const_label("commit", crate::buildinfo::COMMIT)
+                .const_label("rustc", crate::buildinfo::RUSTC)
+                .const_label("target", crate::buildinfo::TARGET)
+                .const_label("profile", crate::buildinfo::PROFILE),
+        ) {
+            info.set(1);
+            let _ = registry.register(Box::new(info));
+        }
         let request_duration = HistogramVec::new(
             HistogramOpts::new(
                 "portico_http_request_duration_seconds",

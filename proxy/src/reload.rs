@@ -56,6 +56,7 @@ impl Reloader {
     /// Reloads the config file. `trigger` names what asked (for the log).
     pub async fn reload(&self, trigger: &str) -> Result<Reloaded, String> {
         let _one_at_a_time = self.lock.lock().await;
+        crate::systemd::reloading();
         let result = self.try_reload().await;
         let m = &self.shared.metrics;
         match &result {
@@ -86,6 +87,7 @@ impl Reloader {
                 );
             }
         }
+        crate::systemd::reloaded(&crate::systemd::status_line(&self.shared));
         result
     }
 

@@ -40,6 +40,17 @@ pub struct LoadedCert {
     /// DNS names from the certificate's subject alternative names (lower case; may hold
     /// `*.wildcards`).
     pub names: Vec<String>,
+    /// When the leaf certificate expires (`notAfter`), if its validity could be read.
+    pub not_after: Option<std::time::SystemTime>,
+}
+
+/// The `notAfter` time of a DER certificate. x509-parser reads it (webpki checks validity
+/// but does not expose the dates).
+pub fn not_after(der: &[u8]) -> Option<std::time::SystemTime> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    let secs = u64::try_from(secs).ok()?;
+    std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(secs))
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
@@ -108,9 +119,11 @@ pub fn load_pair(paths: &CertPaths) -> Result<LoadedCert, TlsError> {
             .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
             .collect()
     };
+    let not_after = not_after(&certified.cert[0]);
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
+        not_after,
     })
 }
 

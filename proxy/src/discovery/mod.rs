@@ -139,6 +139,20 @@ async fn resolve_fly(dns: &Dns, app: &str, port: u16) -> Result<Resolved, Lookup
     }
 }
 
+/// Resolves one discovery entry once, as the discovery task would (for `portico doctor`):
+/// the backend addresses found.
+pub async fn resolve_once(
+    dns: &Dns,
+    discovery: &portico_config::Discovery,
+) -> Result<Vec<SocketAddr>, LookupError> {
+    let target = DiscoveryTarget {
+        discovery: discovery.clone(),
+        weight: 1,
+    };
+    let r = resolve_target(dns, &target).await?;
+    Ok(r.specs.into_iter().map(|s| s.addr).collect())
+}
+
 impl Dns {
     /// [`Dns::ips`] taking an owned name (for building many lookups at once).
     pub async fn ips_owned(&self, name: String) -> Result<Answer<std::net::IpAddr>, LookupError> {

@@ -2,7 +2,11 @@
 //! and the admin listener and signal handling on a control runtime, and shuts down gracefully.
 //!
 //! Signals: SIGTERM drains (stop accepting, finish in-flight requests, close idle
-//! connections, exit when done or after `shutdown_timeout`); SIGINT stops at once.
+//! connections, exit when done or after `shutdown_timeout`); SIGINT stops at once; SIGHUP
+//! reloads; SIGQUIT hands the listening sockets to a successor already waiting
+//! (`portico run --upgrade`); SIGUSR2 starts that successor itself (the same binary path, so
+//! a replaced binary), then hands over: the successor is this process's child, inside the
+//! same systemd unit, and tells systemd it is the main process now.
 
 pub mod conn;
 pub mod listener;
@@ -31,6 +35,8 @@ use conn::{ListenerCtx, Tracker};
 pub struct RunOptions {
     /// Config file; `None` uses the embedded default.
     pub config: Option<PathBuf>,
+    /// How the config was chosen (for the log): "--config", "$PORTICO_CONFIG", ...
+    pub config_from: &'static str,
     /// Take the listening sockets over from a running Portico (graceful binary upgrade).
     pub upgrade: bool,
 }
@@ -48,8 +54,9 @@ impl std::fmt::Display for Reported {
 
 impl std::error::Error for Reported {}
 
-/// Raises the soft open-files limit (to `wanted`, or to the hard limit).
-fn raise_nofile(wanted: Option<u64>) {
+/// Raises the soft open-files limit (to `wanted`, or to the hard limit), and warns when the
+/// result is below what the listeners' `max_connections` need (two descriptors each).
+fn raise_nofile(wanted: Option<u64>, needed: u64) {
     match rlimit::Resource::NOFILE.get() {
         Ok((soft, hard)) => {
             let target = wanted.unwrap_or(hard).min(hard);
@@ -73,12 +80,25 @@ fn raise_nofile(wanted: Option<u64>) {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
     }
+    if let Ok((soft, _)) = rlimit::Resource::NOFILE.get() {
+        if soft < needed {
+            tracing::warn!(
+                limit = soft,
+                needed,
+                "the open files limit is below what max_connections needs (two per connection); \
+                 raise LimitNOFILE / ulimit -n (see `portico doctor`)"
+            );
+        }
+    }
 }
 
 enum Stop {
     Graceful,
     Fast,
+    /// SIGQUIT: hand over to a successor already waiting.
     Upgrade,
+    /// SIGUSR2: start the successor, then hand over.
+    SpawnUpgrade,
 }
 
 /// The signals Portico handles, registered before it announces that it started (so an early
@@ -88,6 +108,7 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
     quit: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -97,6 +118,7 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
             quit: signal(SignalKind::quit())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 
@@ -105,6 +127,7 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => return Stop::Graceful,
                 _ = self.quit.recv() => return Stop::Upgrade,
+                _ = self.usr2.recv() => return Stop::SpawnUpgrade,
                 _ = self.int.recv() => return Stop::Fast,
                 _ = self.hup.recv() => {
                     let _ = reloader.reload("SIGHUP").await;
@@ -114,8 +137,89 @@ impl Signals {
     }
 }
 
+/// How long a successor started on SIGUSR2 may take to wait on the upgrade socket.
+const SUCCESSOR_START: Duration = Duration::from_secs(30);
+
+/// Starts the successor of a binary upgrade: the binary at the path this process was started
+/// from (so a binary replaced on disk is the new version), `run --upgrade` on the same config.
+/// `WATCHDOG_PID` is removed from its environment so that it keeps the watchdog going once it
+/// is the main process.
+fn spawn_successor(
+    exe: Option<&std::path::Path>,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<std::process::Child> {
+    let exe = exe.context("the path of the running binary is unknown")?;
+    // The successor binds the upgrade socket; a stale file would pass for it being ready.
+    let _ = std::fs::remove_file(upgrade::socket_path());
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("run").arg("--upgrade");
+    if let Some(c) = config {
+        cmd.arg("-c").arg(c);
+    }
+    cmd.env_remove("WATCHDOG_PID");
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", exe.display()))?;
+    tracing::info!(pid = child.id(), binary = %exe.display(), "SIGUSR2: started the new portico");
+    Ok(child)
+}
+
+/// Waits until the successor listens on the upgrade socket, failing at once if it exits (a bad
+/// config in the new binary's eyes, a missing file).
+fn wait_for_successor(
+    path: &std::path::Path,
+    child: &mut std::process::Child,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::bail!("the new portico exited before taking over ({status})");
+        }
+        // The successor binds the socket (bind and listen are one call); a connect would be
+        // the one connection it accepts, so existence is the probe. The parent removed any
+        // stale file before starting it.
+        if path.exists() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the new portico did not start within {wait:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends systemd `STATUS=` every 10 s and watchdog pings at half of `WatchdogSec=`, from the
+/// control runtime (a wedged control loop stops the pings, which is what the watchdog is for).
+async fn systemd_ticker(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    if !crate::systemd::enabled() {
+        return;
+    }
+    let watchdog = crate::systemd::watchdog_interval();
+    let every = watchdog.map_or(Duration::from_secs(10), |w| {
+        (w / 2).clamp(Duration::from_millis(100), Duration::from_secs(10))
+    });
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if watchdog.is_some() {
+            crate::systemd::watchdog();
+        }
+        crate::systemd::status(&crate::systemd::status_line(&shared));
+    }
+}
+
 /// Runs Portico until a signal stops it.
 pub fn run(opts: RunOptions) -> anyhow::Result<()> {
+    // The path as started, before an upgrade may replace the file (then /proc/self/exe would
+    // name the deleted old binary).
+    let exe = std::env::current_exe().ok();
     let loaded = match load_config(opts.config.as_deref()) {
         Ok(l) => l,
         Err(errors) => {
@@ -128,7 +232,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         }
     };
     let _log_guards = crate::logging::init(&loaded.config.server)?;
-    raise_nofile(loaded.config.server.max_open_files);
+    raise_nofile(
+        loaded.config.server.max_open_files,
+        crate::doctor::Needs::of(&loaded.config).descriptors,
+    );
 
     let tls = match prepare_tls(&loaded) {
         Ok(t) => t,
@@ -349,48 +456,81 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             ));
         }
         tracing::info!(
-            version = env!("CARGO_PKG_VERSION"),
+            version = crate::buildinfo::VERSION,
+            commit = crate::buildinfo::COMMIT,
             config = %config.source_name,
+            config_from = opts.config_from,
             threads,
             upgraded = opts.upgrade,
             "portico started"
         );
     });
+    // systemd: ready once every listener serves; a successor also takes over as main PID.
+    crate::systemd::ready(&crate::systemd::status_line(&shared), opts.upgrade);
+    let (ticker_stop, ticker_rx) = watch::channel(false);
+    control.spawn(systemd_ticker(shared.clone(), ticker_rx));
     let stop = loop {
-        match control.block_on(signals.next(&reloader)) {
-            Stop::Upgrade => {
-                let path = upgrade::socket_path();
-                tracing::info!(socket = %path.display(), "SIGQUIT received: handing the listening sockets to the new portico");
-                // The handover may wait for the successor; keep the control runtime (admin,
-                // health checks, discovery) running meanwhile.
-                let sockets = handover.clone();
-                let sent = control.block_on(async move {
-                    tokio::task::spawn_blocking(move || upgrade::send(&path, &sockets))
-                        .await
-                        .unwrap_or_else(|e| Err(anyhow::anyhow!("upgrade task failed: {e}")))
-                });
-                match sent {
-                    Ok(()) => {
-                        tracing::info!("sockets handed over; draining");
-                        break Stop::Graceful;
-                    }
-                    // Nobody to take over: keep serving.
-                    Err(e) => tracing::error!("upgrade failed, still serving: {e:#}"),
+        let signal = control.block_on(signals.next(&reloader));
+        let successor = match signal {
+            Stop::Upgrade => None,
+            Stop::SpawnUpgrade => match spawn_successor(exe.as_deref(), opts.config.as_deref()) {
+                Ok(child) => Some(child),
+                Err(e) => {
+                    tracing::error!("SIGUSR2: cannot start the new portico, still serving: {e:#}");
+                    continue;
+                }
+            },
+            other => break other,
+        };
+        let path = upgrade::socket_path();
+        tracing::info!(socket = %path.display(), "handing the listening sockets to the new portico");
+        // The handover may wait for the successor; keep the control runtime (admin, health
+        // checks, discovery) running meanwhile.
+        let sockets = handover.clone();
+        let (sent, successor) = control.block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut successor = successor;
+                let sent = match successor.as_mut() {
+                    Some(child) => wait_for_successor(&path, child, SUCCESSOR_START)
+                        .and_then(|()| upgrade::send(&path, &sockets)),
+                    None => upgrade::send(&path, &sockets),
+                };
+                (sent, successor)
+            })
+            .await
+            .unwrap_or_else(|e| (Err(anyhow::anyhow!("upgrade task failed: {e}")), None))
+        });
+        match sent {
+            Ok(()) => {
+                tracing::info!("sockets handed over; draining");
+                // The successor is the service now: this process says nothing more to systemd.
+                let _ = ticker_stop.send(true);
+                break Stop::Upgrade;
+            }
+            // Nobody to take over: keep serving.
+            Err(e) => {
+                tracing::error!("upgrade failed, still serving: {e:#}");
+                if let Some(mut child) = successor {
+                    let _ = child.kill();
+                    let _ = child.wait();
                 }
             }
-            other => break other,
         }
     };
     drop(handover);
 
+    if !matches!(stop, Stop::Upgrade) {
+        let _ = ticker_stop.send(true);
+        crate::systemd::stopping("stopping: draining connections");
+    }
     match stop {
         Stop::Fast => {
             tracing::info!("SIGINT received: stopping now");
             let _ = shutdown_tx.send(true);
         }
-        Stop::Graceful | Stop::Upgrade => {
+        Stop::Graceful | Stop::Upgrade | Stop::SpawnUpgrade => {
             let timeout = config.server.shutdown_timeout;
-            tracing::info!(open = tracker.open(), timeout = ?timeout, "SIGTERM received: draining");
+            tracing::info!(open = tracker.open(), timeout = ?timeout, "draining");
             shared
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);

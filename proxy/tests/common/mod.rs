@@ -31,7 +31,8 @@ pub struct Portico {
     stdout: Arc<Mutex<Vec<String>>>,
 }
 
-fn bin() -> &'static str {
+/// The portico binary under test.
+pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_portico")
 }
 
@@ -81,6 +82,16 @@ impl Portico {
         let mut cmd = Command::new(bin());
         cmd.arg("run").arg("--upgrade").arg("-c").arg(path);
         Self::spawn(cmd, dir, path.to_path_buf(), env)
+    }
+
+    /// Starts the binary with exactly `args` (no config file unless they name one).
+    #[allow(dead_code)]
+    pub fn start_args(args: &[&str], env: &[(&str, &str)]) -> Portico {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.args(args).env_remove("PORTICO_CONFIG");
+        let path = dir.path().join("none");
+        Self::spawn(cmd, dir, path, env)
     }
 
     /// Starts `portico run` with no config file (the embedded default).
