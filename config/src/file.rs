@@ -125,6 +125,35 @@ pub struct ListenerFile {
     pub reuse_port: Option<Flag>,
     pub backlog: Option<Int<u32>>,
     pub tcp_fastopen: Option<Int<usize>>,
+    pub tcp_nodelay: Option<Flag>,
+    pub tcp_keepalive: Option<KeepaliveFile>,
+    pub send_buffer: Option<Size>,
+    pub recv_buffer: Option<Size>,
+    pub tcp_defer_accept: Option<Dur>,
+    pub ipv6_only: Option<Flag>,
+    pub freebind: Option<Flag>,
+}
+
+/// `tcp_keepalive`: `false`, `true` (the defaults) or `{ idle, interval, count }`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "true, false or a table { idle = \"60s\", interval = \"15s\", count = 4 }"
+)]
+pub enum KeepaliveFile {
+    /// On with the defaults, or off.
+    Switch(Flag),
+    /// On with these values (the rest default).
+    Tuned(KeepaliveTable),
+}
+
+/// `tcp_keepalive = { ... }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveTable {
+    pub idle: Option<Dur>,
+    pub interval: Option<Dur>,
+    pub count: Option<Int<u32>>,
 }
 
 /// `tls = { ... }` of a listener.
@@ -183,6 +212,10 @@ pub struct UpstreamFile {
     pub passive: Option<PassiveFile>,
     pub writes: Option<String>,
     pub write_methods: Option<Vec<String>>,
+    pub tcp_nodelay: Option<Flag>,
+    pub tcp_keepalive: Option<KeepaliveFile>,
+    pub send_buffer: Option<Size>,
+    pub recv_buffer: Option<Size>,
 }
 
 /// One `[[upstreams.NAME.checks]]` entry (fly.toml's check vocabulary).

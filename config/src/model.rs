@@ -259,6 +259,52 @@ pub struct Listener {
     pub backlog: u32,
     /// TCP Fast Open queue length, when enabled.
     pub tcp_fastopen: Option<usize>,
+    /// Options of every accepted connection (set on the listening socket, which accepted
+    /// sockets inherit).
+    pub socket: SocketOptions,
+    /// `TCP_DEFER_ACCEPT`: wake the accept loop only once a client has sent data (or this
+    /// long passed).
+    pub tcp_defer_accept: Option<Duration>,
+    /// `IPV6_V6ONLY` on an IPv6 address (`false`: `[::]` takes IPv4 too).
+    pub ipv6_only: bool,
+    /// `IP_FREEBIND`: bind an address the host does not have (yet).
+    pub freebind: bool,
+}
+
+/// TCP keepalive probes on an idle connection (`SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`, `TCP_KEEPCNT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpKeepalive {
+    /// Idle time before the first probe.
+    pub idle: Duration,
+    /// Time between probes.
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped.
+    pub count: u32,
+}
+
+/// Socket options of a connection, accepted or made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOptions {
+    /// `TCP_NODELAY`: no Nagle delay on small writes.
+    pub nodelay: bool,
+    /// Keepalive probes, or none.
+    pub keepalive: Option<TcpKeepalive>,
+    /// `SO_SNDBUF` in bytes (unset: the kernel autotunes).
+    pub send_buffer: Option<usize>,
+    /// `SO_RCVBUF` in bytes (unset: the kernel autotunes).
+    pub recv_buffer: Option<usize>,
+}
+
+impl Default for SocketOptions {
+    fn default() -> Self {
+        Self {
+            nodelay: true,
+            keepalive: Some(crate::defaults::TCP_KEEPALIVE),
+            send_buffer: None,
+            recv_buffer: None,
+        }
+    }
 }
 
 /// The admin listener.
@@ -422,6 +468,8 @@ pub struct Upstream {
     pub passive: Passive,
     /// Write routing to the primary region.
     pub writes: Option<WriteRouting>,
+    /// Options of connections to the backends.
+    pub socket: SocketOptions,
 }
 
 /// What an upstream does when every backend is unhealthy.

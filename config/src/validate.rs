@@ -585,6 +585,26 @@ impl Validator<'_> {
                     self.err(k.key("max_requests_per_connection"), "must be at least 1");
                 }
             }
+            let socket = self.socket_options(
+                &k,
+                f.tcp_nodelay,
+                f.tcp_keepalive,
+                f.send_buffer,
+                f.recv_buffer,
+            );
+            let tcp_defer_accept = f.tcp_defer_accept.map(|v| v.0).filter(|d| !d.is_zero());
+            if let Some(t) = tcp_defer_accept {
+                if t > Duration::from_secs(3600) || t < Duration::from_secs(1) {
+                    self.err(
+                        k.key("tcp_defer_accept"),
+                        "out of range (1s to 1h, or \"0s\" for off)",
+                    );
+                }
+            }
+            let ipv6_only = f.ipv6_only.is_some_and(|v| v.0);
+            if ipv6_only && address.is_ipv4() {
+                self.err(k.key("ipv6_only"), "only applies to an IPv6 address");
+            }
             out.push(Listener {
                 name,
                 address,
@@ -603,6 +623,10 @@ impl Validator<'_> {
                 reuse_port: f.reuse_port.is_some_and(|v| v.0),
                 backlog: f.backlog.map_or(d::BACKLOG, |v| v.0),
                 tcp_fastopen: f.tcp_fastopen.map(|v| v.0),
+                socket,
+                tcp_defer_accept,
+                ipv6_only,
+                freebind: f.freebind.is_some_and(|v| v.0),
             });
         }
         out
@@ -999,6 +1023,13 @@ impl Validator<'_> {
             }
         };
         let passive = self.passive(f.passive, &k.key("passive"));
+        let socket = self.socket_options(
+            k,
+            f.tcp_nodelay,
+            f.tcp_keepalive,
+            f.send_buffer,
+            f.recv_buffer,
+        );
         let writes = self
             .writes(f.writes, f.write_methods, k, self.has_primary)
             .flatten();
@@ -1024,7 +1055,61 @@ impl Validator<'_> {
             all_unhealthy,
             passive,
             writes,
+            socket,
         })
+    }
+
+    /// `tcp_nodelay`, `tcp_keepalive`, `send_buffer`, `recv_buffer` of a listener or upstream.
+    fn socket_options(
+        &mut self,
+        k: &KeyPath,
+        nodelay: Option<crate::units::Flag>,
+        keepalive: Option<crate::file::KeepaliveFile>,
+        send: Option<crate::units::Size>,
+        recv: Option<crate::units::Size>,
+    ) -> crate::SocketOptions {
+        use crate::file::KeepaliveFile;
+        let keepalive = match keepalive {
+            None | Some(KeepaliveFile::Switch(crate::units::Flag(true))) => Some(d::TCP_KEEPALIVE),
+            Some(KeepaliveFile::Switch(_)) => None,
+            Some(KeepaliveFile::Tuned(t)) => {
+                let ka = crate::TcpKeepalive {
+                    idle: dur(t.idle, d::TCP_KEEPALIVE.idle),
+                    interval: dur(t.interval, d::TCP_KEEPALIVE.interval),
+                    count: t.count.map_or(d::TCP_KEEPALIVE.count, |c| c.0),
+                };
+                // The kernel's ranges (TCP_KEEPIDLE/TCP_KEEPINTVL up to 32767 s, TCP_KEEPCNT
+                // up to 127), in whole seconds.
+                let kk = k.key("tcp_keepalive");
+                for (name, v) in [("idle", ka.idle), ("interval", ka.interval)] {
+                    if v < Duration::from_secs(1) || v > Duration::from_secs(32_767) {
+                        self.err(kk.key(name), "out of range (1s to 32767s)");
+                    }
+                }
+                if !(1..=127).contains(&ka.count) {
+                    self.err(kk.key("count"), "out of range (1 to 127)");
+                }
+                Some(ka)
+            }
+        };
+        let mut buffer = |v: Option<crate::units::Size>, key: &str| {
+            let n = v.map(|s| s.0)?;
+            if !(4096..=(64 << 20)).contains(&n) {
+                self.err(
+                    k.key(key),
+                    format!("{n} bytes is out of range (4KiB to 64MiB)"),
+                );
+            }
+            usize::try_from(n).ok()
+        };
+        let send_buffer = buffer(send, "send_buffer");
+        let recv_buffer = buffer(recv, "recv_buffer");
+        crate::SocketOptions {
+            nodelay: nodelay.is_none_or(|v| v.0),
+            keepalive,
+            send_buffer,
+            recv_buffer,
+        }
     }
 
     fn check(&mut self, f: CheckFile, k: &KeyPath) -> Option<Check> {

@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod reload;
 pub mod replay;
 pub mod server;
+pub mod sockopt;
 pub mod state;
 pub mod statics;
 pub mod sticky;

@@ -171,7 +171,9 @@ pub async fn connect(addr: SocketAddr, up: &Upstream) -> Result<UpConn, ConnectE
     let timeout = up.connect_timeout;
     let work = async {
         let tcp = TcpStream::connect(addr).await.map_err(io_error)?;
-        let _ = tcp.set_nodelay(true);
+        if let Err(e) = crate::sockopt::apply(&socket2::SockRef::from(&tcp), &up.socket) {
+            tracing::debug!(backend = %addr, error = %e, "cannot set the upstream socket options");
+        }
         let io = match &up.tls {
             None => UpIo::Plain(tcp),
             Some(t) => {

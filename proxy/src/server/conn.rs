@@ -155,7 +155,8 @@ pub async fn serve(
         _permit: permit,
     };
 
-    let _ = tcp.set_nodelay(true);
+    // TCP_NODELAY, keepalive and buffer sizes come from the listening socket (accepted sockets
+    // inherit them): no system call here.
     let settings = lctx.settings();
     let Some(acceptor) = &lctx.tls else {
         // Plain HTTP/1.1 runs straight on the TCP socket.

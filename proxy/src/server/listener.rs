@@ -13,6 +13,28 @@ use tokio::sync::{watch, Semaphore};
 
 use super::conn::{serve, ListenerCtx};
 
+/// `TCP_DEFER_ACCEPT` (seconds). Neither socket2 nor nix wraps it, hence the one raw call.
+fn set_defer_accept(socket: &Socket, secs: u64) -> io::Result<()> {
+    let v: libc::c_int = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: a valid socket descriptor, and a pointer to an int with its exact size, as
+    // setsockopt(2) documents for TCP_DEFER_ACCEPT.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Binds a listening socket for `l` with its socket options.
 pub fn bind(l: &Listener) -> io::Result<std::net::TcpListener> {
     let addr = l.address;
@@ -22,13 +44,25 @@ pub fn bind(l: &Listener) -> io::Result<std::net::TcpListener> {
         socket.set_reuse_port(true)?;
     }
     if addr.is_ipv6() {
-        // `[::]` takes IPv4 too unless the system says otherwise; be explicit.
-        socket.set_only_v6(false)?;
+        // `[::]` takes IPv4 too unless configured otherwise; be explicit, whatever the
+        // system default (net.ipv6.bindv6only) says.
+        socket.set_only_v6(l.ipv6_only)?;
+    }
+    if l.freebind {
+        if addr.is_ipv6() {
+            socket.set_freebind_v6(true)?;
+        } else {
+            socket.set_freebind_v4(true)?;
+        }
     }
     if let Some(n) = l.tcp_fastopen {
         pingora_core::protocols::l4::ext::set_tcp_fastopen_backlog(socket.as_raw_fd(), n)
             .map_err(|e| io::Error::other(e.to_string()))?;
     }
+    if let Some(t) = l.tcp_defer_accept {
+        set_defer_accept(&socket, t.as_secs())?;
+    }
+    crate::sockopt::apply(&socket2::SockRef::from(&socket), &l.socket)?;
     socket.bind(&addr.into())?;
     socket.listen(l.backlog.min(i32::MAX as u32) as i32)?;
     socket.set_nonblocking(true)?;
@@ -42,7 +76,9 @@ pub fn adopt(fd: RawFd, l: &Listener) -> io::Result<std::net::TcpListener> {
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let socket = Socket::from(owned);
     socket.set_nonblocking(true)?;
-    // Re-applies the backlog, as the configuration may have changed it.
+    // Re-applies the backlog and the connection options, as the configuration may have
+    // changed them.
+    crate::sockopt::apply(&socket2::SockRef::from(&socket), &l.socket)?;
     socket.listen(l.backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
 }

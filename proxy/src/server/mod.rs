@@ -306,6 +306,10 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                 reuse_port: false,
                 backlog: 128,
                 tcp_fastopen: None,
+                socket: portico_config::SocketOptions::default(),
+                tcp_defer_accept: None,
+                ipv6_only: false,
+                freebind: false,
             };
             let key = upgrade::key("admin", &a.address.to_string());
             let sock = match inherited.take(&key) {

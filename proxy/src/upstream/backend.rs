@@ -77,6 +77,7 @@ pub fn build_peer(addr: SocketAddr, up: &Upstream) -> HttpPeer {
     o.read_timeout = Some(up.read_timeout);
     o.write_timeout = Some(up.write_timeout);
     o.idle_timeout = Some(up.idle_timeout);
+    crate::sockopt::for_peer(&up.socket, o);
     if let Some(t) = &up.tls {
         o.verify_cert = !t.skip_verify;
         o.verify_hostname = !t.skip_verify;
