@@ -24,6 +24,7 @@ pub struct ServerFile {
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub access_log: Option<Flag>,
+    pub access_log_format: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
     pub fly_headers: Option<Flag>,
     pub request_id_header: Option<String>,

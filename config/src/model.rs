@@ -50,6 +50,17 @@ pub enum LogFormat {
     Json,
 }
 
+/// Access log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// `key=value` text, like the other logs.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// The NCSA combined format of Apache and nginx, for the tools that read it.
+    Combined,
+}
+
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct Server {
@@ -72,6 +83,8 @@ pub struct Server {
     pub log_format: LogFormat,
     /// Whether one access-log line is written per request.
     pub access_log: bool,
+    /// Format of access log lines (default: `log_format`'s).
+    pub access_log_format: AccessLogFormat,
     /// Peers whose `X-Forwarded-*` headers are trusted.
     pub trusted_proxies: Vec<IpNet>,
     /// Whether `Fly-Client-IP`, `Fly-Region`, `Fly-Forwarded-Port`, `Fly-Request-Id` are added.

@@ -280,6 +280,22 @@ impl Validator<'_> {
                 LogFormat::Text
             }
         };
+        let access_log_format = match f.access_log_format.as_deref() {
+            None => match log_format {
+                LogFormat::Text => AccessLogFormat::Text,
+                LogFormat::Json => AccessLogFormat::Json,
+            },
+            Some("text") => AccessLogFormat::Text,
+            Some("json") => AccessLogFormat::Json,
+            Some("combined") => AccessLogFormat::Combined,
+            Some(other) => {
+                self.err(
+                    k.key("access_log_format"),
+                    format!("unknown access log format {other:?}: expected \"text\", \"json\" or \"combined\""),
+                );
+                AccessLogFormat::Text
+            }
+        };
         let mut trusted_proxies = Vec::new();
         for (i, p) in f.trusted_proxies.unwrap_or_default().iter().enumerate() {
             match parse_cidr(p) {
@@ -343,6 +359,7 @@ impl Validator<'_> {
             log_level,
             log_format,
             access_log: f.access_log.is_none_or(|f| f.0),
+            access_log_format,
             trusted_proxies,
             fly_headers: f.fly_headers.is_some_and(|f| f.0),
             request_id_header,

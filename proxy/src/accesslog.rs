@@ -11,12 +11,14 @@
 //!
 //! The line's shape is what the `tracing` formatter printed, so readers need not change: text
 //! is `<RFC 3339 time> key=value ...` with string values quoted Rust-style, JSON is one object
-//! with `timestamp` and `level` first.
+//! with `timestamp` and `level` first. `combined` is the NCSA combined format of Apache and
+//! nginx (`client - - [time] "request" status bytes "referer" "user agent"`), with nginx's
+//! `\xHH` escapes for quotes, backslashes and bytes outside printable ASCII.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use portico_config::LogFormat;
+use portico_config::AccessLogFormat;
 use std::io::Write as _;
 use tracing_appender::non_blocking::NonBlocking;
 
@@ -27,7 +29,7 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 struct Sink {
     writer: Mutex<NonBlocking>,
-    format: LogFormat,
+    format: AccessLogFormat,
     buffers: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
 }
 
@@ -44,7 +46,7 @@ thread_local! {
 }
 
 /// Installs the writer (called once by logging's set-up).
-pub fn install(writer: NonBlocking, format: LogFormat) {
+pub fn install(writer: NonBlocking, format: AccessLogFormat) {
     let _ = SINK.set(Sink {
         writer: Mutex::new(writer),
         format,
@@ -69,8 +71,9 @@ pub fn write(fields: &[(&str, Value<'_>)]) {
     BUFFER.with(|b| {
         let mut buf = b.lock().unwrap_or_else(|e| e.into_inner());
         match sink.format {
-            LogFormat::Text => text_line(&mut buf, fields),
-            LogFormat::Json => json_line(&mut buf, fields),
+            AccessLogFormat::Text => text_line(&mut buf, fields),
+            AccessLogFormat::Json => json_line(&mut buf, fields),
+            AccessLogFormat::Combined => combined_line(&mut buf, fields, now_secs()),
         }
         if buf.len() >= BATCH {
             let mut w = sink.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,6 +198,77 @@ fn number(out: &mut Vec<u8>, v: Value<'_>) {
     }
 }
 
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A string the way nginx writes it into a log: quotes, backslashes and bytes outside
+/// printable ASCII as `\xHH`; empty as `-`.
+fn ncsa_str(out: &mut Vec<u8>, s: &str) {
+    if s.is_empty() {
+        out.push(b'-');
+        return;
+    }
+    for &b in s.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\' {
+            out.push(b);
+        } else {
+            let _ = write!(out, "\\x{b:02X}");
+        }
+    }
+}
+
+/// `client - - [10/Oct/2000:13:55:36 +0000] "GET /a?b HTTP/1.1" 200 2326 "referer" "agent"`.
+fn combined_line(out: &mut Vec<u8>, fields: &[(&str, Value<'_>)], secs: u64) {
+    let get = |key: &str| fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    let text = |key: &str| match get(key) {
+        Some(Value::Str(s)) if s != "-" => s,
+        _ => "",
+    };
+    ncsa_str(out, text("client"));
+    out.extend_from_slice(b" - - [");
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (year, month, day) = civil((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let _ = write!(
+        out,
+        "{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000] \"",
+        MONTHS[(month as usize).clamp(1, 12) - 1],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    ncsa_str(out, text("method"));
+    out.push(b' ');
+    ncsa_str(out, text("path"));
+    let query = text("query");
+    if !query.is_empty() {
+        out.push(b'?');
+        ncsa_str(out, query);
+    }
+    out.push(b' ');
+    ncsa_str(out, text("protocol"));
+    out.extend_from_slice(b"\" ");
+    match get("status") {
+        Some(v @ Value::Int(_)) => number(out, v),
+        _ => out.push(b'-'),
+    }
+    out.push(b' ');
+    match get("bytes") {
+        Some(v @ Value::Int(_)) => number(out, v),
+        _ => out.push(b'-'),
+    }
+    out.extend_from_slice(b" \"");
+    ncsa_str(out, text("referer"));
+    out.extend_from_slice(b"\" \"");
+    ncsa_str(out, text("user_agent"));
+    out.extend_from_slice(b"\"\n");
+}
+
 fn text_line(out: &mut Vec<u8>, fields: &[(&str, Value<'_>)]) {
     timestamp(out);
     for (k, v) in fields {
@@ -260,6 +334,28 @@ fn json_line(out: &mut Vec<u8>, fields: &[(&str, Value<'_>)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn combined_lines_are_ncsa_with_nginx_escapes() {
+        let fields = [
+            ("client", Value::Str("203.0.113.9")),
+            ("method", Value::Str("GET")),
+            ("path", Value::Str("/a\"b")),
+            ("query", Value::Str("x=1")),
+            ("protocol", Value::Str("HTTP/1.1")),
+            ("status", Value::Int(200)),
+            ("bytes", Value::Int(2326)),
+            ("referer", Value::Str("")),
+            ("user_agent", Value::Str("curl/8 \u{e9}")),
+        ];
+        let mut out = Vec::new();
+        // 2000-10-10T13:55:36Z
+        combined_line(&mut out, &fields, 971_186_136);
+        assert_eq!(
+            String::from_utf8(out).unwrap_or_default(),
+            "203.0.113.9 - - [10/Oct/2000:13:55:36 +0000] \"GET /a\\x22b?x=1 HTTP/1.1\" 200 2326 \"-\" \"curl/8 \\xC3\\xA9\"\n"
+        );
+    }
 
     #[test]
     fn lines_look_like_the_tracing_formatter_made_them() {

@@ -83,7 +83,7 @@ pub fn init(server: &Server) -> anyhow::Result<LogGuards> {
     let (out_writer, out_guard) = tracing_appender::non_blocking(std::io::stdout());
     // The access log has its own writer (see `accesslog`): it follows `access_log`, not the
     // diagnostic level.
-    crate::accesslog::install(out_writer, server.log_format);
+    crate::accesslog::install(out_writer, server.access_log_format);
     let max = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
     let log_max = match max.into_level() {
         None => log::LevelFilter::Off,

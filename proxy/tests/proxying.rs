@@ -448,6 +448,48 @@ async fn request_bodies_are_streamed_through() {
 }
 
 #[tokio::test]
+async fn access_log_in_combined_format() {
+    let web = Origin::named("web").await;
+    let config = format!(
+        "[server]\nlog_format = \"json\"\naccess_log_format = \"combined\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
+        web.addr
+    );
+    let p = Portico::start(&config);
+    let r = client()
+        .get(p.url("http", "/combined?x=1"))
+        .header("user-agent", "curl/8.5.0")
+        .header("referer", "https://example.com/from")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let start = std::time::Instant::now();
+    let line = loop {
+        if let Some(l) = p
+            .stdout_lines()
+            .into_iter()
+            .find(|l| l.contains("/combined"))
+        {
+            break l;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no access log line"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // 127.0.0.1 - - [01/Dec/2026:21:00:00 +0000] "GET /combined?x=1 HTTP/1.1" 200 3 "..." "..."
+    let (head, rest) = line.split_once(" [").unwrap();
+    assert_eq!(head, "127.0.0.1 - -");
+    let (time, rest) = rest.split_once("] ").unwrap();
+    assert!(time.ends_with(" +0000") && time.len() == 26, "{time}");
+    assert_eq!(
+        rest,
+        "\"GET /combined?x=1 HTTP/1.1\" 200 3 \"https://example.com/from\" \"curl/8.5.0\""
+    );
+}
+
+#[tokio::test]
 async fn access_log_line_per_request() {
     let web = Origin::named("web").await;
     let config = format!(
