@@ -8,7 +8,8 @@
 # Without a mounted config, the embedded default listens on $PORTICO_LISTEN and proxies to
 # $PORTICO_UPSTREAM.
 
-FROM rust:1.88-bookworm AS build
+# Any stable Rust at or above the workspace's rust-version (1.88) builds it.
+FROM rust:1-bookworm AS build
 # pingora builds zlib-ng with cmake.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends cmake \
