@@ -8,7 +8,7 @@
 # Without a mounted config, the embedded default listens on $PORTICO_LISTEN and proxies to
 # $PORTICO_UPSTREAM.
 
-# Any stable Rust at or above the workspace's rust-version (1.88) builds it.
+# The current stable Rust: crates in Cargo.lock may need a newer compiler than rust-version.
 FROM rust:1-bookworm AS build
 # pingora builds zlib-ng with cmake.
 RUN apt-get update \
