@@ -155,84 +155,69 @@ pub fn open_files(soft: u64, hard: u64, max_open_files: Option<u64>, needs: Need
     Finding::new("open files", Status::Fix, detail).fix(fix)
 }
 
+/// A numeric setting that must be at least `want` (raised to `set_to` by the fix); `None`
+/// when this kernel does not have it.
+fn at_least(
+    sys: &Sysctl,
+    key: &str,
+    want: u64,
+    set_to: u64,
+    why: impl FnOnce(u64) -> String,
+) -> Option<Finding> {
+    let v = sys.number(key)?;
+    Some(if v >= want {
+        Finding::new(key, Status::Ok, v.to_string())
+    } else {
+        Finding::new(key, Status::Fix, why(v)).fix(sysctl_fix(key, set_to))
+    })
+}
+
 /// The kernel settings a busy proxy depends on.
 pub fn kernel(sys: &Sysctl, cfg: &Config, needs: Needs) -> Vec<Finding> {
     let mut out = Vec::new();
     // Whole-system descriptors: every process shares fs.file-max.
-    if let Some(max) = sys.number("fs.file-max") {
-        let key = "fs.file-max";
-        if max >= needs.descriptors {
-            out.push(Finding::new(key, Status::Ok, format!("{max}")));
-        } else {
-            out.push(
-                Finding::new(
-                    key,
-                    Status::Fix,
-                    format!(
-                        "{max}, below the {} descriptors the config needs",
-                        needs.descriptors
-                    ),
-                )
-                .fix(sysctl_fix(key, needs.descriptors.max(1_048_576))),
-            );
-        }
-    }
+    out.extend(at_least(
+        sys,
+        "fs.file-max",
+        needs.descriptors,
+        needs.descriptors.max(1_048_576),
+        |v| {
+            format!(
+                "{v}, below the {} descriptors the config needs",
+                needs.descriptors
+            )
+        },
+    ));
     // No per-process limit can be raised above fs.nr_open.
-    if let Some(max) = sys.number("fs.nr_open") {
-        let key = "fs.nr_open";
-        if max >= needs.descriptors {
-            out.push(Finding::new(key, Status::Ok, format!("{max}")));
-        } else {
-            out.push(
-                Finding::new(
-                    key,
-                    Status::Fix,
-                    format!(
-                        "{max}: no process can hold the {} descriptors the config needs",
-                        needs.descriptors
-                    ),
-                )
-                .fix(sysctl_fix(key, needs.descriptors.max(1_048_576))),
-            );
-        }
-    }
+    out.extend(at_least(
+        sys,
+        "fs.nr_open",
+        needs.descriptors,
+        needs.descriptors.max(1_048_576),
+        |v| {
+            format!(
+                "{v}: no process can hold the {} descriptors the config needs",
+                needs.descriptors
+            )
+        },
+    ));
     // listen(2) silently caps the backlog at somaxconn.
-    if let Some(v) = sys.number("net.core.somaxconn") {
-        let key = "net.core.somaxconn";
-        if v >= needs.backlog {
-            out.push(Finding::new(key, Status::Ok, format!("{v}")));
-        } else {
-            out.push(
-                Finding::new(
-                    key,
-                    Status::Fix,
-                    format!(
-                        "{v}: the kernel caps the configured listen backlog ({}) at this; bursts beyond it are dropped",
-                        needs.backlog
-                    ),
-                )
-                .fix(sysctl_fix(key, needs.backlog)),
-            );
-        }
-    }
+    out.extend(at_least(sys, "net.core.somaxconn", needs.backlog, needs.backlog, |v| {
+        format!(
+            "{v}: the kernel caps the configured listen backlog ({}) at this; bursts beyond it are dropped",
+            needs.backlog
+        )
+    }));
     // Half-open connections waiting for the handshake; 4096 covers bursts of a few thousand
     // new connections (SYN cookies take over past it, losing TCP options).
-    if let Some(v) = sys.number("net.ipv4.tcp_max_syn_backlog") {
-        let key = "net.ipv4.tcp_max_syn_backlog";
-        let want = needs.backlog.min(4096);
-        if v >= want {
-            out.push(Finding::new(key, Status::Ok, format!("{v}")));
-        } else {
-            out.push(
-                Finding::new(
-                    key,
-                    Status::Fix,
-                    format!("{v}: connection bursts above it fall back to SYN cookies"),
-                )
-                .fix(sysctl_fix(key, want)),
-            );
-        }
-    }
+    let syn = needs.backlog.min(4096);
+    out.extend(at_least(
+        sys,
+        "net.ipv4.tcp_max_syn_backlog",
+        syn,
+        syn,
+        |v| format!("{v}: connection bursts above it fall back to SYN cookies"),
+    ));
     // Every upstream connection takes a local port per backend address; the range bounds
     // the connections to one backend.
     if let Some(v) = sys.get("net.ipv4.ip_local_port_range") {
@@ -328,22 +313,10 @@ pub fn kernel(sys: &Sysctl, cfg: &Config, needs: Needs) -> Vec<Finding> {
         }
     }
     // Connection tracking (when loaded) keeps an entry per connection, both sides.
-    if let Some(v) = sys.number("net.netfilter.nf_conntrack_max") {
-        let key = "net.netfilter.nf_conntrack_max";
-        let want = needs.connections * 2;
-        if v >= want {
-            out.push(Finding::new(key, Status::Ok, format!("{v}")));
-        } else {
-            out.push(
-                Finding::new(
-                    key,
-                    Status::Fix,
-                    format!("{v}: below the {want} tracked connections (client + upstream) the config allows; new connections are dropped when the table is full"),
-                )
-                .fix(sysctl_fix(key, want.max(262_144))),
-            );
-        }
-    }
+    let tracked = needs.connections * 2;
+    out.extend(at_least(sys, "net.netfilter.nf_conntrack_max", tracked, tracked.max(262_144), |v| {
+        format!("{v}: below the {tracked} tracked connections (client + upstream) the config allows; new connections are dropped when the table is full")
+    }));
     out
 }
 

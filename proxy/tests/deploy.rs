@@ -152,14 +152,7 @@ async fn the_compose_example_config_serves_replicas_files_and_sticky_routes() {
     // Both replicas found and passing their checks.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let st: serde_json::Value = client()
-            .get(p.admin_url("/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let st = status(&p).await;
         let healthy = st["upstreams"][0]["backends"]
             .as_array()
             .map(|bs| {

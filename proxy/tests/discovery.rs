@@ -136,17 +136,6 @@ async fn body(p: &Portico, headers: &[(&str, &str)]) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-async fn status(p: &Portico) -> serde_json::Value {
-    client()
-        .get(p.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_follow_record_changes_without_failed_requests() {
     let o = origins_on_one_port(&["a", "b", "c"]).await;

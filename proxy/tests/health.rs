@@ -54,17 +54,6 @@ balance = "round_robin"
     )
 }
 
-async fn status(p: &Portico) -> serde_json::Value {
-    client()
-        .get(p.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn backend_state(p: &Portico, addr: std::net::SocketAddr) -> (String, serde_json::Value) {
     let s = status(p).await;
     let b = s["upstreams"][0]["backends"]

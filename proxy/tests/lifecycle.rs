@@ -26,14 +26,7 @@ async fn embedded_default_config_proxies_to_portico_upstream() {
     ]);
     let r = client().get(p.url("http", "/")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "origin");
-    let status: serde_json::Value = client()
-        .get(p.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = status(&p).await;
     assert_eq!(status["config"]["source"], "<embedded default>");
     p.stop();
 }

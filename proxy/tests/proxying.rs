@@ -463,21 +463,7 @@ async fn access_log_in_combined_format() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let start = std::time::Instant::now();
-    let line = loop {
-        if let Some(l) = p
-            .stdout_lines()
-            .into_iter()
-            .find(|l| l.contains("/combined"))
-        {
-            break l;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no access log line"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = p.wait_stdout("/combined", Duration::from_secs(5)).await;
     // 127.0.0.1 - - [01/Dec/2026:21:00:00 +0000] "GET /combined?x=1 HTTP/1.1" 200 3 "..." "..."
     let (head, rest) = line.split_once(" [").unwrap();
     assert_eq!(head, "127.0.0.1 - -");
@@ -506,17 +492,7 @@ async fn access_log_line_per_request() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let start = std::time::Instant::now();
-    let line = loop {
-        if let Some(l) = p.stdout_lines().into_iter().find(|l| l.contains("log-me")) {
-            break l;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no access log line"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = p.wait_stdout("log-me", Duration::from_secs(5)).await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["request_id"], "log-me");
     assert_eq!(v["method"], "GET");

@@ -40,17 +40,6 @@ async fn post_reload(p: &Portico) -> (u16, Value) {
     (status, r.json().await.unwrap())
 }
 
-async fn status(p: &Portico) -> Value {
-    client()
-        .get(p.admin_url("/status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn tag_of(p: &Portico) -> (String, String) {
     let r = client().get(p.url("http", "/")).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -852,21 +852,7 @@ async fn a_tunnel_is_logged_when_it_closes_with_its_bytes_and_lifetime() {
     assert!(!p.stdout_lines().iter().any(|l| l.contains("ws-log-me")));
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
-    let start = Instant::now();
-    let line = loop {
-        if let Some(l) = p
-            .stdout_lines()
-            .into_iter()
-            .find(|l| l.contains("ws-log-me"))
-        {
-            break l;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "no access log line"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let line = p.wait_stdout("ws-log-me", Duration::from_secs(5)).await;
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["status"], 101);
     assert_eq!(v["upstream_status"], 101);

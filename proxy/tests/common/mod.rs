@@ -276,6 +276,22 @@ impl Portico {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// Waits until stdout (the access log) holds a line containing `needle`.
+    #[allow(dead_code)]
+    pub async fn wait_stdout(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(l) = self.stdout_lines().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "no stdout line with {needle:?} within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until stderr holds a line containing `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
         let start = Instant::now();
@@ -309,6 +325,19 @@ impl Drop for Portico {
             }
         }
     }
+}
+
+/// The admin's `/status` document.
+#[allow(dead_code)]
+pub async fn status(p: &Portico) -> serde_json::Value {
+    client()
+        .get(p.admin_url("/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Runs `portico <args>` to completion; returns (exit code, stdout, stderr).
