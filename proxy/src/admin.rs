@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/ready`, `/status` and `POST /reload`.
+//! The admin listener: `/metrics`, `/healthz`, `/ready`, `/status` (JSON), `/` (the same as an
+//! HTML page for a person, see [`crate::statuspage`]) and `POST /reload`.
 //!
 //! It binds to loopback unless the config says otherwise, and runs on the control runtime so
 //! that it answers even when the proxy's workers are saturated.
@@ -184,6 +185,19 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+fn html_response(page: &str) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/html; charset=utf-8")
+        .header("content-length", page.len())
+        .header("cache-control", "no-store")
+        .header("content-security-policy", crate::statuspage::CSP)
+        .header("x-content-type-options", "nosniff")
+        .header("referrer-policy", "no-referrer")
+        .body(page.as_bytes().to_vec())
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
 impl Admin {
     /// An admin app over `shared`.
     pub fn new(shared: Arc<Shared>) -> Self {
@@ -359,6 +373,20 @@ impl Admin {
             .map(|r| r.clone())
             .unwrap_or_default();
         let (nofile_soft, nofile_hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
+        let recent_reloads: Vec<Value> = reload
+            .recent
+            .iter()
+            .rev()
+            .map(|a| {
+                json!({
+                    "at_unix": a.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    "trigger": a.trigger,
+                    "result": if a.error.is_some() { "error" } else { "reloaded" },
+                    "generation": a.generation,
+                    "error": a.error,
+                })
+            })
+            .collect();
         json!({
             "version": crate::buildinfo::VERSION,
             "commit": crate::buildinfo::COMMIT,
@@ -382,6 +410,7 @@ impl Admin {
             "listeners": listeners,
             "routes": routes,
             "upstreams": upstreams,
+            "recent_reloads": recent_reloads,
         })
     }
 }
@@ -417,6 +446,12 @@ fn redact(v: &mut Value) {
             }
         }
     }
+    if let Some(rs) = v.get_mut("recent_reloads").and_then(Value::as_array_mut) {
+        // Errors name files and lines of the config.
+        rs.iter_mut()
+            .filter(|r| !r["error"].is_null())
+            .for_each(|r| hide(r, &["error"]));
+    }
     hide(
         v.get_mut("config").unwrap_or(&mut Value::Null),
         &["source", "last_reload_error"],
@@ -446,7 +481,7 @@ impl ServeHttp for Admin {
             );
         }
         match path.as_str() {
-            "/metrics" | "/healthz" | "/ready" | "/status" if !get => {
+            "/" | "/metrics" | "/healthz" | "/ready" | "/status" if !get => {
                 let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
                 r.headers_mut()
                     .insert("allow", http::HeaderValue::from_static("GET, HEAD"));
@@ -501,13 +536,13 @@ impl ServeHttp for Admin {
                     ),
                 },
             },
-            "/" => text(
-                StatusCode::OK,
-                "portico admin: /metrics /healthz /ready /status, POST /reload\n",
-            ),
+            "/" => html_response(&crate::statuspage::render(
+                &self.status(access.full()),
+                access.full(),
+            )),
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics /healthz /ready /status\n",
+                "not found: try / (status page) /metrics /healthz /ready /status\n",
             ),
         }
     }

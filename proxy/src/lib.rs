@@ -35,6 +35,7 @@ pub mod server;
 pub mod sockopt;
 pub mod state;
 pub mod statics;
+pub mod statuspage;
 pub mod sticky;
 pub mod systemd;
 pub mod tls;

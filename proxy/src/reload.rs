@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 
 use crate::load::{load_config, prepare_tls};
-use crate::state::{Shared, Snapshot};
+use crate::state::{ReloadAttempt, Shared, Snapshot};
 use crate::tls::SniResolver;
 
 /// A successful reload.
@@ -66,6 +66,12 @@ impl Reloader {
                 if let Ok(mut s) = self.shared.reload.lock() {
                     s.last_error = None;
                     s.last_error_at = None;
+                    s.record(ReloadAttempt {
+                        at: SystemTime::now(),
+                        trigger: trigger.to_string(),
+                        generation: r.generation,
+                        error: None,
+                    });
                 }
                 tracing::info!(trigger, generation = r.generation, "configuration reloaded");
                 for n in &r.not_applied {
@@ -77,9 +83,16 @@ impl Reloader {
             }
             Err(e) => {
                 m.config_reloads.with_label_values(&["error"]).inc();
+                let generation = self.shared.current.load().generation;
                 if let Ok(mut s) = self.shared.reload.lock() {
                     s.last_error = Some(e.clone());
                     s.last_error_at = Some(SystemTime::now());
+                    s.record(ReloadAttempt {
+                        at: SystemTime::now(),
+                        trigger: trigger.to_string(),
+                        generation,
+                        error: Some(e.clone()),
+                    });
                 }
                 tracing::error!(
                     trigger,

@@ -202,6 +202,34 @@ pub struct ReloadStatus {
     pub last_error: Option<String>,
     /// When that failure happened.
     pub last_error_at: Option<SystemTime>,
+    /// The latest attempts, oldest first, at most [`ReloadStatus::KEPT`].
+    pub recent: std::collections::VecDeque<ReloadAttempt>,
+}
+
+impl ReloadStatus {
+    /// How many attempts `recent` keeps.
+    pub const KEPT: usize = 10;
+
+    /// Records one attempt, dropping the oldest beyond [`ReloadStatus::KEPT`].
+    pub fn record(&mut self, attempt: ReloadAttempt) {
+        if self.recent.len() == Self::KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(attempt);
+    }
+}
+
+/// One reload attempt, for `/status` and the admin page.
+#[derive(Debug, Clone)]
+pub struct ReloadAttempt {
+    /// When it finished.
+    pub at: SystemTime,
+    /// What asked for it (`SIGHUP`, `POST /reload`, `file changed`).
+    pub trigger: String,
+    /// The generation running afterwards.
+    pub generation: u64,
+    /// The error when it failed (the running configuration stayed).
+    pub error: Option<String>,
 }
 
 /// A listener as bound, for `/status`.
