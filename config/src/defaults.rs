@@ -127,3 +127,14 @@ pub const STICKY_COOKIE: &str = "portico_affinity";
 
 /// Largest body `buffer_requests` holds when the route sets no `max_body` (10 MiB).
 pub const BUFFER_REQUESTS_MAX: u64 = 10 << 20;
+
+/// ACME directory when `tls.acme.directory` is not set: Let's Encrypt.
+pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (`directory = "letsencrypt-staging"`).
+pub const ACME_DIRECTORY_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// ACME storage when neither `tls.acme.storage` nor systemd's `$STATE_DIRECTORY` is set.
+pub const ACME_STORAGE: &str = "/var/lib/portico/acme";
+/// First wait after a failed ACME attempt (doubling up to [`ACME_RETRY_MAX`]).
+pub const ACME_RETRY_MIN: Duration = Duration::from_secs(60);
+/// Longest wait between ACME attempts after failures.
+pub const ACME_RETRY_MAX: Duration = Duration::from_secs(3600);

@@ -166,6 +166,20 @@ pub struct TlsFile {
     pub certificates: Option<Vec<CertFile>>,
     pub http2: Option<Flag>,
     pub min_version: Option<String>,
+    pub acme: Option<AcmeFile>,
+}
+
+/// `tls.acme = { ... }` of a listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    pub hosts: Option<Vec<String>>,
+    pub email: Option<String>,
+    pub directory: Option<String>,
+    pub challenge: Option<String>,
+    pub storage: Option<String>,
+    pub ca_roots: Option<String>,
+    pub retry_min: Option<Dur>,
 }
 
 /// One certificate and key pair.

@@ -220,11 +220,55 @@ pub struct CertPaths {
     pub key_path: KeyPath,
 }
 
+/// How the ACME CA checks that Portico answers for a host name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 (RFC 8737): answered on the TLS listener itself (`acme-tls/1`).
+    TlsAlpn01,
+    /// HTTP-01: answered on plain-HTTP listeners at `/.well-known/acme-challenge/`.
+    Http01,
+}
+
+impl AcmeChallenge {
+    /// The name in the config and in ACME (`tls-alpn-01`, `http-01`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
+}
+
+/// Certificates obtained and renewed from an ACME CA for a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    /// Host names to obtain certificates for (one certificate each).
+    pub hosts: Vec<String>,
+    /// Contact address given to the CA (`mailto:`), if any.
+    pub email: Option<String>,
+    /// The CA's ACME directory URL.
+    pub directory: String,
+    /// The challenge type answered.
+    pub challenge: AcmeChallenge,
+    /// Directory holding the account key and certificates.
+    pub storage: PathBuf,
+    /// PEM root certificate to trust for the CA's own HTTPS (a private or test CA), instead of
+    /// the system's roots.
+    pub ca_roots: Option<PathBuf>,
+    /// First wait after a failed attempt; doubles up to an hour.
+    pub retry_min: Duration,
+    /// Where this block is configured, for messages.
+    pub key_path: KeyPath,
+}
+
 /// TLS settings of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTls {
-    /// Certificates, chosen by SNI; the first one is the default.
+    /// Certificates, chosen by SNI; the first one is the default. May be empty when `acme`
+    /// provides them.
     pub certificates: Vec<CertPaths>,
+    /// Certificates from an ACME CA, served before the files for their hosts.
+    pub acme: Option<Acme>,
     /// Whether HTTP/2 is offered through ALPN.
     pub http2: bool,
     /// Lowest TLS version accepted.

@@ -52,6 +52,32 @@ fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// Whether an ACME CA can validate `h` with HTTP-01 or TLS-ALPN-01: a DNS name of at least
+/// two labels, no wildcard (those need DNS-01), no IP address.
+fn acme_host(h: &str) -> Result<(), &'static str> {
+    if h.starts_with("*.") {
+        return Err("wildcard names need the DNS-01 challenge, which Portico does not answer");
+    }
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return Err("an IP address: ACME certificates here are for host names");
+    }
+    let labels_ok = h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !labels_ok {
+        return Err("not a valid DNS host name");
+    }
+    if !h.contains('.') {
+        return Err("a single-label name: a public CA validates fully qualified names");
+    }
+    Ok(())
+}
+
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -646,6 +672,18 @@ impl Validator<'_> {
                 freebind: f.freebind.is_some_and(|v| v.0),
             });
         }
+        let plain = out.iter().any(|l| l.tls.is_none());
+        for l in &out {
+            if let Some(a) = l.tls.as_ref().and_then(|t| t.acme.as_ref()) {
+                if a.challenge == AcmeChallenge::Http01 && !plain {
+                    self.err(
+                        a.key_path.key("challenge"),
+                        "http-01 is answered on a plain-HTTP listener (port 80 as the CA sees \
+                         it) and this config has none: add one, or use \"tls-alpn-01\"",
+                    );
+                }
+            }
+        }
         out
     }
 
@@ -678,6 +716,7 @@ impl Validator<'_> {
 
     fn listener_tls(&mut self, t: TlsFile, k: &KeyPath) -> ListenerTls {
         let mut certificates = Vec::new();
+        let acme = t.acme.map(|a| self.acme(a, &k.key("acme")));
         match (t.cert.is_some() || t.key.is_some(), t.certificates) {
             (true, Some(_)) => self.err(
                 k.clone(),
@@ -696,7 +735,11 @@ impl Validator<'_> {
                     ));
                 }
             }
-            (false, None) => self.err(k.clone(), "missing `cert` and `key` (or `certificates`)"),
+            (false, None) if acme.is_some() => {}
+            (false, None) => self.err(
+                k.clone(),
+                "missing `cert` and `key` (or `certificates`, or `acme`)",
+            ),
         }
         let min_version = match t.min_version.as_deref() {
             None | Some("1.2") => TlsVersion::Tls12,
@@ -711,8 +754,101 @@ impl Validator<'_> {
         };
         ListenerTls {
             certificates,
+            acme,
             http2: t.http2.is_none_or(|v| v.0),
             min_version,
+        }
+    }
+
+    /// `tls.acme`: host names checked as DNS names an ACME CA can validate, the directory URL
+    /// (or `letsencrypt` / `letsencrypt-staging`), the challenge type, and the storage
+    /// directory (default: `$STATE_DIRECTORY/acme` under systemd, else
+    /// [`d::ACME_STORAGE`]).
+    fn acme(&mut self, a: AcmeFile, k: &KeyPath) -> Acme {
+        let mut hosts: Vec<String> = Vec::new();
+        match a.hosts {
+            None => self.err(
+                k.key("hosts"),
+                "missing: the host names to get certificates for",
+            ),
+            Some(list) if list.is_empty() => {
+                self.err(k.key("hosts"), "at least one host name is needed")
+            }
+            Some(list) => {
+                for (i, h) in list.into_iter().enumerate() {
+                    let h = h.trim_end_matches('.').to_ascii_lowercase();
+                    if let Err(why) = acme_host(&h) {
+                        self.err(k.key("hosts").index(i), format!("{h:?}: {why}"));
+                    } else if hosts.contains(&h) {
+                        self.err(k.key("hosts").index(i), format!("{h:?} is listed twice"));
+                    } else {
+                        hosts.push(h);
+                    }
+                }
+            }
+        }
+        let directory = match a.directory.as_deref() {
+            None | Some("letsencrypt") => d::ACME_DIRECTORY.to_string(),
+            Some("letsencrypt-staging") => d::ACME_DIRECTORY_STAGING.to_string(),
+            Some(u) if u.starts_with("https://") && u.len() > "https://".len() => u.to_string(),
+            Some(u) => {
+                self.err(
+                    k.key("directory"),
+                    format!(
+                        "{u:?} is not an ACME directory: an https:// URL, \"letsencrypt\" or \"letsencrypt-staging\""
+                    ),
+                );
+                String::new()
+            }
+        };
+        let challenge = match a.challenge.as_deref() {
+            None | Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+            Some("http-01") => AcmeChallenge::Http01,
+            Some(c) => {
+                self.err(
+                    k.key("challenge"),
+                    format!("unknown challenge {c:?}: expected \"tls-alpn-01\" or \"http-01\""),
+                );
+                AcmeChallenge::TlsAlpn01
+            }
+        };
+        if let Some(e) = &a.email {
+            if !e.contains('@')
+                || e.starts_with('@')
+                || e.ends_with('@')
+                || e.contains(char::is_whitespace)
+            {
+                self.err(k.key("email"), format!("{e:?} is not an email address"));
+            }
+        }
+        let storage = match a.storage {
+            Some(s) => self.resolve_path(&s),
+            None => match std::env::var("STATE_DIRECTORY") {
+                // systemd's StateDirectory= (a colon-separated list when there are several).
+                Ok(v) if !v.is_empty() => {
+                    PathBuf::from(v.split(':').next().unwrap_or(&v)).join("acme")
+                }
+                _ => PathBuf::from(d::ACME_STORAGE),
+            },
+        };
+        let ca_roots = a.ca_roots.map(|p| self.resolve_path(&p));
+        if let Some(p) = &ca_roots {
+            if !p.is_file() {
+                self.err(
+                    k.key("ca_roots"),
+                    format!("{} is not a readable file", p.display()),
+                );
+            }
+        }
+        Acme {
+            hosts,
+            email: a.email,
+            directory,
+            challenge,
+            storage,
+            ca_roots,
+            retry_min: dur(a.retry_min, d::ACME_RETRY_MIN),
+            key_path: k.clone(),
         }
     }
 

@@ -950,3 +950,67 @@ fn replay_problems() {
     one_err(&format!("{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"a\"\nreplay_cache = [{{ ttl = \"1m\" }}]\n"), "missing `cookie` or `header`");
     one_err(&format!("{l}[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"a\"\nreplay_cache = [{{ cookie = \"a\", header = \"b\" }}]\n"), "not both");
 }
+
+#[test]
+fn acme_blocks() {
+    let base = "[upstreams.a]\nbackends=[\"127.0.0.1:2\"]\n";
+    let tls = |acme: &str| {
+        format!("[[listeners]]\naddress = \"127.0.0.1:1\"\ntls = {{ acme = {{ {acme} }} }}\n{base}")
+    };
+    let c = ok(&tls("hosts = [\"Example.COM.\", \"www.example.com\"], email = \"ops@example.com\", storage = \"/srv/acme\""));
+    let a = c.listeners[0].tls.as_ref().unwrap().acme.as_ref().unwrap();
+    assert_eq!(a.hosts, ["example.com", "www.example.com"]);
+    assert_eq!(
+        a.directory,
+        "https://acme-v02.api.letsencrypt.org/directory"
+    );
+    assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
+    assert_eq!(a.storage, std::path::Path::new("/srv/acme"));
+    assert!(c.listeners[0].tls.as_ref().unwrap().certificates.is_empty());
+    let c = ok(&tls(
+        "hosts = [\"a.example\"], directory = \"letsencrypt-staging\"",
+    ));
+    let a = c.listeners[0].tls.as_ref().unwrap().acme.as_ref().unwrap();
+    assert!(a.directory.contains("staging"));
+
+    let e = one_err(&tls("hosts = [\"*.example.com\"]"), "DNS-01");
+    assert!(e.contains("listeners[0].tls.acme.hosts[0]"), "{e}");
+    one_err(&tls("hosts = [\"10.0.0.1\"]"), "an IP address");
+    one_err(&tls("hosts = [\"localhost\"]"), "single-label");
+    one_err(
+        &tls("hosts = [\"bad_name.example\"]"),
+        "not a valid DNS host name",
+    );
+    one_err(
+        &tls("hosts = [\"a.example\", \"A.example\"]"),
+        "listed twice",
+    );
+    one_err(&tls("hosts = []"), "at least one host name");
+    one_err(&tls("email = \"x@y.z\""), "hosts: missing");
+    one_err(
+        &tls("hosts = [\"a.example\"], directory = \"http://ca/dir\""),
+        "not an ACME directory",
+    );
+    one_err(
+        &tls("hosts = [\"a.example\"], challenge = \"dns-01\""),
+        "unknown challenge",
+    );
+    one_err(
+        &tls("hosts = [\"a.example\"], email = \"nobody\""),
+        "not an email address",
+    );
+    one_err(
+        &tls("hosts = [\"a.example\"], ca_roots = \"/nonexistent/ca.pem\""),
+        "not a readable file",
+    );
+    one_err(
+        &tls("hosts = [\"a.example\"], challenge = \"http-01\""),
+        "plain-HTTP listener",
+    );
+    one_err(&tls("hosts = [\"a.example\"], staging = true"), "staging");
+    // A TLS listener needs certificates from somewhere.
+    one_err(
+        &format!("[[listeners]]\naddress = \"127.0.0.1:1\"\ntls = {{ http2 = true }}\n{base}"),
+        "or `acme`",
+    );
+}
