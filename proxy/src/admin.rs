@@ -372,6 +372,34 @@ impl Admin {
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default();
+        let unix = |t: Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+        };
+        let acme: Vec<Value> = self
+            .shared
+            .acme
+            .hosts
+            .lock()
+            .map(|hosts| {
+                hosts
+                    .iter()
+                    .map(|h| {
+                        json!({
+                            "listener": h.listener,
+                            "host": h.host,
+                            "challenge": h.challenge,
+                            "directory": h.directory,
+                            "serving": h.serving,
+                            "not_after_unix": unix(h.not_after),
+                            "last_attempt_unix": unix(h.last_attempt),
+                            "last_error": h.last_error,
+                            "next_attempt_unix": unix(h.next_attempt),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let (nofile_soft, nofile_hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
         let recent_reloads: Vec<Value> = reload
             .recent
@@ -411,6 +439,7 @@ impl Admin {
             "routes": routes,
             "upstreams": upstreams,
             "recent_reloads": recent_reloads,
+            "acme": acme,
         })
     }
 }
@@ -445,6 +474,12 @@ fn redact(v: &mut Value) {
                     .for_each(|b| hide(b, &["key", "address", "origin"]));
             }
         }
+    }
+    if let Some(hs) = v.get_mut("acme").and_then(Value::as_array_mut) {
+        // Errors name storage paths.
+        hs.iter_mut()
+            .filter(|h| !h["last_error"].is_null())
+            .for_each(|h| hide(h, &["last_error"]));
     }
     if let Some(rs) = v.get_mut("recent_reloads").and_then(Value::as_array_mut) {
         // Errors name files and lines of the config.

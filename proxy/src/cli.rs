@@ -226,8 +226,21 @@ fn check(choice: ConfigChoice) -> i32 {
     for l in &c.listeners {
         let tls = match &l.tls {
             Some(t) => format!(
-                "tls ({} certificate(s){})",
-                t.certificates.len(),
+                "tls ({}{}{})",
+                if t.certificates.is_empty() && t.acme.is_some() {
+                    String::new()
+                } else {
+                    format!("{} certificate(s)", t.certificates.len())
+                },
+                t.acme
+                    .as_ref()
+                    .map(|a| format!(
+                        "{}acme for {} via {}",
+                        if t.certificates.is_empty() { "" } else { ", " },
+                        a.hosts.join(" "),
+                        a.challenge.as_str()
+                    ))
+                    .unwrap_or_default(),
                 if t.http2 { ", h2" } else { "" }
             ),
             None if l.force_https => "plain, redirects to https".to_string(),
@@ -275,6 +288,12 @@ fn check(choice: ConfigChoice) -> i32 {
             r.name,
             r.path
         );
+    }
+    // ACME hosts whose stored certificate is missing, unusable or expiring (no CA contacted).
+    for f in crate::doctor::acme_certificates(c, std::time::SystemTime::now()) {
+        if f.status != crate::doctor::Status::Ok {
+            outln!(out, "  {}: {}", f.check, f.detail);
+        }
     }
     // A closed pipe (`portico check | head`) is not an error worth a panic.
     let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());

@@ -453,6 +453,98 @@ pub fn certificates(cfg: &Config, now: SystemTime, soon: Duration) -> Vec<Findin
     out
 }
 
+/// ACME hosts: the stored certificate missing (obtained at start), unusable, expired or
+/// a third of the way through its renewal window without a renewal (renewal is failing), and
+/// a storage directory Portico cannot write.
+pub fn acme_certificates(cfg: &Config, now: SystemTime) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for l in &cfg.listeners {
+        let Some(a) = l.tls.as_ref().and_then(|t| t.acme.as_ref()) else {
+            continue;
+        };
+        if let Err(why) = writable(&a.storage) {
+            out.push(
+                Finding::new(
+                    format!("acme storage {}", a.storage.display()),
+                    Status::Fix,
+                    why,
+                )
+                .fix("give the user Portico runs as write access to it (the systemd unit's StateDirectory does), or set tls.acme.storage"),
+            );
+        }
+        for host in &a.hosts {
+            let check = format!("acme certificate {host}");
+            let f = match crate::acme::stored(a, host) {
+                Ok(None) => Finding::new(
+                    check,
+                    Status::Info,
+                    format!(
+                        "none stored yet: obtained from {} at start ({})",
+                        a.directory,
+                        a.challenge.as_str()
+                    ),
+                ),
+                Err(e) => Finding::new(check, Status::Fix, e)
+                    .fix("remove the file; Portico orders a new certificate at start"),
+                Ok(Some(h)) => {
+                    let window = h.not_after.duration_since(h.renew_at()).unwrap_or_default();
+                    let failing = now > h.renew_at() + window / 3;
+                    match h.not_after.duration_since(now) {
+                    Err(_) => Finding::new(
+                        check,
+                        Status::Fix,
+                        format!("expired {}", httpdate::fmt_http_date(h.not_after)),
+                    )
+                    .fix("Portico orders a new one while running: see `acme` in the admin /status for the last error"),
+                    Ok(left) if failing => Finding::new(
+                        check,
+                        Status::Fix,
+                        format!(
+                            "expires in {} day(s), {}: renewal is not succeeding",
+                            left.as_secs() / 86_400,
+                            httpdate::fmt_http_date(h.not_after)
+                        ),
+                    )
+                    .fix("see `acme` in the admin /status for the last error (DNS of the host, port 80/443 reachable from the CA, CA rate limits)"),
+                    Ok(left) => Finding::new(
+                        check,
+                        Status::Ok,
+                        format!("valid for {} more day(s)", left.as_secs() / 86_400),
+                    ),
+                    }
+                }
+            };
+            out.push(f);
+        }
+    }
+    out
+}
+
+/// Whether `dir` can be written (or created) by this process.
+fn writable(dir: &std::path::Path) -> Result<(), String> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) if !p.as_os_str().is_empty() => probe = p,
+            _ => break,
+        }
+    }
+    nix::unistd::access(
+        probe,
+        nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+    )
+    .map_err(|e| {
+        if probe == dir {
+            format!("not writable by this user: {e}")
+        } else {
+            format!(
+                "missing, and {} is not writable by this user: {e}",
+                probe.display()
+            )
+        }
+    })
+}
+
 /// DNS discovery names answer, and every backend accepts a TCP connection.
 pub async fn network(cfg: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -579,6 +671,7 @@ pub fn run_all(cfg: &Config) -> Vec<Finding> {
         SystemTime::now(),
         Duration::from_secs(30 * 86_400),
     ));
+    out.extend(acme_certificates(cfg, SystemTime::now()));
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -874,5 +967,56 @@ upstream = "app"
         let later = SystemTime::now() + Duration::from_secs(20 * 86_400);
         let f = certificates(&cfg, later, month);
         assert!(f[0].detail.starts_with("expired"), "{f:?}");
+    }
+
+    #[test]
+    fn acme_hosts_missing_stored_and_failing_renewal_are_reported() {
+        let storage = tempfile::tempdir().unwrap();
+        let extra = format!(
+            "tls = {{ acme = {{ hosts = [\"a.example.test\", \"b.example.test\"], directory = \"https://ca.test/dir\", storage = \"{}\" }} }}",
+            storage.path().display()
+        );
+        let cfg = config(&extra);
+        // a: 90 days of life, 40 left: renewal due in 10 days.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.example.test".into()]).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(50);
+        params.not_after = now + time::Duration::days(40);
+        let cert = params.self_signed(&key).unwrap();
+        let certs = storage.path().join("ca.test_dir").join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::write(
+            certs.join("a.example.test.pem"),
+            format!("{}{}", key.serialize_pem(), cert.pem()),
+        )
+        .unwrap();
+        let f = acme_certificates(&cfg, SystemTime::now());
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f[0].status, Status::Ok, "{f:?}");
+        assert_eq!(f[1].status, Status::Info, "{f:?}");
+        assert!(f[1].detail.contains("none stored yet"), "{f:?}");
+        // 22 days later the renewal is 12 days overdue (window 30 days, a third is 10).
+        let later = SystemTime::now() + Duration::from_secs(22 * 86_400);
+        let f = acme_certificates(&cfg, later);
+        assert_eq!(f[0].status, Status::Fix, "{f:?}");
+        assert!(f[0].detail.contains("renewal is not succeeding"), "{f:?}");
+        let much_later = SystemTime::now() + Duration::from_secs(41 * 86_400);
+        assert!(acme_certificates(&cfg, much_later)[0]
+            .detail
+            .starts_with("expired"));
+        // Storage that cannot be created (under a file; root may write anywhere else).
+        let file = storage.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let cfg = config(&extra.replace(
+            &storage.path().display().to_string(),
+            &file.join("acme").display().to_string(),
+        ));
+        let f = acme_certificates(&cfg, SystemTime::now());
+        assert!(
+            f.iter()
+                .any(|f| f.check.starts_with("acme storage") && f.status == Status::Fix),
+            "{f:?}"
+        );
     }
 }

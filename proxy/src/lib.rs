@@ -15,6 +15,7 @@
 //! Configuration (file model, validation, routing) lives in the `portico-config` crate.
 
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
 pub mod buildinfo;
 pub mod cli;

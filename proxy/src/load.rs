@@ -37,7 +37,13 @@ pub fn prepare_tls(loaded: &Loaded) -> Result<Vec<Option<ListenerTls>>, ConfigEr
         };
         match tls::load_listener_certs(t) {
             Ok(certs) => {
-                let resolver = Arc::new(SniResolver::new(CertStore::new(&certs)));
+                let store = CertStore::new(&certs);
+                let resolver = Arc::new(match &t.acme {
+                    Some(a) => {
+                        SniResolver::with_acme(store, Arc::new(tls::AcmeCerts::new(&a.hosts)))
+                    }
+                    None => SniResolver::new(store),
+                });
                 let config = tls::server_config(t, resolver.clone());
                 out.push(Some(ListenerTls {
                     resolver,

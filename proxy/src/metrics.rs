@@ -84,6 +84,10 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Configuration reloads, by result (`success`, `error`).
     pub config_reloads: IntCounterVec,
+    /// When each served certificate expires (UNIX seconds), by listener and host.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// ACME orders by listener, host and result (`issued`, `renewed`, `error`).
+    pub acme_orders: IntCounterVec,
 }
 
 fn counter_vec(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -333,6 +337,20 @@ impl Metrics {
                 "portico_config_reloads_total",
                 "Configuration reload attempts, by result.",
                 &["result"],
+            ),
+            tls_certificate_expiry: gauge_vec(
+                &registry,
+                "portico_tls_certificate_expiry_seconds",
+                "When the certificate served for a host expires, as a UNIX time (alert on \
+                 `portico_tls_certificate_expiry_seconds - time() < 14 * 86400`).",
+                &["listener", "host"],
+            ),
+            acme_orders: counter_vec(
+                &registry,
+                "portico_acme_orders_total",
+                "Certificate orders to the ACME CA, by listener, host and result (issued, \
+                 renewed, error).",
+                &["listener", "host", "result"],
             ),
             registry,
         }

@@ -173,6 +173,30 @@ fn fixed_changes(prev: &Snapshot, next: &portico_config::Config) -> Vec<String> 
     if a != b {
         out.push("listeners (addresses, TLS on/off, socket options)".to_string());
     }
+    let acme = |c: &portico_config::Config| -> Vec<String> {
+        c.listeners
+            .iter()
+            .map(|l| {
+                let a = l.tls.as_ref().and_then(|t| t.acme.as_ref());
+                // Where a block sits in the file is no change.
+                format!(
+                    "{:?}",
+                    a.map(|a| (
+                        &a.hosts,
+                        &a.email,
+                        &a.directory,
+                        a.challenge,
+                        &a.storage,
+                        &a.ca_roots,
+                        a.retry_min
+                    ))
+                )
+            })
+            .collect()
+    };
+    if acme(old) != acme(next) {
+        out.push("tls.acme (hosts, CA, challenge, storage)".to_string());
+    }
     if old.admin.as_ref().map(|a| a.address) != next.admin.as_ref().map(|a| a.address) {
         out.push("admin address".to_string());
     }

@@ -267,6 +267,8 @@ pub struct Shared {
     pub files: crate::statics::cache::FileCache,
     /// Upgraded client connections, to close cleanly at shutdown.
     pub ws_conns: crate::wsclose::Registry,
+    /// ACME challenge answers and certificate status.
+    pub acme: Arc<crate::acme::AcmeState>,
     next_generation: AtomicU64,
 }
 
@@ -278,6 +280,7 @@ impl Shared {
         Arc::new(Self {
             replay_cache,
             ws_counts: Default::default(),
+            acme: Default::default(),
             files: Default::default(),
             ws_conns: Default::default(),
             next_generation: AtomicU64::new(first.generation + 1),

@@ -1,6 +1,6 @@
 //! The admin listener's HTML status page (`GET /`): the `/status` document laid out for a
 //! person — listeners and their open connections, upstreams with regions and discovery, every
-//! backend's health and load, routes, and the latest reloads.
+//! backend's health and load, routes, ACME certificates, and the latest reloads.
 //!
 //! It is rendered from the same JSON value as `/status`, after redaction, so a caller without
 //! the admin token sees exactly what the redacted JSON shows and nothing more. The page is
@@ -79,8 +79,8 @@ fn duration(secs: f64) -> String {
 /// The CSS class of a health state, for colour.
 fn state_class(state: &str) -> &'static str {
     match state {
-        "up" | "reloaded" => "ok",
-        "pending" => "warn",
+        "up" | "reloaded" | "issued" | "stored" => "ok",
+        "pending" | "placeholder" => "warn",
         _ => "bad",
     }
 }
@@ -325,6 +325,64 @@ pub fn render(status: &Value, full: bool) -> String {
         &rows,
     );
     o.push_str("</section>");
+
+    let acme = status["acme"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if !acme.is_empty() {
+        o.push_str("<section id=\"acme\"><h2>Certificates from ACME</h2>");
+        let rows: Vec<Vec<String>> = acme
+            .iter()
+            .map(|h| {
+                let serving = h["serving"].as_str().unwrap_or("none");
+                let mut s = badge(serving);
+                if !h["last_error"].is_null() {
+                    let _ = write!(
+                        s,
+                        " <span class=\"state bad\">last attempt failed</span> <code>{}</code>",
+                        cell(&h["last_error"])
+                    );
+                }
+                let expires = match h["not_after_unix"].as_f64() {
+                    Some(t) if t > now => format!("in {}", duration(t - now)),
+                    Some(_) => "<span class=\"state bad\">expired</span>".to_string(),
+                    None => "–".to_string(),
+                };
+                let next = match h["next_attempt_unix"].as_f64() {
+                    Some(t) if t > now => format!("in {}", duration(t - now)),
+                    Some(_) => "now".to_string(),
+                    None => "–".to_string(),
+                };
+                vec![
+                    cell(&h["host"]),
+                    cell(&h["listener"]),
+                    s,
+                    expires,
+                    ago(&h["last_attempt_unix"], now),
+                    next,
+                    cell(&h["challenge"]),
+                    cell(&h["directory"]),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            "acme",
+            &[
+                "host",
+                "listener",
+                "serving",
+                "expires",
+                "last order",
+                "next order",
+                "challenge",
+                "CA directory",
+            ],
+            &rows,
+        );
+        o.push_str("</section>");
+    }
 
     o.push_str("<section id=\"reloads\"><h2>Recent reloads</h2>");
     let rows: Vec<Vec<String>> = status["recent_reloads"]

@@ -1,5 +1,6 @@
 //! TLS for client-facing listeners: certificate loading and validation, and an SNI resolver
-//! whose certificate set can be swapped at runtime.
+//! whose certificate set can be swapped at runtime, with the certificates an ACME task keeps
+//! (and its TLS-ALPN-01 challenge answers) in front of the files.
 //!
 //! pingora's `TlsSettings::build()` panics on a bad file, so Portico never hands it paths:
 //! every PEM is parsed and the key checked against the certificate here, with errors that
@@ -200,10 +201,73 @@ impl CertStore {
     }
 }
 
-/// SNI certificate resolver over a swappable [`CertStore`].
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+type ByHost = HashMap<String, Arc<CertifiedKey>>;
+
+/// A listener's certificates from an ACME CA (or their self-signed placeholders), and the
+/// TLS-ALPN-01 challenge certificates being validated. Written by the ACME task, read by
+/// every handshake: each map is swapped whole, so a handshake never takes a lock.
+#[derive(Debug, Default)]
+pub struct AcmeCerts {
+    served: ArcSwap<ByHost>,
+    challenges: ArcSwap<ByHost>,
+    /// Served for a name no certificate covers (the first configured host).
+    default_host: String,
+}
+
+impl AcmeCerts {
+    /// Certificates for `hosts`; none yet.
+    pub fn new(hosts: &[String]) -> Self {
+        Self {
+            default_host: hosts.first().cloned().unwrap_or_default(),
+            ..Default::default()
+        }
+    }
+
+    fn put(map: &ArcSwap<ByHost>, host: &str, key: Option<Arc<CertifiedKey>>) {
+        map.rcu(|m| {
+            let mut m = (**m).clone();
+            match &key {
+                Some(k) => m.insert(host.to_string(), k.clone()),
+                None => m.remove(host),
+            };
+            m
+        });
+    }
+
+    /// Serves `key` for `host` from the next handshake on.
+    pub fn set(&self, host: &str, key: Arc<CertifiedKey>) {
+        Self::put(&self.served, host, Some(key));
+    }
+
+    /// Answers TLS-ALPN-01 validation of `host` with `key` (`None`: stop answering).
+    pub fn set_challenge(&self, host: &str, key: Option<Arc<CertifiedKey>>) {
+        Self::put(&self.challenges, host, key);
+    }
+
+    fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = sni?.trim_end_matches('.').to_ascii_lowercase();
+        self.served.load().get(&name).cloned()
+    }
+
+    fn challenge(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = sni?.trim_end_matches('.').to_ascii_lowercase();
+        self.challenges.load().get(&name).cloned()
+    }
+
+    fn fallback(&self) -> Option<Arc<CertifiedKey>> {
+        self.served.load().get(&self.default_host).cloned()
+    }
+}
+
+/// SNI certificate resolver over a swappable [`CertStore`], with the listener's ACME
+/// certificates (if it has any) consulted first for their hosts.
 #[derive(Debug)]
 pub struct SniResolver {
     store: ArcSwap<CertStore>,
+    acme: Option<Arc<AcmeCerts>>,
 }
 
 impl SniResolver {
@@ -211,7 +275,21 @@ impl SniResolver {
     pub fn new(store: CertStore) -> Self {
         Self {
             store: ArcSwap::from_pointee(store),
+            acme: None,
         }
+    }
+
+    /// A resolver serving `acme`'s certificates for their hosts and `store` for the rest.
+    pub fn with_acme(store: CertStore, acme: Arc<AcmeCerts>) -> Self {
+        Self {
+            store: ArcSwap::from_pointee(store),
+            acme: Some(acme),
+        }
+    }
+
+    /// The ACME certificates this resolver serves, if any.
+    pub fn acme(&self) -> Option<&Arc<AcmeCerts>> {
+        self.acme.as_ref()
     }
 
     /// Replaces the certificates; new handshakes use them at once.
@@ -227,7 +305,21 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.store.load().lookup(hello.server_name())
+        let sni = hello.server_name();
+        let Some(acme) = &self.acme else {
+            return self.store.load().lookup(sni);
+        };
+        // Only a CA's validator offers acme-tls/1; it gets the challenge certificate or no
+        // handshake at all, never a served one.
+        if hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN))
+        {
+            return acme.challenge(sni);
+        }
+        acme.lookup(sni)
+            .or_else(|| self.store.load().lookup(sni))
+            .or_else(|| acme.fallback())
     }
 }
 
@@ -247,5 +339,12 @@ pub fn server_config(tls: &ListenerTls, resolver: Arc<SniResolver>) -> Arc<Serve
     } else {
         vec![b"http/1.1".to_vec()]
     };
+    if tls
+        .acme
+        .as_ref()
+        .is_some_and(|a| a.challenge == portico_config::AcmeChallenge::TlsAlpn01)
+    {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     Arc::new(config)
 }

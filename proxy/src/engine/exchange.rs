@@ -1008,7 +1008,7 @@ impl Exchange<'_> {
         client: &mut Client<S>,
         f: LocalFailure,
     ) -> After {
-        if f.reason != "force_https" {
+        if f.reason != "force_https" && !f.is_acme_answer() {
             self.ctx.error = Some(f.reason);
         }
         if f.status == 0 || self.answered {
@@ -1017,7 +1017,7 @@ impl Exchange<'_> {
             return After::Gone;
         }
         let redirect = f.reason == "force_https";
-        if !redirect {
+        if !redirect && !f.is_acme_answer() {
             self.app
                 .shared
                 .metrics
@@ -1032,7 +1032,19 @@ impl Exchange<'_> {
         }
         let close = !self.client_keep_alive || !self.body.done;
         let head_only = self.head.method == Method::HEAD;
-        let written = if redirect {
+        let written = if f.is_acme_answer() {
+            write_text(
+                client,
+                &self.ctx,
+                200,
+                f.message.clone(),
+                &[],
+                close,
+                head_only,
+                self.head.version,
+            )
+            .await
+        } else if redirect {
             let location = f.message.clone();
             let body = format!("Redirecting to {location}\n");
             write_text(

@@ -1,5 +1,5 @@
-//! Identifying a request: request id, client address, `force_https`, the route, and the
-//! declared body size. Runs once per request, before any upstream is chosen.
+//! Identifying a request: request id, client address, ACME HTTP-01 answers, `force_https`, the
+//! route, and the declared body size. Runs once per request, before any upstream is chosen.
 
 use http::header::CONTENT_LENGTH;
 use pingora_http::RequestHeader;
@@ -54,6 +54,18 @@ impl Portico {
                     .to_string(),
                 retry_after: None,
             });
+        }
+        // ACME HTTP-01 answers come before routing and before force_https (the CA asks
+        // over plain HTTP); only tokens being validated are answered.
+        if !self.listener.tls {
+            if let Some(body) = self.shared.acme.http01.answer(req.uri.path()) {
+                return Some(LocalFailure {
+                    status: 200,
+                    reason: LocalFailure::ACME_CHALLENGE,
+                    message: body,
+                    retry_after: None,
+                });
+            }
         }
         let listener = self.listener_cfg(ctx)?;
         if listener.force_https && !self.listener.tls {

@@ -24,6 +24,14 @@ pub struct LocalFailure {
 }
 
 impl LocalFailure {
+    /// Reason of an HTTP-01 answer: status 200, `message` is the body.
+    pub const ACME_CHALLENGE: &'static str = "acme_challenge";
+
+    /// Whether this is an ACME HTTP-01 answer rather than a failure.
+    pub fn is_acme_answer(&self) -> bool {
+        self.reason == Self::ACME_CHALLENGE
+    }
+
     /// A failure without `Retry-After`.
     pub fn new(status: u16, reason: &'static str, message: String) -> Self {
         Self {

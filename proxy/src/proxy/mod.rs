@@ -295,7 +295,9 @@ impl ProxyHttp for Portico {
         if !session.is_body_empty() {
             session.set_keepalive(None);
         }
-        if failure.reason == "force_https" {
+        if failure.is_acme_answer() {
+            respond::send(session, ctx, 200, failure.message.clone(), &[]).await?;
+        } else if failure.reason == "force_https" {
             let location = failure.message.clone();
             let body = format!("Redirecting to {location}\n");
             respond::send(

@@ -391,6 +391,22 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .zip(&tls)
         .map(|(l, t)| (l.name.to_string(), t.as_ref().map(|t| t.resolver.clone())))
         .collect();
+    // ACME tasks run on the control runtime for the life of the process.
+    for (l, t) in config.listeners.iter().zip(&tls) {
+        let acme = l.tls.as_ref().and_then(|c| c.acme.as_ref());
+        let certs = t.as_ref().and_then(|t| t.resolver.acme().cloned());
+        if let (Some(acme), Some(certs)) = (acme, certs) {
+            let _runtime = control.enter();
+            crate::acme::task::spawn_listener(
+                &l.name,
+                acme,
+                certs,
+                shared.acme.clone(),
+                &shared.metrics,
+                &shutdown_rx,
+            );
+        }
+    }
     let reloader = Arc::new(crate::reload::Reloader::new(
         shared.clone(),
         resolvers,

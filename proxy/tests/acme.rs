@@ -1,0 +1,501 @@
+//! Automatic HTTPS against a real ACME CA on loopback: Debian's `pebble` (Let's Encrypt's test
+//! CA, installed by `scripts/ensure-deps`), whose validation resolves the test host names
+//! through the tests' own DNS server to 127.0.0.1, where Portico answers the challenges.
+//! Covered: first issuance with TLS-ALPN-01 and with HTTP-01 (ahead of `force_https`),
+//! renewal of short-lived certificates, a restart that reuses storage while the CA is down,
+//! a CA that is down at start, and an expired stored certificate replaced.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::dns::TestDns;
+use common::*;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// A free loopback port (nothing listens on it once returned).
+fn free_port() -> u16 {
+    dead_addr().port()
+}
+
+/// A running pebble.
+struct Pebble {
+    child: Child,
+    /// ACME directory URL.
+    directory: String,
+    /// Management API (roots).
+    management: SocketAddr,
+    /// The CA that signed pebble's own HTTPS certificate (for Portico's `ca_roots`).
+    https_ca: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pebble {
+    /// Starts pebble validating HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`,
+    /// resolving names with `dns`, issuing certificates valid for `validity` seconds.
+    async fn start(
+        dns: SocketAddr,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+        listen: Option<u16>,
+    ) -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new();
+        let (cert, key) = pki.leaf(dir.path(), "pebble", &["127.0.0.1", "localhost"]);
+        let https_ca = dir.path().join("pebble-https-ca.pem");
+        std::fs::write(&https_ca, &pki.ca_pem).unwrap();
+        let listen = SocketAddr::from(([127, 0, 0, 1], listen.unwrap_or_else(free_port)));
+        let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut cfg = serde_json::json!({
+            "pebble": {
+                "listenAddress": listen.to_string(),
+                "managementListenAddress": management.to_string(),
+                "certificate": cert,
+                "privateKey": key,
+                "httpPort": http_port,
+                "tlsPort": tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+            }
+        });
+        if let Some(v) = validity {
+            cfg["pebble"]["certificateValidityPeriod"] = v.into();
+        }
+        let cfg_path = dir.path().join("pebble.json");
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&cfg_path)
+            .arg("-dnsserver")
+            .arg(dns.to_string())
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pebble is installed (scripts/ensure-deps installs it as root)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(listen).await.is_err()
+            || tokio::net::TcpStream::connect(management).await.is_err()
+        {
+            assert!(Instant::now() < deadline, "pebble did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Pebble {
+            child,
+            directory: format!("https://{listen}/dir"),
+            management,
+            https_ca,
+            _dir: dir,
+        }
+    }
+
+    /// The root that signs the certificates pebble issues (regenerated per pebble run).
+    async fn issuing_root(&self) -> String {
+        let ca = std::fs::read(&self.https_ca).unwrap();
+        reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap()
+            .get(format!("https://{}/roots/0", self.management))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The chain `addr` serves for `sni` when verified against `root_pem`, or why not.
+async fn verified_chain(
+    addr: SocketAddr,
+    sni: &str,
+    root_pem: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap().to_vec())
+}
+
+/// Waits until `addr` serves a certificate for `sni` that `root_pem` verifies.
+async fn wait_verified(
+    addr: SocketAddr,
+    sni: &str,
+    root_pem: &str,
+    p: &Portico,
+) -> Vec<CertificateDer<'static>> {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        match verified_chain(addr, sni, root_pem).await {
+            Ok(chain) => return chain,
+            Err(e) => {
+                if Instant::now() > deadline {
+                    panic!(
+                        "no CA-issued certificate for {sni}: {e}\n/status acme: {}\n{}",
+                        status(p).await["acme"],
+                        p.stderr_text()
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn config(
+    http_port: u16,
+    tls_port: u16,
+    origin: SocketAddr,
+    acme: &str,
+    plain_extra: &str,
+) -> String {
+    format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:{http_port}"
+{plain_extra}
+
+[[listeners]]
+name = "https"
+address = "127.0.0.1:{tls_port}"
+tls = {{ acme = {{ {acme} }} }}
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstreams.app]
+backends = ["{origin}"]
+
+[[routes]]
+upstream = "app"
+"#
+    )
+}
+
+fn acme_block(pebble: &Pebble, storage: &Path, host: &str, extra: &str) -> String {
+    format!(
+        "hosts = [\"{host}\"], email = \"ops@portico.test\", directory = \"{}\", ca_roots = \"{}\", storage = \"{}\", retry_min = \"1s\"{extra}",
+        pebble.directory,
+        pebble.https_ca.display(),
+        storage.display()
+    )
+}
+
+async fn acme_status(p: &Portico, host: &str) -> serde_json::Value {
+    let s = status(p).await;
+    s["acme"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["host"] == host)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// First issuance over TLS-ALPN-01 on the TLS listener itself; the certificate is served to
+/// browsers-to-be, traffic flows, status and metrics say so; then a restart with the CA gone
+/// serves the stored certificate at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_then_a_restart_reuses_storage_without_the_ca() {
+    let dns = TestDns::start().await;
+    let host = "alpn.portico.test";
+    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
+    let origin = Origin::named("app").await;
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(dns.addr, http_port, tls_port, None, None).await;
+    let storage = tempfile::tempdir().unwrap();
+    // The CA's HTTPS root stays where the config names it after the CA is gone.
+    let kept = tempfile::tempdir().unwrap();
+    let ca_file = kept.path().join("ca.pem");
+    std::fs::copy(&pebble.https_ca, &ca_file).unwrap();
+    let cfg = config(
+        http_port,
+        tls_port,
+        origin.addr,
+        &acme_block(&pebble, storage.path(), host, "").replace(
+            &pebble.https_ca.display().to_string(),
+            &ca_file.display().to_string(),
+        ),
+        "",
+    );
+    let mut p = Portico::start(&cfg);
+    let tls_addr = p.addr("https");
+    let root = pebble.issuing_root().await;
+    let chain = wait_verified(tls_addr, host, &root, &p).await;
+
+    // Traffic over the issued certificate.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).unwrap())
+        .resolve(host, tls_addr)
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://{host}:{}/", tls_addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "app");
+
+    let st = acme_status(&p, host).await;
+    assert_eq!(st["serving"], "issued", "{st}");
+    assert_eq!(st["challenge"], "tls-alpn-01");
+    assert!(st["last_error"].is_null(), "{st}");
+    assert_eq!(
+        metric(
+            &p,
+            "portico_acme_orders_total",
+            &[("host", host), ("result", "issued")]
+        )
+        .await,
+        1.0
+    );
+    let expiry = metric(
+        &p,
+        "portico_tls_certificate_expiry_seconds",
+        &[("host", host)],
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(expiry > now + 86_400.0, "expiry {expiry} vs now {now}");
+
+    // The admin page lists it.
+    let page = client_get_text(&p.admin_url("/")).await;
+    let row = &page[page.find("id=\"acme\"").expect("an ACME section")..];
+    assert!(row.contains(host) && row.contains(">issued<"), "{row}");
+
+    // Stored privately.
+    use std::os::unix::fs::PermissionsExt;
+    let stored: Vec<_> = walk(storage.path());
+    let pem = stored
+        .iter()
+        .find(|f| f.ends_with(format!("{host}.pem")))
+        .unwrap_or_else(|| panic!("no stored certificate in {stored:?}"));
+    assert_eq!(
+        std::fs::metadata(pem).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(stored.iter().any(|f| f.ends_with("account.json")));
+
+    // Restart with the CA gone: the stored certificate is served at once.
+    p.stop();
+    drop(pebble);
+    let p = Portico::start(&cfg);
+    let again = verified_chain(p.addr("https"), host, &root)
+        .await
+        .expect("the stored certificate is served without the CA");
+    assert_eq!(again[0], chain[0]);
+    assert_eq!(acme_status(&p, host).await["serving"], "stored");
+    p.wait_log(
+        "serving the stored ACME certificate",
+        Duration::from_secs(5),
+    );
+}
+
+async fn client_get_text(url: &str) -> String {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// HTTP-01 is answered on the plain listener before `force_https` redirects everything else;
+/// other challenge paths are not answered by Portico.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_is_answered_ahead_of_force_https() {
+    let dns = TestDns::start().await;
+    let host = "web.portico.test";
+    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
+    let origin = Origin::named("app").await;
+    let (http_port, tls_port) = (free_port(), free_port());
+    let pebble = Pebble::start(dns.addr, http_port, tls_port, None, None).await;
+    let storage = tempfile::tempdir().unwrap();
+    let p = Portico::start(&config(
+        http_port,
+        tls_port,
+        origin.addr,
+        &acme_block(&pebble, storage.path(), host, ", challenge = \"http-01\""),
+        "force_https = true",
+    ));
+    let root = pebble.issuing_root().await;
+    wait_verified(p.addr("https"), host, &root, &p).await;
+    let st = acme_status(&p, host).await;
+    assert_eq!(st["challenge"], "http-01");
+    assert_eq!(st["serving"], "issued");
+    // Everything else on the plain listener still redirects, unknown tokens included.
+    let r = raw(
+        p.addr("http"),
+        format!("GET /.well-known/acme-challenge/unknown HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 301"), "{r}");
+}
+
+/// Short-lived certificates are renewed unattended, a third of their lifetime before expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_certificates_are_renewed() {
+    let dns = TestDns::start().await;
+    let host = "renew.portico.test";
+    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
+    let origin = Origin::named("app").await;
+    let (http_port, tls_port) = (free_port(), free_port());
+    // 12 s of validity: renewal 8 s after issuance.
+    let pebble = Pebble::start(dns.addr, http_port, tls_port, Some(12), None).await;
+    let storage = tempfile::tempdir().unwrap();
+    let p = Portico::start(&config(
+        http_port,
+        tls_port,
+        origin.addr,
+        &acme_block(&pebble, storage.path(), host, ""),
+        "",
+    ));
+    let root = pebble.issuing_root().await;
+    let first = wait_verified(p.addr("https"), host, &root, &p).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let renewed = metric(
+            &p,
+            "portico_acme_orders_total",
+            &[("host", host), ("result", "renewed")],
+        )
+        .await;
+        if renewed >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal: {}\n{}",
+            acme_status(&p, host).await,
+            p.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let second = verified_chain(p.addr("https"), host, &root).await.unwrap();
+    assert_ne!(first[0], second[0], "a new certificate is served");
+}
+
+/// The CA is down at start: a placeholder is served and the failure shown; once the CA is
+/// up, the retry gets the certificate. An expired stored certificate is replaced likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_down_at_start_and_an_expired_stored_certificate_are_recovered() {
+    let dns = TestDns::start().await;
+    let host = "late.portico.test";
+    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
+    let origin = Origin::named("app").await;
+    let (http_port, tls_port, ca_port) = (free_port(), free_port(), free_port());
+    let storage = tempfile::tempdir().unwrap();
+    // An expired certificate for the host in storage, as a previous run would have left it.
+    let dir_key = format!("127.0.0.1_{ca_port}_dir");
+    let certs = storage.path().join(&dir_key).join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![host.to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(90);
+    params.not_after = now - time::Duration::days(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(
+        certs.join(format!("{host}.pem")),
+        format!("{}{}", key.serialize_pem(), cert.pem()),
+    )
+    .unwrap();
+
+    // The CA's address is known but nothing listens there yet. Its HTTPS CA is made now so
+    // the config can name it.
+    let https_dir = tempfile::tempdir().unwrap();
+    let directory = format!("https://127.0.0.1:{ca_port}/dir");
+    let placeholder_ca = https_dir.path().join("ca.pem");
+    std::fs::write(&placeholder_ca, Pki::new().ca_pem).unwrap();
+    let acme = format!(
+        "hosts = [\"{host}\"], directory = \"{directory}\", ca_roots = \"{}\", storage = \"{}\", retry_min = \"1s\"",
+        placeholder_ca.display(),
+        storage.path().display()
+    );
+    let cfg = config(http_port, tls_port, origin.addr, &acme, "");
+    let p = Portico::start(&cfg);
+    p.wait_log("stored certificate has expired", Duration::from_secs(5));
+    p.wait_log("placeholder", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = acme_status(&p, host).await;
+        if !st["last_error"].is_null() {
+            assert_eq!(st["serving"], "placeholder", "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failure shown: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The placeholder answers handshakes (self-signed: a verifying client refuses it).
+    let refused = verified_chain(p.addr("https"), host, &Pki::new().ca_pem).await;
+    assert!(refused.is_err());
+
+    // The CA comes up on that address, with Portico's ca_roots file now naming its HTTPS CA.
+    let pebble = Pebble::start(dns.addr, http_port, tls_port, None, Some(ca_port)).await;
+    std::fs::copy(&pebble.https_ca, &placeholder_ca).unwrap();
+    let root = pebble.issuing_root().await;
+    wait_verified(p.addr("https"), host, &root, &p).await;
+    let st = acme_status(&p, host).await;
+    assert_eq!(st["serving"], "issued", "{st}");
+    assert!(st["last_error"].is_null(), "{st}");
+    assert!(metric(&p, "portico_acme_orders_total", &[("result", "error")]).await >= 1.0);
+}
