@@ -23,6 +23,20 @@ pub struct ListenerTls {
     pub resolver: Arc<SniResolver>,
     /// pingora acceptor over the rustls config.
     pub acceptor: Arc<Acceptor>,
+    /// When each certificate file's names expire (for the expiry metric).
+    pub expiries: Vec<(String, std::time::SystemTime)>,
+}
+
+impl ListenerTls {
+    /// Sets `portico_tls_certificate_expiry_seconds` for the files' names on `listener`.
+    pub fn publish_expiry(&self, listener: &str, gauge: &prometheus::IntGaugeVec) {
+        for (name, at) in &self.expiries {
+            let secs = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            gauge.with_label_values(&[listener, name]).set(secs);
+        }
+    }
 }
 
 /// Loads every listener's certificates; all problems are reported together, located in the
@@ -45,9 +59,15 @@ pub fn prepare_tls(loaded: &Loaded) -> Result<Vec<Option<ListenerTls>>, ConfigEr
                     None => SniResolver::new(store),
                 });
                 let config = tls::server_config(t, resolver.clone());
+                let expiries = certs
+                    .iter()
+                    .filter_map(|c| c.not_after.map(|at| (c, at)))
+                    .flat_map(|(c, at)| c.names.iter().map(move |n| (n.clone(), at)))
+                    .collect();
                 out.push(Some(ListenerTls {
                     resolver,
                     acceptor: Arc::new(Acceptor::from_server_config(config)),
+                    expiries,
                 }));
             }
             Err(errs) => {

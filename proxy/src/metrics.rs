@@ -84,7 +84,8 @@ pub struct Metrics {
     pub config_generation: IntGauge,
     /// Configuration reloads, by result (`success`, `error`).
     pub config_reloads: IntCounterVec,
-    /// When each served certificate expires (UNIX seconds), by listener and host.
+    /// When each served certificate expires (UNIX seconds), by listener and host name (file
+    /// certificates by each DNS name they hold, ACME ones by host).
     pub tls_certificate_expiry: IntGaugeVec,
     /// ACME orders by listener, host and result (`issued`, `renewed`, `error`).
     pub acme_orders: IntCounterVec,

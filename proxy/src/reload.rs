@@ -124,6 +124,7 @@ impl Reloader {
             let running = self.resolvers.iter().find(|(n, _)| *n == *l.name);
             if let (Some((_, Some(resolver))), Some(t)) = (running, t) {
                 resolver.replace_from(&t.resolver);
+                t.publish_expiry(&l.name, &self.shared.metrics.tls_certificate_expiry);
             }
         }
         let snap = Arc::new(snap);

@@ -67,6 +67,16 @@ async fn two_hostnames_three_routes_two_upstreams_over_h1_and_h2() {
         pki.leaf(dir, "b", &["b.test", "*.b.test"]);
     });
     let addr = p.addr("https");
+    // Each certificate file's names carry its expiry (rcgen's default: year 4096).
+    for name in ["a.test", "b.test", "*.b.test"] {
+        let at = metric(
+            &p,
+            "portico_tls_certificate_expiry_seconds",
+            &[("listener", "https"), ("host", name)],
+        )
+        .await;
+        assert!(at > 4.0e9, "{name}: {at}");
+    }
     for http2 in [false, true] {
         let c = pki.client(
             &[("a.test", addr), ("b.test", addr), ("x.b.test", addr)],

@@ -391,6 +391,11 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
         .zip(&tls)
         .map(|(l, t)| (l.name.to_string(), t.as_ref().map(|t| t.resolver.clone())))
         .collect();
+    for (l, t) in config.listeners.iter().zip(&tls) {
+        if let Some(t) = t {
+            t.publish_expiry(&l.name, &shared.metrics.tls_certificate_expiry);
+        }
+    }
     // ACME tasks run on the control runtime for the life of the process.
     for (l, t) in config.listeners.iter().zip(&tls) {
         let acme = l.tls.as_ref().and_then(|c| c.acme.as_ref());
