@@ -138,3 +138,5 @@ pub const ACME_STORAGE: &str = "/var/lib/portico/acme";
 pub const ACME_RETRY_MIN: Duration = Duration::from_secs(60);
 /// Longest wait between ACME attempts after failures.
 pub const ACME_RETRY_MAX: Duration = Duration::from_secs(3600);
+/// Clients a route's rate limit tracks at once when `max_clients` is not set (about 4 MB).
+pub const RATE_LIMIT_MAX_CLIENTS: usize = 100_000;

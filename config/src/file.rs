@@ -133,6 +133,11 @@ pub struct ListenerFile {
     pub tcp_defer_accept: Option<Dur>,
     pub ipv6_only: Option<Flag>,
     pub freebind: Option<Flag>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub max_connections_per_ip: Option<Int<u64>>,
+    pub proxy_protocol: Option<Flag>,
+    pub proxy_protocol_from: Option<Vec<String>>,
 }
 
 /// `tcp_keepalive`: `false`, `true` (the defaults) or `{ idle, interval, count }`.
@@ -367,6 +372,19 @@ pub struct RouteFile {
     pub static_files: Option<StaticFile>,
     pub ws_idle_timeout: Option<Dur>,
     pub max_websockets: Option<Int<u64>>,
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimitFile>,
+}
+
+/// `rate_limit = { requests = 100, per = "1m", key = "ip" }` of a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    pub requests: Option<Int<u64>>,
+    pub per: Option<Dur>,
+    pub key: Option<String>,
+    pub max_clients: Option<Int<u64>>,
 }
 
 /// `static = { root = "...", ... }` of a route.

@@ -326,6 +326,61 @@ pub struct Listener {
     pub ipv6_only: bool,
     /// `IP_FREEBIND`: bind an address the host does not have (yet).
     pub freebind: bool,
+    /// Client addresses allowed and denied on this listener (403).
+    pub ip_rules: IpRules,
+    /// Connections one client address may hold open at once; `None`: no limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// Sources whose connections start with a PROXY protocol header (v1 or v2) giving the
+    /// real client address; empty: PROXY protocol is off.
+    pub proxy_protocol_from: Vec<IpNet>,
+}
+
+/// Client addresses allowed and denied, on the real client address (after trusted proxies).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpRules {
+    /// When not empty, only these networks pass.
+    pub allow: Vec<IpNet>,
+    /// These networks never pass (deny wins over allow).
+    pub deny: Vec<IpNet>,
+}
+
+impl IpRules {
+    /// Whether there is any rule.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Whether `ip` passes: in no `deny` network, and in an `allow` network when any is set.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        if self.deny.iter().any(|n| n.contains(&ip)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    /// The client address.
+    Ip,
+    /// A request header's value (lower-case name); the client address without it.
+    Header(String),
+    /// A cookie's value; the client address without it.
+    Cookie(String),
+}
+
+/// Requests allowed per client (or key) in a sliding window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per window.
+    pub requests: u32,
+    /// The window.
+    pub per: Duration,
+    /// What is counted.
+    pub key: RateKey,
+    /// Most clients tracked at once (memory bound).
+    pub max_clients: usize,
 }
 
 /// TCP keepalive probes on an idle connection (`SO_KEEPALIVE`, `TCP_KEEPIDLE`,
@@ -664,6 +719,10 @@ pub struct Route {
     pub ws_idle_timeout: Option<Duration>,
     /// Upgraded connections open at once through this route; `None`: unlimited.
     pub max_websockets: Option<usize>,
+    /// Client addresses allowed and denied on this route (403).
+    pub ip_rules: IpRules,
+    /// Requests per client per window (429 beyond).
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Route {
@@ -685,6 +744,8 @@ impl Route {
             static_files: None,
             ws_idle_timeout: None,
             max_websockets: None,
+            ip_rules: IpRules::default(),
+            rate_limit: None,
         }
     }
 

@@ -52,6 +52,28 @@ fn is_header_value(s: &str) -> bool {
     s.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
 }
 
+/// `allow` / `deny` lists of CIDRs or addresses.
+fn ip_rules(
+    v: &mut Validator<'_>,
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
+    k: &KeyPath,
+) -> IpRules {
+    let mut rules = IpRules::default();
+    for (name, list, out) in [
+        ("allow", allow, &mut rules.allow),
+        ("deny", deny, &mut rules.deny),
+    ] {
+        for (i, p) in list.unwrap_or_default().iter().enumerate() {
+            match parse_cidr(p) {
+                Ok(net) => out.push(net),
+                Err(e) => v.err(k.key(name).index(i), e),
+            }
+        }
+    }
+    rules
+}
+
 /// Whether an ACME CA can validate `h` with HTTP-01 or TLS-ALPN-01: a DNS name of at least
 /// two labels, no wildcard (those need DNS-01), no IP address.
 fn acme_host(h: &str) -> Result<(), &'static str> {
@@ -235,7 +257,7 @@ impl Validator<'_> {
         let dns = self.dns(s.dns.unwrap_or_default());
         let replay = self.replay(s.replay.unwrap_or_default());
         let (upstreams, upstream_index) = self.upstreams(s.upstreams, s.upstreams_present);
-        let listeners = self.listeners(s.listeners, s.listeners_present);
+        let listeners = self.listeners(s.listeners, s.listeners_present, &server.trusted_proxies);
         let admin = self.admin(s.admin.unwrap_or_default(), &listeners);
         let routes = self.routes(s.routes, s.routes_present, &upstreams, &upstream_index);
         if upstreams.is_empty() && (routes.is_empty() || routes.iter().any(Route::proxies)) {
@@ -521,7 +543,12 @@ impl Validator<'_> {
         }
     }
 
-    fn listeners(&mut self, files: Vec<(usize, ListenerFile)>, present: bool) -> Vec<Listener> {
+    fn listeners(
+        &mut self,
+        files: Vec<(usize, ListenerFile)>,
+        present: bool,
+        trusted: &[IpNet],
+    ) -> Vec<Listener> {
         let root = KeyPath::root().key("listeners");
         if files.is_empty() && !present {
             self.err(
@@ -670,6 +697,23 @@ impl Validator<'_> {
                 tcp_defer_accept,
                 ipv6_only,
                 freebind: f.freebind.is_some_and(|v| v.0),
+                proxy_protocol_from: self.proxy_protocol_from(
+                    f.proxy_protocol.is_some_and(|v| v.0),
+                    f.proxy_protocol_from,
+                    trusted,
+                    &k,
+                ),
+                ip_rules: ip_rules(self, f.allow, f.deny, &k),
+                max_connections_per_ip: match f.max_connections_per_ip.map(|n| n.0) {
+                    Some(0) => {
+                        self.err(
+                            k.key("max_connections_per_ip"),
+                            "must be at least 1 (leave it out for no limit)",
+                        );
+                        None
+                    }
+                    n => n.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                },
             });
         }
         let plain = out.iter().any(|l| l.tls.is_none());
@@ -1762,6 +1806,10 @@ impl Validator<'_> {
                 }
                 n => n.map(|n| n as usize),
             };
+            let ip_rules = ip_rules(self, f.allow, f.deny, &k);
+            let rate_limit = f
+                .rate_limit
+                .and_then(|r| self.rate_limit(r, &k.key("rate_limit")));
             if let Some(upstream) = upstream {
                 out.push(Route {
                     name,
@@ -1779,10 +1827,101 @@ impl Validator<'_> {
                     static_files,
                     ws_idle_timeout,
                     max_websockets,
+                    ip_rules,
+                    rate_limit,
                 });
             }
         }
         out
+    }
+
+    /// The sources allowed to send PROXY protocol headers: `proxy_protocol_from`, else
+    /// `[server] trusted_proxies`; `proxy_protocol = true` with neither is an error (anyone
+    /// could claim any address).
+    fn proxy_protocol_from(
+        &mut self,
+        on: bool,
+        from: Option<Vec<String>>,
+        trusted: &[IpNet],
+        k: &KeyPath,
+    ) -> Vec<IpNet> {
+        let mut nets = Vec::new();
+        for (i, p) in from.iter().flatten().enumerate() {
+            match parse_cidr(p) {
+                Ok(n) => nets.push(n),
+                Err(e) => self.err(k.key("proxy_protocol_from").index(i), e),
+            }
+        }
+        if !on {
+            if from.is_some() {
+                self.err(
+                    k.key("proxy_protocol_from"),
+                    "set proxy_protocol = true too (or remove this)",
+                );
+            }
+            return Vec::new();
+        }
+        if nets.is_empty() && from.is_none() {
+            nets = trusted.to_vec();
+        }
+        if nets.is_empty() {
+            self.err(
+                k.key("proxy_protocol"),
+                "PROXY protocol needs the addresses of the load balancers that send it: set \
+                 proxy_protocol_from = [\"10.0.0.0/8\"] (or [server] trusted_proxies)",
+            );
+        }
+        nets
+    }
+
+    /// `rate_limit = { requests, per, key, max_clients }`.
+    fn rate_limit(&mut self, f: RateLimitFile, k: &KeyPath) -> Option<RateLimit> {
+        let requests = match f.requests.map(|n| n.0) {
+            None => {
+                self.err(k.key("requests"), "missing: requests allowed per window");
+                return None;
+            }
+            Some(0) => {
+                self.err(k.key("requests"), "must be at least 1");
+                return None;
+            }
+            Some(n) => u32::try_from(n).unwrap_or(u32::MAX),
+        };
+        let per = f.per.map_or(Duration::from_secs(60), |d| d.0);
+        if per < Duration::from_secs(1) || per > Duration::from_secs(86_400) {
+            self.err(k.key("per"), "the window must be between 1s and 24h");
+            return None;
+        }
+        let key = match f.key.as_deref() {
+            None | Some("ip") => RateKey::Ip,
+            Some(s) => match s.split_once(':') {
+                Some(("header", name)) if is_token(name) => {
+                    RateKey::Header(name.to_ascii_lowercase())
+                }
+                Some(("cookie", name)) if is_token(name) => RateKey::Cookie(name.to_string()),
+                _ => {
+                    self.err(
+                        k.key("key"),
+                        format!("{s:?}: expected \"ip\", \"header:NAME\" or \"cookie:NAME\""),
+                    );
+                    return None;
+                }
+            },
+        };
+        let max_clients = match f.max_clients.map(|n| n.0) {
+            None => d::RATE_LIMIT_MAX_CLIENTS,
+            Some(n) if (1..=10_000_000).contains(&n) => n as usize,
+            Some(_) => {
+                self.err(k.key("max_clients"), "must be between 1 and 10000000");
+                return None;
+            }
+        };
+        Some(RateLimit {
+            requests,
+            per,
+            key,
+            max_clients,
+        })
     }
 
     /// `static = { root = "...", ... }`.

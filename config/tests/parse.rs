@@ -1014,3 +1014,59 @@ fn acme_blocks() {
         "or `acme`",
     );
 }
+
+#[test]
+fn ip_rules_rate_limits_and_proxy_protocol() {
+    let up = "[upstreams.a]\nbackends=[\"127.0.0.1:2\"]\n";
+    let listener = |extra: &str| format!("[[listeners]]\naddress = \"127.0.0.1:1\"\n{extra}\n{up}");
+    let route = |extra: &str| format!("{}[[routes]]\nupstream = \"a\"\n{extra}\n", listener(""));
+
+    let c = ok(&route("allow = [\"10.0.0.0/8\", \"::1\"]\ndeny = [\"10.1.0.0/16\"]\nrate_limit = { requests = 100, per = \"1m\", key = \"cookie:session\" }"));
+    let r = &c.routes.routes()[0];
+    assert!(r.ip_rules.admits("10.2.3.4".parse().unwrap()));
+    assert!(!r.ip_rules.admits("10.1.3.4".parse().unwrap()));
+    assert!(!r.ip_rules.admits("192.0.2.1".parse().unwrap()));
+    let rl = r.rate_limit.as_ref().unwrap();
+    assert_eq!((rl.requests, rl.per.as_secs()), (100, 60));
+    assert_eq!(rl.key, RateKey::Cookie("session".into()));
+
+    one_err(&route("allow = [\"10.0.0.0/33\"]"), "routes[0].allow[0]");
+    one_err(&route("rate_limit = { per = \"1m\" }"), "requests: missing");
+    one_err(&route("rate_limit = { requests = 0 }"), "at least 1");
+    one_err(
+        &route("rate_limit = { requests = 5, per = \"2d\" }"),
+        "between 1s and 24h",
+    );
+    one_err(
+        &route("rate_limit = { requests = 5, key = \"query:x\" }"),
+        "header:NAME",
+    );
+    one_err(
+        &route("rate_limit = { requests = 5, max_clients = 0 }"),
+        "max_clients",
+    );
+
+    let c = ok(&listener("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\"]\nmax_connections_per_ip = 50\ndeny = [\"192.0.2.0/24\"]"));
+    let l = &c.listeners[0];
+    assert_eq!(l.proxy_protocol_from.len(), 1);
+    assert_eq!(l.max_connections_per_ip, Some(50));
+    assert!(!l.ip_rules.admits("192.0.2.9".parse().unwrap()));
+    // trusted_proxies serve as the default sources.
+    let c = ok(&format!(
+        "[server]\ntrusted_proxies = [\"10.9.0.0/16\"]\n{}",
+        listener("proxy_protocol = true")
+    ));
+    assert_eq!(c.listeners[0].proxy_protocol_from.len(), 1);
+    one_err(
+        &listener("proxy_protocol = true"),
+        "needs the addresses of the load balancers",
+    );
+    one_err(
+        &listener("proxy_protocol_from = [\"10.0.0.1\"]"),
+        "set proxy_protocol = true",
+    );
+    one_err(
+        &listener("max_connections_per_ip = 0"),
+        "max_connections_per_ip",
+    );
+}
