@@ -30,6 +30,7 @@ pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod replay;
 pub mod server;

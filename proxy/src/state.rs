@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub host_headers: Vec<Option<HeaderValue>>,
     /// Affinity cookie signers, indexed like `config.routes.routes()` (cookie routes only).
     pub sticky_signers: Vec<Option<Arc<crate::sticky::CookieSigner>>>,
+    /// Rate limiters, indexed like `config.routes.routes()`; a reload keeps the counts of a
+    /// route whose name and limit stay the same.
+    pub rate_limiters: Vec<Option<Arc<crate::ratelimit::Limiter>>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -109,10 +112,32 @@ impl Snapshot {
                 _ => None,
             })
             .collect();
+        let rate_limiters = config
+            .routes
+            .routes()
+            .iter()
+            .map(|r| {
+                let cfg = r.rate_limit.as_ref()?;
+                let kept = prev.and_then(|p| {
+                    let i = p
+                        .config
+                        .routes
+                        .routes()
+                        .iter()
+                        .position(|o| o.name == r.name)?;
+                    p.rate_limiters.get(i)?.clone()
+                });
+                Some(match kept {
+                    Some(l) if l.config() == cfg => l,
+                    _ => Arc::new(crate::ratelimit::Limiter::new(cfg)),
+                })
+            })
+            .collect();
         let name = &config.server.name;
         let token = crate::proxy::forward::instance_token();
         Ok(Snapshot {
             sticky_signers,
+            rate_limiters,
             generation,
             loaded_at: SystemTime::now(),
             via_h1: header_value(&format!("1.1 {name} ({token})")),

@@ -92,6 +92,9 @@ impl Portico {
                 })
             }
         }
+        if let Some(f) = self.admission(req, ctx) {
+            return Some(f);
+        }
         // Body limit: refuse up front when the length is declared.
         if let Some(max) = ctx.route().and_then(|r| r.max_body) {
             let declared = header_value(&req.headers, CONTENT_LENGTH.as_str())
@@ -101,6 +104,60 @@ impl Portico {
             }
         }
         None
+    }
+
+    /// The listener's and the route's IP rules (403), then the route's rate limit (429), on
+    /// the real client address.
+    fn admission(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<LocalFailure> {
+        let route = ctx.route()?;
+        let ip = ctx.client_ip?;
+        let listener = self.listener_cfg(ctx)?;
+        for (rules, what) in [(&listener.ip_rules, "listener"), (&route.ip_rules, "route")] {
+            if !rules.is_empty() && !rules.admits(ip) {
+                return Some(LocalFailure {
+                    status: 403,
+                    reason: "ip_denied",
+                    message: format!("the {what}'s allow/deny rules refuse client {ip}"),
+                    retry_after: None,
+                });
+            }
+        }
+        let route_index = ctx.route?;
+        let limiter = ctx.snap.rate_limiters.get(route_index)?.clone()?;
+        let octets = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let key: &[u8] = match &limiter.config().key {
+            portico_config::RateKey::Header(name) => req
+                .headers
+                .get(name.as_str())
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty()),
+            portico_config::RateKey::Cookie(name) => super::cookie(req, name)
+                .map(str::as_bytes)
+                .filter(|v| !v.is_empty()),
+            portico_config::RateKey::Ip => None,
+        }
+        // Without the header or cookie, the client address is the key.
+        .unwrap_or(&octets);
+        let d = limiter.check(key, std::time::Instant::now());
+        if d.allowed {
+            return None;
+        }
+        let message = format!(
+            "rate limit of route \"{}\" reached ({}); retry in {} s",
+            route.name,
+            crate::ratelimit::describe(limiter.config()),
+            d.retry_after
+        );
+        ctx.rate_limit = Some(d);
+        Some(LocalFailure {
+            status: 429,
+            reason: crate::ratelimit::REASON,
+            message,
+            retry_after: Some(d.retry_after),
+        })
     }
 
     fn https_redirect(

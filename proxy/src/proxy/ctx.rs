@@ -74,6 +74,9 @@ impl Drop for InFlight {
 
 /// State of one request.
 pub struct RequestCtx {
+    /// The route's rate limit decision when it refused the request (for the 429's
+    /// `RateLimit-*` fields).
+    pub rate_limit: Option<crate::ratelimit::Decision>,
     /// The configuration this request runs on from start to end.
     pub snap: Arc<Snapshot>,
     /// When the request head was received.
@@ -171,6 +174,7 @@ impl RequestCtx {
             upstream_loop: false,
             upstream_status: None,
             upstream_time: None,
+            rate_limit: None,
             _in_flight: InFlight::new(shared),
         }
     }

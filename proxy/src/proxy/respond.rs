@@ -91,10 +91,13 @@ pub fn error_body(status: u16, message: &str, ctx: &RequestCtx) -> String {
 /// The body and extra headers of a [`LocalFailure`]'s response.
 pub fn failure_parts(ctx: &RequestCtx, f: &LocalFailure) -> (String, Vec<(&'static str, String)>) {
     let body = error_body(f.status, &f.message, ctx);
-    let extra = f
-        .retry_after
-        .map(|s| vec![("retry-after", s.to_string())])
-        .unwrap_or_default();
+    let extra = match (&ctx.rate_limit, f.retry_after) {
+        (Some(d), _) if f.reason == crate::ratelimit::REASON => {
+            crate::ratelimit::headers(d).to_vec()
+        }
+        (_, Some(s)) => vec![("retry-after", s.to_string())],
+        _ => Vec::new(),
+    };
     (body, extra)
 }
 

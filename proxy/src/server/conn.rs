@@ -77,6 +77,44 @@ pub struct ListenerCtx {
     pub shared: Arc<Shared>,
     /// Open-connection tracking for drain.
     pub tracker: Arc<Tracker>,
+    /// Open connections per client address (`max_connections_per_ip`).
+    pub per_ip: Arc<PerIp>,
+}
+
+/// Open connections per client address of one listener.
+#[derive(Debug, Default)]
+pub struct PerIp {
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip` unless it already has `max` open.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PerIpGuard> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpGuard(self.clone(), ip))
+    }
+}
+
+/// Keeps one connection counted for its address.
+struct PerIpGuard(Arc<PerIp>, std::net::IpAddr);
+
+impl Drop for PerIpGuard {
+    fn drop(&mut self) {
+        let mut counts = self.0.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                // No entry outlives its address's last connection: memory follows the
+                // connections open.
+                counts.remove(&self.1);
+            }
+        }
+    }
 }
 
 struct Settings {
@@ -87,6 +125,8 @@ struct Settings {
     max_header_size: usize,
     max_requests: Option<u32>,
     h2c: bool,
+    proxy_from: Vec<ipnet::IpNet>,
+    max_per_ip: Option<usize>,
 }
 
 impl Settings {
@@ -119,6 +159,8 @@ impl ListenerCtx {
                 max_header_size: l.max_header_size,
                 max_requests: l.max_requests_per_connection,
                 h2c: l.h2c,
+                proxy_from: l.proxy_protocol_from.clone(),
+                max_per_ip: l.max_connections_per_ip,
             },
             None => Settings {
                 header_timeout: portico_config::defaults::HEADER_READ_TIMEOUT,
@@ -128,6 +170,8 @@ impl ListenerCtx {
                 max_header_size: portico_config::defaults::MAX_HEADER_SIZE as usize,
                 max_requests: None,
                 h2c: false,
+                proxy_from: Vec::new(),
+                max_per_ip: None,
             },
         }
     }
@@ -136,8 +180,8 @@ impl ListenerCtx {
 /// Serves one accepted TCP connection until it closes: HTTP/2 (by ALPN, or h2c's preface on
 /// plain listeners that allow it) goes to pingora, HTTP/1.1 to Portico's own engine.
 pub async fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: TcpStream,
+    mut peer: SocketAddr,
     local: SocketAddr,
     lctx: Arc<ListenerCtx>,
     shutdown: watch::Receiver<bool>,
@@ -149,15 +193,56 @@ pub async fn serve(
         .connections_open
         .with_label_values(&[&lctx.name]);
     open.inc();
-    let held = Held {
+    let mut held = Held {
         _tracked: lctx.tracker.enter(),
         _open: Dec(open),
         _permit: permit,
+        _per_ip: None,
     };
 
     // TCP_NODELAY, keepalive and buffer sizes come from the listening socket (accepted sockets
     // inherit them): no system call here.
     let settings = lctx.settings();
+    let refuse = |reason: &'static str| {
+        lctx.shared
+            .metrics
+            .rejected
+            .with_label_values(&[reason])
+            .inc();
+    };
+    if !settings.proxy_from.is_empty() {
+        if crate::proxy::forwarded::is_trusted(peer.ip(), &settings.proxy_from) {
+            match super::proxyproto::read(&mut tcp, settings.header_timeout).await {
+                Ok(Some(client)) => peer = client,
+                Ok(None) => {}
+                Err(e) => {
+                    refuse("proxy_protocol_missing");
+                    tracing::debug!(%peer, error = ?e, "connection without a valid PROXY header refused");
+                    return;
+                }
+            }
+        } else if super::proxyproto::refuse_spoofed(&tcp, settings.header_timeout)
+            .await
+            .is_err()
+        {
+            refuse("proxy_protocol_untrusted");
+            tracing::warn!(%peer, "PROXY header from a source not in proxy_protocol_from refused");
+            return;
+        }
+    }
+    if let Some(max) = settings.max_per_ip {
+        match lctx
+            .per_ip
+            .enter(crate::proxy::forwarded::canonical(peer.ip()), max)
+        {
+            Some(g) => held._per_ip = Some(g),
+            None => {
+                refuse("connections_per_ip");
+                tracing::debug!(%peer, max, "max_connections_per_ip reached; connection closed");
+                return;
+            }
+        }
+    }
     let Some(acceptor) = &lctx.tls else {
         // Plain HTTP/1.1 runs straight on the TCP socket.
         let h2c = settings.h2c && {
@@ -229,6 +314,7 @@ struct Held {
     _tracked: TrackGuard,
     _open: Dec,
     _permit: OwnedSemaphorePermit,
+    _per_ip: Option<PerIpGuard>,
 }
 
 struct Dec(prometheus::IntGauge);

@@ -10,6 +10,7 @@
 
 pub mod conn;
 pub mod listener;
+pub mod proxyproto;
 pub mod upgrade;
 
 use std::net::SocketAddr;
@@ -310,6 +311,9 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
                 tcp_defer_accept: None,
                 ipv6_only: false,
                 freebind: false,
+                ip_rules: portico_config::IpRules::default(),
+                max_connections_per_ip: None,
+                proxy_protocol_from: Vec::new(),
             };
             let key = upgrade::key("admin", &a.address.to_string());
             let sock = match inherited.take(&key) {
@@ -444,6 +448,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<()> {
             tls: tls.map(|t| t.acceptor),
             shared: shared.clone(),
             tracker: tracker.clone(),
+            per_ip: Default::default(),
         });
         let limit = Arc::new(tokio::sync::Semaphore::new(l.max_connections));
         let runtimes: Vec<tokio::runtime::Handle> = match &workers {
