@@ -566,7 +566,8 @@ pub struct Upstream {
     pub retries: usize,
     /// TLS to the backends, when `protocol = "https"`.
     pub tls: Option<UpstreamTls>,
-    /// Whether HTTP/2 is offered to TLS backends.
+    /// HTTP/2 to the backends for HTTP/2 clients: offered through ALPN to TLS backends, spoken
+    /// with prior knowledge (h2c) to plain ones.
     pub http2: bool,
     /// Host header sent upstream instead of the client's.
     pub host_header: Option<String>,

@@ -1145,10 +1145,10 @@ impl Validator<'_> {
         let protocol = f.protocol.as_deref().unwrap_or("http");
         let tls = match protocol {
             "http" => {
+                // `http2` on plain HTTP is h2c (prior knowledge), for gRPC apps.
                 for (set, key) in [
                     (f.tls_server_name.is_some(), "tls_server_name"),
                     (f.tls_skip_verify.is_some(), "tls_skip_verify"),
-                    (f.http2.is_some(), "http2"),
                 ] {
                     if set {
                         self.err(k.key(key), "only applies with protocol = \"https\"");

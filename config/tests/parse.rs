@@ -1070,3 +1070,10 @@ fn ip_rules_rate_limits_and_proxy_protocol() {
         "max_connections_per_ip",
     );
 }
+
+#[test]
+fn http2_on_a_plain_upstream_is_h2c() {
+    let c = ok("[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.g]\nbackends = [\"127.0.0.1:50051\"]\nhttp2 = true\n");
+    assert!(c.upstreams[0].http2);
+    assert!(c.upstreams[0].tls.is_none());
+}

@@ -82,6 +82,10 @@ pub fn build_peer(addr: SocketAddr, up: &Upstream) -> HttpPeer {
         o.verify_cert = !t.skip_verify;
         o.verify_hostname = !t.skip_verify;
         o.alpn = if up.http2 { ALPN::H2H1 } else { ALPN::H1 };
+    } else if up.http2 {
+        // Plain HTTP has no negotiation: h2c with prior knowledge (gRPC servers speak it;
+        // pingora's connector sends the preface on a plain peer whose ALPN is H2).
+        o.alpn = ALPN::H2;
     }
     peer
 }
