@@ -375,6 +375,46 @@ pub struct RouteFile {
     pub allow: Option<Vec<String>>,
     pub deny: Option<Vec<String>>,
     pub rate_limit: Option<RateLimitFile>,
+    pub compress: Option<CompressFile>,
+}
+
+/// `compress = true` or `compress = { min_size, types, gzip, brotli, zstd }` of a route.
+#[derive(Debug)]
+pub enum CompressFile {
+    On(bool),
+    Table(CompressTable),
+}
+
+impl<'de> Deserialize<'de> for CompressFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // By hand rather than `untagged`, so a mistake in the table is reported as itself
+        // ("unknown field `level`") and not as "did not match any variant".
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CompressFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or a table { min_size, types, gzip, brotli, zstd }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<CompressFile, E> {
+                Ok(CompressFile::On(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<CompressFile, A::Error> {
+                CompressTable::deserialize(MapAccessDeserializer::new(m)).map(CompressFile::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The table form of `compress`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressTable {
+    pub min_size: Option<Size>,
+    pub types: Option<Vec<String>>,
+    pub gzip: Option<Int<u64>>,
+    pub brotli: Option<Int<u64>>,
+    pub zstd: Option<Int<u64>>,
 }
 
 /// `rate_limit = { requests = 100, per = "1m", key = "ip" }` of a route.

@@ -724,6 +724,38 @@ pub struct Route {
     pub ip_rules: IpRules,
     /// Requests per client per window (429 beyond).
     pub rate_limit: Option<RateLimit>,
+    /// Compression of proxied responses.
+    pub compress: Option<Compress>,
+}
+
+/// Compression of a route's proxied responses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compress {
+    /// Smallest body compressed (by `Content-Length`; bodies of unknown length are).
+    pub min_size: u64,
+    /// Media types compressed: exact (`application/json`) or prefixes (`text/*`).
+    pub types: Vec<String>,
+    /// gzip level, 1-9; 0 turns gzip off.
+    pub gzip_level: u32,
+    /// brotli level, 1-11; 0 turns brotli off.
+    pub brotli_level: u32,
+    /// zstd level, 1-19; 0 turns zstd off.
+    pub zstd_level: u32,
+}
+
+impl Default for Compress {
+    fn default() -> Self {
+        Self {
+            min_size: crate::defaults::COMPRESS_MIN_SIZE,
+            types: crate::defaults::COMPRESS_TYPES
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+            gzip_level: crate::defaults::GZIP_LEVEL,
+            brotli_level: crate::defaults::BROTLI_LEVEL,
+            zstd_level: crate::defaults::ZSTD_LEVEL,
+        }
+    }
 }
 
 impl Route {
@@ -747,6 +779,7 @@ impl Route {
             max_websockets: None,
             ip_rules: IpRules::default(),
             rate_limit: None,
+            compress: None,
         }
     }
 

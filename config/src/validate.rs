@@ -1810,6 +1810,9 @@ impl Validator<'_> {
             let rate_limit = f
                 .rate_limit
                 .and_then(|r| self.rate_limit(r, &k.key("rate_limit")));
+            let compress = f
+                .compress
+                .and_then(|c| self.compress(c, &k.key("compress")));
             if let Some(upstream) = upstream {
                 out.push(Route {
                     name,
@@ -1829,6 +1832,7 @@ impl Validator<'_> {
                     max_websockets,
                     ip_rules,
                     rate_limit,
+                    compress,
                 });
             }
         }
@@ -1872,6 +1876,64 @@ impl Validator<'_> {
             );
         }
         nets
+    }
+
+    /// `compress = true | false | { min_size, types, gzip, brotli, zstd }`.
+    fn compress(&mut self, f: CompressFile, k: &KeyPath) -> Option<Compress> {
+        let t = match f {
+            CompressFile::On(false) => return None,
+            CompressFile::On(true) => return Some(Compress::default()),
+            CompressFile::Table(t) => t,
+        };
+        let mut c = Compress::default();
+        if let Some(m) = t.min_size {
+            c.min_size = m.0;
+        }
+        if let Some(types) = t.types {
+            for (i, ty) in types.iter().enumerate() {
+                // `type/subtype`, `type/*` or `type/*+suffix`.
+                let ok = ty.split_once('/').is_some_and(|(t, sub)| {
+                    is_token(t)
+                        && !t.contains('*')
+                        && (sub == "*"
+                            || sub
+                                .strip_prefix('*')
+                                .map_or(is_token(sub) && !sub.contains('*'), |rest| {
+                                    rest.starts_with('+') && is_token(rest)
+                                }))
+                });
+                if !ok {
+                    self.err(
+                        k.key("types").index(i),
+                        format!("{ty:?} is not a media type (\"text/html\"), \"text/*\" or \"application/*+json\""),
+                    );
+                }
+            }
+            c.types = types.into_iter().map(|t| t.to_ascii_lowercase()).collect();
+        }
+        for (name, v, max, out) in [
+            ("gzip", t.gzip, 9, &mut c.gzip_level),
+            ("brotli", t.brotli, 11, &mut c.brotli_level),
+            ("zstd", t.zstd, 19, &mut c.zstd_level),
+        ] {
+            if let Some(v) = v.map(|v| v.0) {
+                if v > max {
+                    self.err(
+                        k.key(name),
+                        format!("level {v} is above {max} (0 turns it off)"),
+                    );
+                } else {
+                    *out = v as u32;
+                }
+            }
+        }
+        if c.gzip_level == 0 && c.brotli_level == 0 && c.zstd_level == 0 {
+            self.err(
+                k.clone(),
+                "every coding is off: use compress = false instead",
+            );
+        }
+        Some(c)
     }
 
     /// `rate_limit = { requests, per, key, max_clients }`.

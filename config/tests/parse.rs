@@ -1077,3 +1077,31 @@ fn http2_on_a_plain_upstream_is_h2c() {
     assert!(c.upstreams[0].http2);
     assert!(c.upstreams[0].tls.is_none());
 }
+
+#[test]
+fn compress_settings() {
+    let base = "[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.a]\nbackends=[\"127.0.0.1:2\"]\n[[routes]]\nupstream = \"a\"\n";
+    let c = ok(&format!("{base}compress = true\n"));
+    let z = c.routes.routes()[0].compress.as_ref().unwrap();
+    assert_eq!(
+        (z.gzip_level, z.brotli_level, z.zstd_level, z.min_size),
+        (4, 4, 3, 1024)
+    );
+    assert!(ok(&format!("{base}compress = false\n")).routes.routes()[0]
+        .compress
+        .is_none());
+    let c = ok(&format!("{base}compress = {{ min_size = \"4KiB\", types = [\"text/*\", \"application/*+json\"], brotli = 0, zstd = 19 }}\n"));
+    let z = c.routes.routes()[0].compress.as_ref().unwrap();
+    assert_eq!((z.brotli_level, z.zstd_level, z.min_size), (0, 19, 4096));
+    assert_eq!(z.types, ["text/*", "application/*+json"]);
+    one_err(&format!("{base}compress = {{ gzip = 10 }}\n"), "above 9");
+    one_err(
+        &format!("{base}compress = {{ types = [\"html\"] }}\n"),
+        "not a media type",
+    );
+    one_err(
+        &format!("{base}compress = {{ gzip = 0, brotli = 0, zstd = 0 }}\n"),
+        "every coding is off",
+    );
+    one_err(&format!("{base}compress = {{ level = 3 }}\n"), "level");
+}
