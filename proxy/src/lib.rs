@@ -19,6 +19,7 @@ pub mod acme;
 pub mod admin;
 pub mod buildinfo;
 pub mod cli;
+pub mod compress;
 pub mod discovery;
 pub mod doctor;
 pub mod engine;

@@ -811,7 +811,64 @@ impl Exchange<'_> {
         let mut close_after = !self.client_keep_alive || !self.body.done;
         let mut rechunk = false;
         let mut dechunk = false;
+        let encoder = match self.ctx.route().and_then(|r| r.compress.as_ref()) {
+            Some(cfg) if !switching => {
+                let field = |name: &str| -> Option<Vec<u8>> {
+                    match &mapped {
+                        Some(h) => h.headers.get(name).map(|v| v.as_bytes().to_vec()),
+                        None => resp.get(&conn.rbuf, name).map(<[u8]>::to_vec),
+                    }
+                };
+                let ct = field("content-type");
+                let ce = field("content-encoding");
+                let cc = field("cache-control");
+                let etag = field("etag");
+                let facts = crate::compress::ResponseFacts {
+                    status,
+                    content_type: ct.as_deref(),
+                    content_encoding: ce.as_deref(),
+                    content_length: match framing {
+                        Framing::Length(n) => Some(n),
+                        _ => field("content-length")
+                            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok()),
+                    },
+                    cache_control: cc.as_deref(),
+                    // A HEAD answer gets the fields a GET would (without a body).
+                    bodiless: matches!(framing, Framing::None) && !head_only,
+                };
+                let plan = crate::compress::plan(
+                    cfg,
+                    self.head
+                        .headers
+                        .get(http::header::ACCEPT_ENCODING)
+                        .map(|v| v.as_bytes()),
+                    self.head.headers.contains_key(http::header::RANGE),
+                    &facts,
+                    etag.as_deref(),
+                );
+                for n in plan.drop {
+                    edits.drop.push(n.clone());
+                }
+                edits.add.extend(plan.add);
+                plan.encoder
+            }
+            _ => None,
+        };
+        if let Some(enc) = encoder {
+            // The body is decoded from the backend's framing and re-framed here: chunked to
+            // an HTTP/1.1 client, close-delimited to an HTTP/1.0 one.
+            edits.drop.push(http::header::TRANSFER_ENCODING);
+            if client_version == Version::HTTP_11 {
+                rechunk = true;
+            } else {
+                close_after = true;
+            }
+            let mut c = Compressing::new(framing, enc);
+            c.chunk_out = client_version == Version::HTTP_11;
+            mode = Relay::Compress(Box::new(c));
+        }
         match framing {
+            _ if matches!(mode, Relay::Compress(_)) => {}
             Framing::Close if !head_only => {
                 if client_version == Version::HTTP_11 {
                     mode = Relay::Rechunk;
@@ -1373,6 +1430,93 @@ enum Relay {
     Close,
     /// Chunked from the backend, decoded for an HTTP/1.0 client.
     Dechunk(Chunked),
+    /// Decoded from the backend's framing, compressed, and sent chunked (HTTP/1.1) or
+    /// close-delimited (HTTP/1.0).
+    Compress(Box<Compressing>),
+}
+
+/// A response body being compressed on its way.
+#[derive(Debug)]
+struct Compressing {
+    /// The backend's framing, decoded: bytes left of a length, or a chunked decoder, or
+    /// `None` for a body that ends when the backend closes.
+    left: Option<u64>,
+    chunked: Option<Chunked>,
+    encoder: crate::compress::Encoder,
+    /// Whether the client gets chunks (else raw bytes, then close).
+    chunk_out: bool,
+}
+
+impl Compressing {
+    fn new(framing: Framing, encoder: crate::compress::Encoder) -> Self {
+        let (left, chunked) = match framing {
+            Framing::Length(n) => (Some(n), None),
+            Framing::Chunked => (None, Some(Chunked::default())),
+            Framing::None => (Some(0), None),
+            Framing::Close => (None, None),
+        };
+        Self {
+            left,
+            chunked,
+            encoder,
+            chunk_out: true,
+        }
+    }
+
+    fn put(&self, out: &mut BytesMut, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        if self.chunk_out {
+            put_hex(out, data.len());
+            out.put_slice(b"\r\n");
+            out.put_slice(data);
+            out.put_slice(b"\r\n");
+        } else {
+            out.put_slice(data);
+        }
+    }
+
+    /// Takes what `rbuf` holds of the body, compresses it into `out`; `Ok(true)` once the
+    /// body has ended (the last compressed bytes and the final chunk are in `out`).
+    fn step(&mut self, rbuf: &mut BytesMut, out: &mut BytesMut, eof: bool) -> Result<bool, String> {
+        let mut plain = BytesMut::new();
+        let done;
+        if let Some(c) = &mut self.chunked {
+            let mut at = 0;
+            while at < rbuf.len() && !c.done() {
+                let step = c
+                    .advance(&rbuf[at..])
+                    .map_err(|e| format!("malformed chunked body: {e}"))?;
+                if let Some((s, e)) = step.data {
+                    plain.extend_from_slice(&rbuf[at + s..at + e]);
+                }
+                if step.consumed == 0 {
+                    break;
+                }
+                at += step.consumed;
+            }
+            let _ = rbuf.split_to(at);
+            done = c.done();
+        } else if let Some(left) = &mut self.left {
+            let n = (*left).min(rbuf.len() as u64) as usize;
+            plain.extend_from_slice(&rbuf.split_to(n));
+            *left -= n as u64;
+            done = *left == 0;
+        } else {
+            plain.extend_from_slice(&rbuf.split());
+            done = eof;
+        }
+        if eof && !done {
+            return Err("the backend closed the connection mid-body".into());
+        }
+        let encoded = self.encoder.encode(&plain, done)?;
+        self.put(out, &encoded);
+        if done && self.chunk_out {
+            out.put_slice(b"0\r\n\r\n");
+        }
+        Ok(done)
+    }
 }
 
 impl From<Framing> for Relay {
@@ -1463,6 +1607,20 @@ async fn relay_body<S: ClientIo>(
                 let _ = conn.rbuf.split_to(at);
                 finished = c.done();
             }
+            Relay::Compress(c) => {
+                let before = client.wbuf.len();
+                match c.step(&mut conn.rbuf, &mut client.wbuf, false) {
+                    Ok(done) => {
+                        finished = done;
+                        p.bytes += (client.wbuf.len() - before) as u64;
+                    }
+                    Err(e) => {
+                        p.up_error = Some(e);
+                        let _ = client.flush_wbuf().await;
+                        return p;
+                    }
+                }
+            }
             Relay::Rechunk | Relay::Close => {
                 if !conn.rbuf.is_empty() {
                     let chunk = conn.rbuf.split();
@@ -1496,6 +1654,18 @@ async fn relay_body<S: ClientIo>(
                 return p;
             }
             Ok(Ok(0)) => {
+                if let Relay::Compress(c) = &mut mode {
+                    match c.step(&mut conn.rbuf, &mut client.wbuf, true) {
+                        Ok(_) => {
+                            if client.flush_wbuf().await.is_err() {
+                                p.client_failed = true;
+                            }
+                        }
+                        Err(e) => p.up_error = Some(e),
+                    }
+                    // Close-delimited: the connection is not reusable.
+                    return p;
+                }
                 if matches!(mode, Relay::Rechunk | Relay::Close) {
                     if matches!(mode, Relay::Rechunk) {
                         client.wbuf.put_slice(b"0\r\n\r\n");

@@ -77,6 +77,8 @@ pub struct RequestCtx {
     /// The route's rate limit decision when it refused the request (for the 429's
     /// `RateLimit-*` fields).
     pub rate_limit: Option<crate::ratelimit::Decision>,
+    /// The response body's encoder when the route compresses this response (pingora's path).
+    pub encoder: Option<crate::compress::Encoder>,
     /// The configuration this request runs on from start to end.
     pub snap: Arc<Snapshot>,
     /// When the request head was received.
@@ -175,6 +177,7 @@ impl RequestCtx {
             upstream_status: None,
             upstream_time: None,
             rate_limit: None,
+            encoder: None,
             _in_flight: InFlight::new(shared),
         }
     }

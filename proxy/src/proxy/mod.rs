@@ -453,7 +453,70 @@ impl ProxyHttp for Portico {
         }
         let mut e = respond::common_edits(ctx);
         self.pin_edits(ctx, &mut e)?;
+        if let Some(cfg) = ctx.route().and_then(|r| r.compress.as_ref()) {
+            if status != 101 {
+                let h = &upstream_response.headers;
+                let get = |n: http::HeaderName| h.get(n).map(|v| v.as_bytes());
+                let req = session.req_header();
+                let head_only = req.method == http::Method::HEAD;
+                let facts = crate::compress::ResponseFacts {
+                    status,
+                    content_type: get(http::header::CONTENT_TYPE),
+                    content_encoding: get(http::header::CONTENT_ENCODING),
+                    content_length: get(http::header::CONTENT_LENGTH)
+                        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok()),
+                    cache_control: get(http::header::CACHE_CONTROL),
+                    bodiless: !head_only && matches!(status, 204 | 304 | 100..=199),
+                };
+                let plan = crate::compress::plan(
+                    cfg,
+                    req.headers
+                        .get(http::header::ACCEPT_ENCODING)
+                        .map(|v| v.as_bytes()),
+                    req.headers.contains_key(http::header::RANGE),
+                    &facts,
+                    get(http::header::ETAG),
+                );
+                for n in plan.drop {
+                    e.drop.push(n.clone());
+                }
+                e.add.extend(plan.add);
+                if plan.encoder.is_some() && !session.is_http2() {
+                    // HTTP/1.1 through pingora: the length is unknown now.
+                    e.set(
+                        http::header::TRANSFER_ENCODING,
+                        http::HeaderValue::from_static("chunked"),
+                    );
+                }
+                ctx.encoder = plan.encoder.filter(|_| !head_only);
+            }
+        }
         e.apply_response(upstream_response)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(enc) = &mut ctx.encoder {
+            let input = body.as_deref().unwrap_or(&[]);
+            match enc.encode(input, end_of_stream) {
+                Ok(out) => *body = (!out.is_empty() || end_of_stream).then_some(out),
+                Err(e) => {
+                    return Err(Error::explain(
+                        pingora_error::ErrorType::InternalError,
+                        format!("compressing the response failed: {e}"),
+                    ))
+                }
+            }
+            if end_of_stream {
+                ctx.encoder = None;
+            }
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
