@@ -499,3 +499,44 @@ async fn a_ca_down_at_start_and_an_expired_stored_certificate_are_recovered() {
     assert!(st["last_error"].is_null(), "{st}");
     assert!(metric(&p, "portico_acme_orders_total", &[("result", "error")]).await >= 1.0);
 }
+
+/// A challenge the CA cannot validate (its TLS-ALPN-01 connection reaches nobody): the failure
+/// and the CA's reason are shown, the placeholder stays served, and the process carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_challenge_is_reported_and_the_placeholder_stays() {
+    let dns = TestDns::start().await;
+    let host = "unreachable.portico.test";
+    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
+    let origin = Origin::named("app").await;
+    let (http_port, tls_port) = (free_port(), free_port());
+    // The CA validates on a port where nothing listens.
+    let pebble = Pebble::start(dns.addr, http_port, free_port(), None, None).await;
+    let storage = tempfile::tempdir().unwrap();
+    let p = Portico::start(&config(
+        http_port,
+        tls_port,
+        origin.addr,
+        &acme_block(&pebble, storage.path(), host, ""),
+        "",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st = acme_status(&p, host).await;
+        if !st["last_error"].is_null() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "no failure shown: {st}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let err = st["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("validation") && err.contains("tls-alpn-01"),
+        "the CA's reason: {err}"
+    );
+    assert_eq!(st["serving"], "placeholder");
+    assert!(!st["next_attempt_unix"].is_null());
+    assert!(metric(&p, "portico_acme_orders_total", &[("result", "error")]).await >= 1.0);
+    // Traffic still flows over the placeholder for a client that accepts it (here: plain).
+    let r = client().get(p.url("http", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
