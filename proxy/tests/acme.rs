@@ -11,7 +11,6 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::dns::TestDns;
@@ -124,24 +123,35 @@ impl Drop for Pebble {
     }
 }
 
+/// What every test starts with: a DNS server answering 127.0.0.1 for `host`, an origin, and
+/// free ports for Portico's plain and TLS listeners (where the CA validates).
+struct Setup {
+    dns: TestDns,
+    origin: Origin,
+    http_port: u16,
+    tls_port: u16,
+}
+
+impl Setup {
+    async fn new(host: &str) -> Setup {
+        let dns = TestDns::start().await;
+        dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
+        Setup {
+            dns,
+            origin: Origin::named("app").await,
+            http_port: free_port(),
+            tls_port: free_port(),
+        }
+    }
+}
+
 /// The chain `addr` serves for `sni` when verified against `root_pem`, or why not.
 async fn verified_chain(
     addr: SocketAddr,
     sni: &str,
     root_pem: &str,
 ) -> Result<Vec<CertificateDer<'static>>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connector = tls_connector(root_pem);
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -233,11 +243,13 @@ async fn acme_status(p: &Portico, host: &str) -> serde_json::Value {
 /// serves the stored certificate at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn_01_issues_then_a_restart_reuses_storage_without_the_ca() {
-    let dns = TestDns::start().await;
     let host = "alpn.portico.test";
-    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
-    let origin = Origin::named("app").await;
-    let (http_port, tls_port) = (free_port(), free_port());
+    let Setup {
+        dns,
+        origin,
+        http_port,
+        tls_port,
+    } = Setup::new(host).await;
     let pebble = Pebble::start(dns.addr, http_port, tls_port, None, None).await;
     let storage = tempfile::tempdir().unwrap();
     // The CA's HTTPS root stays where the config names it after the CA is gone.
@@ -362,11 +374,13 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// other challenge paths are not answered by Portico.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_01_is_answered_ahead_of_force_https() {
-    let dns = TestDns::start().await;
     let host = "web.portico.test";
-    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
-    let origin = Origin::named("app").await;
-    let (http_port, tls_port) = (free_port(), free_port());
+    let Setup {
+        dns,
+        origin,
+        http_port,
+        tls_port,
+    } = Setup::new(host).await;
     let pebble = Pebble::start(dns.addr, http_port, tls_port, None, None).await;
     let storage = tempfile::tempdir().unwrap();
     let p = Portico::start(&config(
@@ -394,11 +408,13 @@ async fn http_01_is_answered_ahead_of_force_https() {
 /// Short-lived certificates are renewed unattended, a third of their lifetime before expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_certificates_are_renewed() {
-    let dns = TestDns::start().await;
     let host = "renew.portico.test";
-    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
-    let origin = Origin::named("app").await;
-    let (http_port, tls_port) = (free_port(), free_port());
+    let Setup {
+        dns,
+        origin,
+        http_port,
+        tls_port,
+    } = Setup::new(host).await;
     // 12 s of validity: renewal 8 s after issuance.
     let pebble = Pebble::start(dns.addr, http_port, tls_port, Some(12), None).await;
     let storage = tempfile::tempdir().unwrap();
@@ -504,11 +520,13 @@ async fn a_ca_down_at_start_and_an_expired_stored_certificate_are_recovered() {
 /// and the CA's reason are shown, the placeholder stays served, and the process carries on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_challenge_is_reported_and_the_placeholder_stays() {
-    let dns = TestDns::start().await;
     let host = "unreachable.portico.test";
-    dns.set_ips(host, &["127.0.0.1".parse().unwrap()], 1);
-    let origin = Origin::named("app").await;
-    let (http_port, tls_port) = (free_port(), free_port());
+    let Setup {
+        dns,
+        origin,
+        http_port,
+        tls_port,
+    } = Setup::new(host).await;
     // The CA validates on a port where nothing listens.
     let pebble = Pebble::start(dns.addr, http_port, free_port(), None, None).await;
     let storage = tempfile::tempdir().unwrap();

@@ -7,7 +7,6 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -268,6 +267,13 @@ async fn connections_per_client_address_are_capped() {
     assert!(rejected(&p, "connections_per_ip").await >= 1.0);
 }
 
+/// The connection ends without a byte of answer.
+async fn assert_closed_unanswered(s: &mut TcpStream) {
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+}
+
 fn v2_header(src: &str, dst: SocketAddr) -> Vec<u8> {
     ppp_v2(src.parse().unwrap(), dst)
 }
@@ -358,18 +364,7 @@ deny = ["198.51.100.66"]
     tcp.write_all(&v2_header("192.0.2.44:5555", p.addr("https")))
         .await
         .unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pki.ca_pem.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let mut tls = tls_connector(&pki.ca_pem)
         .connect("a.test".try_into().unwrap(), tcp)
         .await
         .unwrap();
@@ -386,18 +381,14 @@ deny = ["198.51.100.66"]
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    assert_closed_unanswered(&mut s).await;
 
     // An untrusted source claiming an address: refused; speaking plain HTTP: served as itself.
     let mut s = connect_from("127.0.0.2", http).await;
     s.write_all(b"PROXY TCP4 10.9.9.9 127.0.0.1 1 80\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    assert!(buf.is_empty(), "{}", String::from_utf8_lossy(&buf));
+    assert_closed_unanswered(&mut s).await;
     let mut s = connect_from("127.0.0.2", http).await;
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await

@@ -49,6 +49,15 @@ fn dump_dom(url: &str, home: &std::path::Path) -> String {
     dom
 }
 
+/// The admin page's DOM as the browser builds it (off the async runtime: the browser blocks).
+async fn page_dom(p: &Portico, home: &tempfile::TempDir) -> String {
+    let url = p.admin_url("/");
+    let home = home.path().to_path_buf();
+    tokio::task::spawn_blocking(move || dump_dom(&url, &home))
+        .await
+        .unwrap()
+}
+
 /// The text of the element with `id` (and its children) with tags removed, roughly as a
 /// person reads it.
 fn section(dom: &str, id: &str) -> String {
@@ -151,13 +160,7 @@ async fn the_status_page_shows_backends_health_connections_and_reloads_in_a_brow
         .unwrap();
     let _ = read_response(&mut held).await;
 
-    let url = p.admin_url("/");
-    let dom = tokio::task::spawn_blocking({
-        let home = home.path().to_path_buf();
-        move || dump_dom(&url, &home)
-    })
-    .await
-    .unwrap();
+    let dom = page_dom(&p, &home).await;
 
     assert!(dom.contains("<title>Portico · edge-2</title>"), "{dom}");
     let header = section(&dom, "summary");
@@ -208,13 +211,7 @@ async fn without_the_token_the_page_hides_addresses_and_errors() {
     let token = "page-token-0123456789abcdef";
     let p = Portico::start(&config(live.addr, dead, Some(token)));
     let home = tempfile::tempdir().unwrap();
-    let url = p.admin_url("/");
-    let dom = tokio::task::spawn_blocking({
-        let home = home.path().to_path_buf();
-        move || dump_dom(&url, &home)
-    })
-    .await
-    .unwrap();
+    let dom = page_dom(&p, &home).await;
     assert!(dom.contains("id=\"redacted\""), "{dom}");
     let ups = section(&dom, "upstreams");
     assert!(ups.contains("app-live"), "ids stay: {ups}");

@@ -589,6 +589,23 @@ pub fn dead_addr() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// A TLS client trusting only the certificates of `root_pem`.
+#[allow(dead_code)]
+pub fn tls_connector(root_pem: &str) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut root_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+}
+
 /// Test certificates: a CA and leaf certificates signed by it.
 pub struct Pki {
     pub ca_pem: String,
@@ -633,18 +650,7 @@ impl Pki {
         sni: &str,
     ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         use rustls::pki_types::ServerName;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let connector = tls_connector(&self.ca_pem);
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         connector
             .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
