@@ -226,6 +226,7 @@ pub struct UpstreamFile {
     pub tls_skip_verify: Option<Flag>,
     pub http2: Option<Flag>,
     pub host_header: Option<String>,
+    pub send_proxy_protocol: Option<String>,
     pub checks: Option<Vec<CheckFile>>,
     pub start_healthy: Option<Flag>,
     pub all_unhealthy: Option<String>,

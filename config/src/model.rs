@@ -335,6 +335,15 @@ pub struct Listener {
     pub proxy_protocol_from: Vec<IpNet>,
 }
 
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocolVersion {
+    /// The text form.
+    V1,
+    /// The binary form.
+    V2,
+}
+
 /// Client addresses allowed and denied, on the real client address (after trusted proxies).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IpRules {
@@ -571,6 +580,8 @@ pub struct Upstream {
     pub http2: bool,
     /// Host header sent upstream instead of the client's.
     pub host_header: Option<String>,
+    /// PROXY protocol header sent first on every connection to the backends.
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     /// Active health checks.
     pub checks: Vec<Check>,
     /// New backends take traffic before their first passing check.

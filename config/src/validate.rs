@@ -1247,6 +1247,18 @@ impl Validator<'_> {
             tls,
             http2: f.http2.is_some_and(|v| v.0),
             host_header: f.host_header,
+            send_proxy_protocol: match f.send_proxy_protocol.as_deref() {
+                None => None,
+                Some("v1") => Some(ProxyProtocolVersion::V1),
+                Some("v2") => Some(ProxyProtocolVersion::V2),
+                Some(v) => {
+                    self.err(
+                        k.key("send_proxy_protocol"),
+                        format!("{v:?}: expected \"v1\" or \"v2\""),
+                    );
+                    None
+                }
+            },
             checks,
             start_healthy: f.start_healthy.is_some_and(|v| v.0),
             all_unhealthy,

@@ -1105,3 +1105,15 @@ fn compress_settings() {
     );
     one_err(&format!("{base}compress = {{ level = 3 }}\n"), "level");
 }
+
+#[test]
+fn send_proxy_protocol_versions() {
+    let up = |v: &str| {
+        format!("[[listeners]]\naddress = \"127.0.0.1:1\"\n[upstreams.a]\nbackends = [\"127.0.0.1:2\"]\nsend_proxy_protocol = \"{v}\"\n")
+    };
+    assert_eq!(
+        ok(&up("v2")).upstreams[0].send_proxy_protocol,
+        Some(ProxyProtocolVersion::V2)
+    );
+    one_err(&up("v3"), "expected \"v1\" or \"v2\"");
+}

@@ -31,6 +31,7 @@ pub mod load;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod proxyproto;
 pub mod ratelimit;
 pub mod reload;
 pub mod replay;

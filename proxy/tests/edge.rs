@@ -398,3 +398,101 @@ deny = ["198.51.100.66"]
     assert_eq!(rejected(&p, "proxy_protocol_untrusted").await, 1.0);
     assert_eq!(rejected(&p, "proxy_protocol_missing").await, 1.0);
 }
+
+/// `send_proxy_protocol` on an upstream: every connection to it starts with the client's
+/// address (v1 or v2), from Portico's HTTP/1.1 engine and from pingora's HTTP/2 path, and a
+/// connection carrying one client is not reused for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_protocol_is_sent_to_upstreams_that_ask() {
+    let o = RawOrigin::start(|_| {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok".to_vec()
+    })
+    .await;
+    let config = format!(
+        r#"
+[[listeners]]
+name = "http"
+address = "127.0.0.1:0"
+h2c = true
+
+[admin]
+address = "127.0.0.1:0"
+
+[upstreams.v1]
+backends = ["{0}"]
+send_proxy_protocol = "v1"
+
+[upstreams.v2]
+backends = ["{0}"]
+send_proxy_protocol = "v2"
+
+[[routes]]
+path = "/v2/"
+upstream = "v2"
+
+[[routes]]
+upstream = "v1"
+"#,
+        o.addr
+    );
+    let p = Portico::start(&config);
+    let addr = p.addr("http");
+
+    // Two requests on one client connection from 127.0.0.2, then one from 127.0.0.3.
+    let mut s = connect_from("127.0.0.2", addr).await;
+    let client_port = s.local_addr().unwrap().port();
+    for _ in 0..2 {
+        s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    }
+    let mut other = connect_from("127.0.0.3", addr).await;
+    other
+        .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut other).await.starts_with("HTTP/1.1 200"));
+    let seen: Vec<String> = o
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .collect();
+    let want_a = format!(
+        "PROXY TCP4 127.0.0.2 127.0.0.1 {client_port} {}\r\nGET /a ",
+        addr.port()
+    );
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].starts_with(&want_a), "{seen:?}");
+    assert!(
+        seen[1].starts_with(&want_a),
+        "a new connection, announced again: {seen:?}"
+    );
+    assert!(
+        seen[2].starts_with("PROXY TCP4 127.0.0.3 127.0.0.1 "),
+        "{seen:?}"
+    );
+
+    // v2, from an HTTP/2 client (pingora's path).
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .local_address(ip("127.0.0.4"))
+        .build()
+        .unwrap();
+    let r = h2.get(p.url("http", "/v2/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // The test origin cuts "requests" at blank lines, and the v2 signature starts with one:
+    // look at the bytes as sent.
+    let all: Vec<u8> = o.requests().concat();
+    let at = all
+        .windows(12)
+        .position(|w| w == b"\r\n\r\n\0\r\nQUIT\n")
+        .expect("a v2 signature");
+    let last = &all[at..];
+    assert_eq!(last[12], 0x21);
+    assert_eq!(last[13], 0x11);
+    assert_eq!(&last[16..20], &[127, 0, 0, 4]);
+    assert_eq!(&last[20..24], &[127, 0, 0, 1]);
+    assert!(String::from_utf8_lossy(&last[28..]).starts_with("GET /v2/x "));
+}

@@ -479,11 +479,20 @@ impl Exchange<'_> {
         };
         let backend = lease.backend.clone();
         let key = PoolKey::new(backend.addr, up_cfg);
-        let mut conn = match pool::take(&key) {
+        // A connection that announces this client (PROXY protocol) is its own: never pooled.
+        let proxy_header = up_cfg
+            .send_proxy_protocol
+            .and_then(|v| crate::proxy::proxy_header(v, &self.ctx));
+        let pooled = if proxy_header.is_none() {
+            pool::take(&key)
+        } else {
+            None
+        };
+        let mut conn = match pooled {
             Some(c) => c,
             None => {
                 let started = Instant::now();
-                let c = upstream::connect(backend.addr, up_cfg)
+                let c = upstream::connect(backend.addr, up_cfg, proxy_header.as_deref())
                     .await
                     .map_err(|e| AttemptError::Connect(e.to_string()))?;
                 backend.record_latency(started.elapsed());

@@ -244,9 +244,10 @@ fn reject(app: &Portico, reason: &str) {
 }
 
 /// The peer address of an accepted connection, as the request path wants it.
-pub fn conn_info(peer: SocketAddr, tls: Option<&'static str>) -> ConnInfo {
+pub fn conn_info(peer: SocketAddr, local: SocketAddr, tls: Option<&'static str>) -> ConnInfo {
     ConnInfo {
         peer: Some(peer),
+        local: Some(local),
         tls,
         http2: false,
     }

@@ -56,7 +56,7 @@ pub fn take(key: &PoolKey) -> Option<UpConn> {
 
 /// Keeps `conn` for reuse for up to `timeout`.
 pub fn give(conn: UpConn, timeout: Duration) {
-    if timeout.is_zero() {
+    if timeout.is_zero() || conn.private {
         return;
     }
     let start_sweeper = POOL.with(|p| {

@@ -124,6 +124,8 @@ pub struct UpConn {
     pub key: PoolKey,
     /// Requests it served before this one.
     pub served: u32,
+    /// It announced one client's address (PROXY protocol): never pooled for another.
+    pub private: bool,
 }
 
 /// Why a connection could not be made.
@@ -165,14 +167,23 @@ fn io_error(e: io::Error) -> ConnectError {
     }
 }
 
-/// Connects to `addr` as `up` says (TCP, or TLS offering HTTP/1.1 only).
-pub async fn connect(addr: SocketAddr, up: &Upstream) -> Result<UpConn, ConnectError> {
+/// Connects to `addr` as `up` says (TCP, or TLS offering HTTP/1.1 only); `proxy_header`, when
+/// given, goes first on the connection, before TLS.
+pub async fn connect(
+    addr: SocketAddr,
+    up: &Upstream,
+    proxy_header: Option<&[u8]>,
+) -> Result<UpConn, ConnectError> {
     let key = PoolKey::new(addr, up);
     let timeout = up.connect_timeout;
     let work = async {
-        let tcp = TcpStream::connect(addr).await.map_err(io_error)?;
+        let mut tcp = TcpStream::connect(addr).await.map_err(io_error)?;
         if let Err(e) = crate::sockopt::apply(&socket2::SockRef::from(&tcp), &up.socket) {
             tracing::debug!(backend = %addr, error = %e, "cannot set the upstream socket options");
+        }
+        if let Some(h) = proxy_header {
+            use tokio::io::AsyncWriteExt;
+            tcp.write_all(h).await.map_err(io_error)?;
         }
         let io = match &up.tls {
             None => UpIo::Plain(tcp),
@@ -203,6 +214,7 @@ pub async fn connect(addr: SocketAddr, up: &Upstream) -> Result<UpConn, ConnectE
         rbuf: BytesMut::new(),
         key,
         served: 0,
+        private: proxy_header.is_some(),
     })
 }
 

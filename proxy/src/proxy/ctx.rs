@@ -49,6 +49,8 @@ impl LocalFailure {
 pub struct ConnInfo {
     /// The direct peer.
     pub peer: Option<std::net::SocketAddr>,
+    /// The listener's address the client connected to.
+    pub local: Option<std::net::SocketAddr>,
     /// TLS version of the connection (`TLSv1.3`), `None` for plain connections.
     pub tls: Option<&'static str>,
     /// The request came over HTTP/2.

@@ -59,11 +59,24 @@ pub struct Portico {
     pub listener: ListenerInfo,
 }
 
+/// The PROXY header announcing this request's client (the real one: after the inbound PROXY
+/// header or a trusted `X-Forwarded-For`) to an upstream with `send_proxy_protocol`.
+pub(crate) fn proxy_header(
+    version: portico_config::ProxyProtocolVersion,
+    ctx: &RequestCtx,
+) -> Option<Vec<u8>> {
+    let peer = ctx.conn.peer?;
+    let client = std::net::SocketAddr::new(ctx.client_ip.unwrap_or(peer.ip()), peer.port());
+    let local = ctx.conn.local?;
+    Some(crate::proxyproto::header(version, client, local))
+}
+
 /// What the request path needs to know about a pingora session's connection.
 fn conn_info(session: &Session) -> ctx::ConnInfo {
     let digest = session.digest();
     ctx::ConnInfo {
         peer: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        local: session.server_addr().and_then(|a| a.as_inet()).copied(),
         tls: digest
             .and_then(|d| d.ssl_digest.as_ref())
             .map(|s| tls_version_name(&s.version)),
@@ -334,7 +347,18 @@ impl ProxyHttp for Portico {
                 "no backend chosen",
             ));
         };
-        Ok(Box::new(lease.backend.peer.clone()))
+        let mut peer = lease.backend.peer.clone();
+        let up = &ctx.snap.config.upstreams[ctx.upstream];
+        if let Some(version) = up.send_proxy_protocol {
+            if let Some(header) = proxy_header(version, ctx) {
+                // Connections carry one client's address: reused by that client only.
+                peer.group_key = xxhash_rust::xxh3::xxh3_64(&header);
+                peer.options.custom_l4 = Some(std::sync::Arc::new(crate::proxyproto::SendHeader {
+                    header,
+                }));
+            }
+        }
+        Ok(Box::new(peer))
     }
 
     async fn connected_to_upstream(

@@ -212,7 +212,7 @@ pub async fn serve(
     };
     if !settings.proxy_from.is_empty() {
         if crate::proxy::forwarded::is_trusted(peer.ip(), &settings.proxy_from) {
-            match super::proxyproto::read(&mut tcp, settings.header_timeout).await {
+            match crate::proxyproto::read(&mut tcp, settings.header_timeout).await {
                 Ok(Some(client)) => peer = client,
                 Ok(None) => {}
                 Err(e) => {
@@ -221,7 +221,7 @@ pub async fn serve(
                     return;
                 }
             }
-        } else if super::proxyproto::refuse_spoofed(&tcp, settings.header_timeout)
+        } else if crate::proxyproto::refuse_spoofed(&tcp, settings.header_timeout)
             .await
             .is_err()
         {
@@ -251,7 +251,7 @@ pub async fn serve(
             peek_full(&tcp, &mut buf, settings.header_timeout).await && buf == PREFACE
         };
         if !h2c {
-            let info = crate::engine::conn_info(peer, None);
+            let info = crate::engine::conn_info(peer, local, None);
             let l = lctx.clone();
             let tunnel = crate::engine::serve(tcp, info, &lctx.app, shutdown, move || {
                 l.settings().limits()
@@ -297,7 +297,7 @@ pub async fn serve(
     let tls = stream
         .get_ssl_digest()
         .map(|d| crate::proxy::tls_version_name(&d.version));
-    let info = crate::engine::conn_info(peer, tls);
+    let info = crate::engine::conn_info(peer, local, tls);
     let l = lctx.clone();
     let tunnel = crate::engine::serve(stream, info, &lctx.app, shutdown, move || {
         l.settings().limits()

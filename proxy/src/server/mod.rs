@@ -10,7 +10,6 @@
 
 pub mod conn;
 pub mod listener;
-pub mod proxyproto;
 pub mod upgrade;
 
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
-//! PROXY protocol (v1 text and v2 binary) on listeners with `proxy_protocol = true`, so the
-//! client address behind a TCP load balancer is the real one in logs, forwarding headers,
-//! stickiness, IP rules and rate limits.
+//! PROXY protocol (v1 text and v2 binary): read on listeners with `proxy_protocol = true`, so
+//! the client address behind a TCP load balancer is the real one in logs, forwarding headers,
+//! stickiness, IP rules and rate limits; and sent to upstreams with `send_proxy_protocol`.
 //!
 //! A connection from a configured source must start with a header (within the listener's
 //! `header_read_timeout`), which is consumed before TLS or HTTP; a v2 `LOCAL` command or a v1
@@ -128,6 +128,97 @@ pub async fn refuse_spoofed(tcp: &TcpStream, timeout: Duration) -> Result<(), Re
     tokio::time::timeout(timeout, work).await.unwrap_or(Ok(()))
 }
 
+/// The header announcing that `client` connected to `local` (a v1 header with mixed address
+/// families gives both as IPv6, IPv4-mapped, as v1 allows one family per line).
+pub fn header(
+    version: portico_config::ProxyProtocolVersion,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> Vec<u8> {
+    let v6 = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port())),
+        v6 => v6,
+    };
+    let (src, dst) = if client.is_ipv4() == local.is_ipv4() {
+        (client, local)
+    } else {
+        (v6(client), v6(local))
+    };
+    match version {
+        portico_config::ProxyProtocolVersion::V1 => {
+            let family = if src.is_ipv4() { "TCP4" } else { "TCP6" };
+            format!(
+                "PROXY {family} {} {} {} {}\r\n",
+                src.ip(),
+                dst.ip(),
+                src.port(),
+                dst.port()
+            )
+            .into_bytes()
+        }
+        portico_config::ProxyProtocolVersion::V2 => {
+            let mut h = V2_SIGNATURE.to_vec();
+            h.push(0x21); // version 2, PROXY
+            match (src, dst) {
+                (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+                    h.push(0x11); // TCP over IPv4
+                    h.extend_from_slice(&12u16.to_be_bytes());
+                    h.extend_from_slice(&s.ip().octets());
+                    h.extend_from_slice(&d.ip().octets());
+                    h.extend_from_slice(&s.port().to_be_bytes());
+                    h.extend_from_slice(&d.port().to_be_bytes());
+                }
+                (s, d) => {
+                    let ip6 = |a: SocketAddr| match a.ip() {
+                        std::net::IpAddr::V6(ip) => ip.octets(),
+                        std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped().octets(),
+                    };
+                    h.push(0x21); // TCP over IPv6
+                    h.extend_from_slice(&36u16.to_be_bytes());
+                    h.extend_from_slice(&ip6(s));
+                    h.extend_from_slice(&ip6(d));
+                    h.extend_from_slice(&s.port().to_be_bytes());
+                    h.extend_from_slice(&d.port().to_be_bytes());
+                }
+            }
+            h
+        }
+    }
+}
+
+/// pingora's connector hook for upstreams with `send_proxy_protocol`: connects and writes the
+/// request's header before anything else (TLS included) goes on the connection.
+#[derive(Debug)]
+pub struct SendHeader {
+    /// The header bytes.
+    pub header: Vec<u8>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::connectors::L4Connect for SendHeader {
+    async fn connect(
+        &self,
+        addr: &pingora_core::protocols::l4::socket::SocketAddr,
+    ) -> pingora_error::Result<pingora_core::protocols::l4::stream::Stream> {
+        use pingora_error::{ErrorType, OrErr};
+        use tokio::io::AsyncWriteExt;
+        let Some(inet) = addr.as_inet() else {
+            return pingora_error::Error::e_explain(
+                ErrorType::ConnectError,
+                "PROXY protocol needs a TCP backend",
+            );
+        };
+        let mut tcp = TcpStream::connect(inet)
+            .await
+            .or_err(ErrorType::ConnectRefused, "connecting to the backend")?;
+        let _ = tcp.set_nodelay(true);
+        tcp.write_all(&self.header)
+            .await
+            .or_err(ErrorType::WriteError, "sending the PROXY header")?;
+        Ok(tcp.into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,6 +264,30 @@ mod tests {
         let mut rest = [0u8; 3];
         s.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"\x16\x03\x01");
+    }
+
+    #[test]
+    fn outbound_headers_parse_back() {
+        use portico_config::ProxyProtocolVersion::{V1, V2};
+        let c: SocketAddr = "203.0.113.7:51000".parse().unwrap();
+        let l: SocketAddr = "10.0.0.1:443".parse().unwrap();
+        assert_eq!(
+            header(V1, c, l),
+            b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 443\r\n"
+        );
+        let l6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let mixed = String::from_utf8(header(V1, c, l6)).unwrap();
+        assert_eq!(
+            mixed,
+            "PROXY TCP6 ::ffff:203.0.113.7 2001:db8::1 51000 443\r\n"
+        );
+        for (client, local) in [(c, l), (c, l6)] {
+            let h = header(V2, client, local);
+            let parsed = HeaderResult::parse(&h);
+            let got = source(&parsed).unwrap().unwrap();
+            assert_eq!(got.port(), 51000);
+            assert_eq!(header_len(&parsed), h.len());
+        }
     }
 
     #[tokio::test]
