@@ -224,7 +224,20 @@ address = "127.0.0.1:0"
 [upstreams.grpc]
 backends = ["{origin}"]
 http2 = true
-"#
+
+[upstreams.gone]
+backends = ["{dead}"]
+http2 = true
+retries = 0
+
+[[routes]]
+path = "/dead.Svc/"
+upstream = "gone"
+
+[[routes]]
+upstream = "grpc"
+"#,
+        dead = dead_addr()
     );
     let p = Portico::start_with(&config, &[], |dir| {
         pki.leaf(dir, "a", &["a.test"]);
@@ -237,7 +250,21 @@ http2 = true
         .connect()
         .await
         .unwrap();
-    calls(channel).await;
+    calls(channel.clone()).await;
+
+    // Portico's own failure (no backend reachable) reaches a gRPC client as a gRPC status.
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let e = grpc
+        .unary(
+            Request::new(Msg::default()),
+            PathAndQuery::from_static("/dead.Svc/Call"),
+            ProstCodec::<Msg, Msg>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().starts_with("portico: "), "{e:?}");
 
     // h2 over TLS -> Portico -> h2c upstream.
     let tls = ClientTlsConfig::new()

@@ -103,8 +103,66 @@ pub fn failure_parts(ctx: &RequestCtx, f: &LocalFailure) -> (String, Vec<(&'stat
 
 /// Writes a [`LocalFailure`] as a response through pingora.
 pub async fn send_failure(session: &mut Session, ctx: &RequestCtx, f: &LocalFailure) -> Result<()> {
+    if is_grpc(session.req_header()) {
+        return send_grpc_failure(session, ctx, f).await;
+    }
     let (body, extra) = failure_parts(ctx, f);
     send(session, ctx, f.status, body, &extra).await
+}
+
+/// Whether a request is gRPC (`content-type: application/grpc...`).
+fn is_grpc(req: &pingora_http::RequestHeader) -> bool {
+    req.headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The gRPC status for an HTTP status, as gRPC's HTTP-to-gRPC mapping gives it (what a gRPC
+/// client would conclude from the HTTP status alone).
+pub fn grpc_status(http: u16) -> u8 {
+    match http {
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        413 | 431 => 8,        // RESOURCE_EXHAUSTED
+        408 => 4,              // DEADLINE_EXCEEDED
+        _ => 2,                // UNKNOWN
+    }
+}
+
+/// Portico's own answer to a gRPC request: a trailers-only response (HTTP 200,
+/// `content-type: application/grpc`, `grpc-status` and a percent-encoded `grpc-message`), so a
+/// gRPC client reports Portico's reason instead of a framing error on a text body.
+async fn send_grpc_failure(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    f: &LocalFailure,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(200, Some(6))?;
+    resp.insert_header("content-type", "application/grpc")?;
+    resp.insert_header("grpc-status", grpc_status(f.status).to_string())?;
+    let message = format!("portico: {} ({})", f.message, f.reason);
+    resp.insert_header("grpc-message", grpc_message(&message))?;
+    if let Some(s) = f.retry_after {
+        resp.insert_header("retry-after", s.to_string())?;
+    }
+    common_headers(&mut resp, ctx)?;
+    session.write_response_header(Box::new(resp), true).await
+}
+
+/// `grpc-message` percent-encoding: every byte outside printable ASCII, and `%` itself.
+fn grpc_message(m: &str) -> String {
+    let mut out = String::with_capacity(m.len());
+    for b in m.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// How a pingora error ends a request: the status to send (0 when the client is gone) and
@@ -189,3 +247,17 @@ pub fn describe_connect_error(e: &Error, timeout: std::time::Duration) -> String
 pub const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// Longest wait for the next piece of that body.
 pub const LINGER_READ: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod grpc_tests {
+    use super::*;
+
+    #[test]
+    fn grpc_statuses_and_messages() {
+        assert_eq!(grpc_status(503), 14);
+        assert_eq!(grpc_status(404), 12);
+        assert_eq!(grpc_status(429), 14);
+        assert_eq!(grpc_status(500), 2);
+        assert_eq!(grpc_message("a 100% ok\né"), "a 100%25 ok%0A%C3%A9");
+    }
+}
