@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::load::{choose_config, ConfigChoice, SYSTEM_CONFIG};
 use crate::server::{self, Reported, RunOptions};
-
-/// The config file used when neither `-c` nor `$PORTICO_CONFIG` names one.
-pub const SYSTEM_CONFIG: &str = "/etc/portico/portico.toml";
 
 /// Portico: an edge reverse proxy and load balancer.
 #[derive(Debug, Parser)]
@@ -81,43 +79,6 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-}
-
-/// Where the config came from, for the user.
-#[derive(Debug, Clone)]
-pub struct ConfigChoice {
-    /// The file, or `None` for the embedded default.
-    pub path: Option<PathBuf>,
-    /// How it was chosen: "--config", "$PORTICO_CONFIG", "/etc/portico/portico.toml" or
-    /// "embedded default".
-    pub from: &'static str,
-}
-
-/// Resolves the config file: `-c`, then `$PORTICO_CONFIG`, then `system` if it exists, else
-/// the embedded default.
-pub fn choose_config(explicit: Option<PathBuf>, system: &Path) -> ConfigChoice {
-    if let Some(p) = explicit {
-        return ConfigChoice {
-            path: Some(p),
-            from: "--config",
-        };
-    }
-    if let Some(p) = std::env::var_os("PORTICO_CONFIG").filter(|v| !v.is_empty()) {
-        return ConfigChoice {
-            path: Some(PathBuf::from(p)),
-            from: "$PORTICO_CONFIG",
-        };
-    }
-    if system.exists() {
-        return ConfigChoice {
-            path: Some(system.to_path_buf()),
-            from: SYSTEM_CONFIG,
-        };
-    }
-    ConfigChoice {
-        path: None,
-        from: "embedded default",
-    }
 }
 
 fn choose(explicit: Option<PathBuf>) -> ConfigChoice {

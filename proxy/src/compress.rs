@@ -47,7 +47,7 @@ impl Coding {
 }
 
 /// The coding to use for a client's `Accept-Encoding`, among `enabled`: the highest q-value,
-/// ties by [`Coding::PREFERENCE`]; `*` covers codings not named; q=0 excludes.
+/// ties by `Coding::PREFERENCE`; `*` covers codings not named; q=0 excludes.
 pub fn choose(accept_encoding: Option<&[u8]>, enabled: &[Coding]) -> Option<Coding> {
     let ae = accept_encoding?;
     let text = std::str::from_utf8(ae).ok()?;

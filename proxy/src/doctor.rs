@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use portico_config::{BackendAddr, Config};
 use serde::Serialize;
 
-use crate::cli::ConfigChoice;
+use crate::load::ConfigChoice;
 
 /// How a finding stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

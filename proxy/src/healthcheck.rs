@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::cli::ConfigChoice;
+use crate::load::ConfigChoice;
 
 /// Where to send the probe: a wildcard bind address is probed on loopback.
 fn probe_address(addr: SocketAddr) -> SocketAddr {

@@ -1,16 +1,21 @@
 //! Portico: an edge reverse proxy and load balancer built on pingora.
 //!
-//! The crate is organised by what each part does:
-//! - [`server`]: process lifecycle, listeners, connections, signals;
-//! - [`proxy`]: the request path (pingora's `ProxyHttp`), forwarding headers, responses;
-//! - [`upstream`]: backends, region tiers, balancing, concurrency limits and the wait queue;
-//! - [`discovery`]: DNS discovery of backends (plain names and Fly's `.internal`);
-//! - [`health`]: active health checks and passive ejection;
-//! - [`replay`]: fly-replay instructions, replay targets, the replay cache;
-//! - [`state`]: the per-generation snapshot held in an `ArcSwap`;
-//! - [`tls`]: certificates and SNI;
-//! - [`admin`], [`metrics`], [`logging`], [`systemd`], [`doctor`], [`healthcheck`]: operations;
-//! - [`cli`]: the `portico` command.
+//! The crate is organised in layers; a module uses only modules of lower layers (or its own,
+//! without cycles: `scripts/module-graph` checks the top-level graph in CI):
+//! 1. capabilities, each owning its data and decisions: [`upstream`] (backends, region tiers,
+//!    balancing, limits, health state), [`replay`] (fly-replay instructions, targets, cache),
+//!    [`sticky`], [`statics`] (file resolution, cache, types, negotiation), [`ratelimit`],
+//!    [`compress`], [`acme`], [`tls`], [`metrics`], [`accesslog`], [`wsclose`];
+//! 2. runtime state: [`state`] (the per-generation snapshot in an `ArcSwap` and the
+//!    process-wide `Shared` holding the capabilities' runtime parts), [`load`] (reading and
+//!    checking a configuration);
+//! 3. tasks over the state: [`discovery`] (DNS), [`health`] (active checks, passive ejection),
+//!    [`reload`], [`systemd`];
+//! 4. the request path: [`proxy`] (Portico's per-request decisions; HTTP/2 through pingora's
+//!    `ProxyHttp`) and [`engine`] (Portico's own HTTP/1.1 data plane, which calls them);
+//! 5. the process: [`server`] (listeners, lifecycle, signals, upgrade), [`admin`],
+//!    [`doctor`], [`healthcheck`];
+//! 6. [`cli`]: the `portico` command.
 //!
 //! Configuration (file model, validation, routing) lives in the `portico-config` crate.
 

@@ -2,12 +2,53 @@
 //! and validated, and the TLS material its listeners name loaded and checked, every problem
 //! located in the file. Shared by `portico run`, `portico check` and reloads.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pingora_core::listeners::tls::Acceptor;
 use portico_config::{ConfigErrors, Loaded, Problems};
 
 use crate::tls::{self, CertStore, SniResolver};
+
+/// The config file used when neither `-c` nor `$PORTICO_CONFIG` names one.
+pub const SYSTEM_CONFIG: &str = "/etc/portico/portico.toml";
+
+/// Where the config came from, for the user.
+#[derive(Debug, Clone)]
+pub struct ConfigChoice {
+    /// The file, or `None` for the embedded default.
+    pub path: Option<PathBuf>,
+    /// How it was chosen: "--config", "$PORTICO_CONFIG", "/etc/portico/portico.toml" or
+    /// "embedded default".
+    pub from: &'static str,
+}
+
+/// Resolves the config file: `-c`, then `$PORTICO_CONFIG`, then `system` if it exists, else
+/// the embedded default.
+pub fn choose_config(explicit: Option<PathBuf>, system: &Path) -> ConfigChoice {
+    if let Some(p) = explicit {
+        return ConfigChoice {
+            path: Some(p),
+            from: "--config",
+        };
+    }
+    if let Some(p) = std::env::var_os("PORTICO_CONFIG").filter(|v| !v.is_empty()) {
+        return ConfigChoice {
+            path: Some(PathBuf::from(p)),
+            from: "$PORTICO_CONFIG",
+        };
+    }
+    if system.exists() {
+        return ConfigChoice {
+            path: Some(system.to_path_buf()),
+            from: SYSTEM_CONFIG,
+        };
+    }
+    ConfigChoice {
+        path: None,
+        from: "embedded default",
+    }
+}
 
 /// Loads the configuration: the file if given, else the embedded default.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Loaded, ConfigErrors> {

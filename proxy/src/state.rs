@@ -5,8 +5,9 @@
 //! `store`; requests already running keep the snapshot they started with. Upstream state
 //! (backend counters) is carried over by upstream name and backend identity.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -134,7 +135,7 @@ impl Snapshot {
             })
             .collect();
         let name = &config.server.name;
-        let token = crate::proxy::forward::instance_token();
+        let token = instance_token();
         Ok(Snapshot {
             sticky_signers,
             rate_limiters,
@@ -194,19 +195,6 @@ impl CompiledRules {
             remove: rules.remove.iter().filter_map(|n| name(n)).collect(),
             set: rules.set.iter().filter_map(pair).collect(),
             add: rules.add.iter().filter_map(pair).collect(),
-        }
-    }
-
-    /// Adds these rules to `e`.
-    pub fn apply(&self, e: &mut crate::proxy::edits::Edits) {
-        for n in &self.remove {
-            e.remove(n.clone());
-        }
-        for (n, v) in &self.set {
-            e.set(n.clone(), v.clone());
-        }
-        for (n, v) in &self.add {
-            e.add(n.clone(), v.clone());
         }
     }
 }
@@ -287,7 +275,7 @@ pub struct Shared {
     /// Where earlier replays went (survives reloads).
     pub replay_cache: crate::replay::cache::ReplayCache,
     /// Open WebSockets per route (survives reloads).
-    pub ws_counts: crate::proxy::websocket::WsCounts,
+    pub ws_counts: WsCounts,
     /// Static files in memory.
     pub files: crate::statics::cache::FileCache,
     /// Upgraded client connections, to close cleanly at shutdown.
@@ -327,5 +315,26 @@ impl Shared {
     /// Whether a graceful shutdown is under way.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// This process's token in `Via` (`Via: 1.1 portico (3f9ac2d15e7b0a64)`): 16 random hex
+/// digits made at start. A request whose `Via` already holds it has come back to this very
+/// process (an upstream that points at Portico itself) and is refused with 508 instead of
+/// looping until every connection is taken. The name alone cannot tell: every Portico in a
+/// chain of them may be called `portico`.
+pub fn instance_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| format!("{:016x}", fastrand::u64(..)))
+}
+
+/// Open upgraded connections per route name.
+#[derive(Default)]
+pub struct WsCounts(Mutex<HashMap<String, Arc<AtomicUsize>>>);
+
+impl WsCounts {
+    pub(crate) fn counter(&self, route: &str) -> Arc<AtomicUsize> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(route.to_string()).or_default().clone()
     }
 }

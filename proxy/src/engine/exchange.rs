@@ -264,13 +264,13 @@ impl Exchange<'_> {
             return After::Gone;
         };
         if let Some(files) = &route.static_files {
-            match crate::statics::serve(&app.shared.files, &self.head, &self.ctx, route, files)
+            match crate::proxy::files::serve(&app.shared.files, &self.head, &self.ctx, route, files)
                 .await
             {
-                Ok(crate::statics::Outcome::Reply(reply)) => {
+                Ok(crate::proxy::files::Outcome::Reply(reply)) => {
                     return self.write_static(client, *reply).await
                 }
-                Ok(crate::statics::Outcome::Proxy) => {}
+                Ok(crate::proxy::files::Outcome::Proxy) => {}
                 Err(e) => {
                     let f = LocalFailure::new(500, "internal", format!("static file: {e}"));
                     return self.answer_failure(client, f).await;
@@ -1051,7 +1051,7 @@ impl Exchange<'_> {
         if !self.body.done {
             if let Err(f) = self.hold_rest(client, max).await {
                 let f = if f.status == 413 {
-                    crate::replay::large::super_too_large(max)
+                    crate::proxy::subrequest::super_too_large(max)
                 } else {
                     f
                 };
@@ -1059,7 +1059,7 @@ impl Exchange<'_> {
             }
         }
         if self.ctx.replay.body.overflow {
-            let f = crate::replay::large::super_too_large(max);
+            let f = crate::proxy::subrequest::super_too_large(max);
             return Ok(Some(Some(self.answer_failure(client, f).await)));
         }
         self.ctx.lease = None;
@@ -1160,9 +1160,9 @@ impl Exchange<'_> {
     async fn write_static<S: ClientIo>(
         &mut self,
         client: &mut Client<S>,
-        reply: crate::statics::Reply,
+        reply: crate::proxy::files::Reply,
     ) -> After {
-        use crate::statics::Body;
+        use crate::proxy::files::Body;
         let close = !self.client_keep_alive || !self.body.done;
         let mut head = reply.head;
         if close {

@@ -2,7 +2,7 @@
 //! writer is [`crate::accesslog`].
 //!
 //! A line is built in two steps: [`Fields`] borrows what the request says (nothing is
-//! copied on the hot path), and [`write`] adds what only the end knows (status, bytes,
+//! copied on the hot path), and [`write()`] adds what only the end knows (status, bytes,
 //! duration). A WebSocket tunnel logs when it closes, long after its request head is gone,
 //! so it keeps an [`Owned`] copy: one allocation of a few hundred bytes per tunnel.
 

@@ -105,6 +105,23 @@ pub fn name(s: &str) -> Result<HeaderName> {
         .map_err(|e| Error::because(ErrorType::InternalError, "building a header name", e))
 }
 
+// The rules live in the snapshot (built once per generation); applying them is the request
+// path's business, so the method lives beside `Edits`.
+impl crate::state::CompiledRules {
+    /// Adds these rules to `e`.
+    pub fn apply(&self, e: &mut Edits) {
+        for n in &self.remove {
+            e.remove(n.clone());
+        }
+        for (n, v) in &self.set {
+            e.set(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            e.add(n.clone(), v.clone());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

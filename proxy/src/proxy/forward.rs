@@ -18,19 +18,9 @@ use super::Portico;
 /// `fly-replay-cache-status`, ...), is dropped before the request goes upstream.
 pub const INTERNAL_HEADERS: &[&str] = &["fly-preferred-instance-unavailable"];
 
-/// This process's token in `Via` (`Via: 1.1 portico (3f9ac2d15e7b0a64)`): 16 random hex
-/// digits made at start. A request whose `Via` already holds it has come back to this very
-/// process (an upstream that points at Portico itself) and is refused with 508 instead of
-/// looping until every connection is taken. The name alone cannot tell: every Portico in a
-/// chain of them may be called `portico`.
-pub fn instance_token() -> &'static str {
-    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    TOKEN.get_or_init(|| format!("{:016x}", fastrand::u64(..)))
-}
-
 /// Whether `Via` fields of a request show it has already passed through this process.
 pub fn via_loop(req: &RequestHeader) -> bool {
-    let token = instance_token().as_bytes();
+    let token = crate::state::instance_token().as_bytes();
     req.headers
         .get_all(http::header::VIA)
         .iter()

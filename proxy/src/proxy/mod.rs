@@ -12,6 +12,7 @@ pub mod affinity;
 pub mod classify;
 pub mod ctx;
 pub mod edits;
+pub mod files;
 pub mod forward;
 pub mod forwarded;
 pub mod hop;
@@ -19,6 +20,7 @@ pub mod pick;
 pub mod replaying;
 pub mod respond;
 pub mod routing_headers;
+pub mod subrequest;
 pub mod websocket;
 
 use std::sync::Arc;
@@ -94,8 +96,8 @@ pub fn tls_version_name(v: &str) -> &'static str {
 }
 
 /// Writes a static answer through pingora: the head, then the body from memory or the file.
-async fn write_static(session: &mut Session, reply: crate::statics::Reply) -> Result<()> {
-    use crate::statics::Body;
+async fn write_static(session: &mut Session, reply: crate::proxy::files::Reply) -> Result<()> {
+    use crate::proxy::files::Body;
     let no_body = matches!(reply.body, Body::Empty);
     session
         .write_response_header(Box::new(reply.head), no_body)
@@ -218,16 +220,14 @@ impl Portico {
     /// upstream), then sends the request from the copy. Always answers the client.
     async fn send_buffered(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let limit = ctx.route().map_or(0, |r| r.buffer_limit());
-        let held = crate::replay::large::read_rest(session, ctx, limit).await;
+        let held = subrequest::read_rest(session, ctx, limit).await;
         let delta = ctx.replay.body.held() as i64;
         self.shared.metrics.replay_buffered_bytes.add(delta);
         ctx.body_bytes = ctx.replay.body.len;
         let outcome = match held {
-            Ok(()) => crate::replay::large::run_held(session, ctx).await,
-            Err(crate::replay::large::ReadRest::TooLarge) => Err(classify::too_large(limit)),
-            Err(crate::replay::large::ReadRest::Failed(e)) => {
-                Err(LocalFailure::new(0, "client_gone", e))
-            }
+            Ok(()) => subrequest::run_held(session, ctx).await,
+            Err(subrequest::ReadRest::TooLarge) => Err(classify::too_large(limit)),
+            Err(subrequest::ReadRest::Failed(e)) => Err(LocalFailure::new(0, "client_gone", e)),
         };
         if let Err(failure) = outcome {
             if failure.status > 0 {
@@ -279,7 +279,7 @@ impl ProxyHttp for Portico {
                     let snap = ctx.snap.clone();
                     if let Some(route) = ctx.route.map(|i| &snap.config.routes.routes()[i]) {
                         if let Some(files) = &route.static_files {
-                            let served = crate::statics::serve(
+                            let served = crate::proxy::files::serve(
                                 &self.shared.files,
                                 session.req_header(),
                                 ctx,
@@ -287,7 +287,7 @@ impl ProxyHttp for Portico {
                                 files,
                             )
                             .await?;
-                            if let crate::statics::Outcome::Reply(reply) = served {
+                            if let crate::proxy::files::Outcome::Reply(reply) = served {
                                 write_static(session, *reply).await?;
                                 return Ok(true);
                             }
@@ -592,7 +592,7 @@ impl ProxyHttp for Portico {
                 ctx.replay.pending = false;
                 if let Some(target) = ctx.replay.target.clone() {
                     *slot.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some(crate::replay::large::NextHop {
+                        Some(crate::replay::handback::NextHop {
                             target,
                             hops: ctx.replay.hops,
                             by_fallback: ctx.replay.by_fallback,
@@ -685,7 +685,7 @@ impl ProxyHttp for Portico {
         }
         if ctx.replay.needs_large {
             ctx.replay.needs_large = false;
-            match crate::replay::large::run(session, ctx).await {
+            match subrequest::run(session, ctx).await {
                 Ok(status) => {
                     return FailToProxy {
                         error_code: status,

@@ -12,9 +12,9 @@ use pingora_proxy::Session;
 
 use super::ctx::{LocalFailure, RequestCtx};
 use super::edits::Edits;
+use super::subrequest::Carried;
 use super::{cookie, header_value as header, request_host, Portico};
 use crate::replay::cache::{self, CacheKey, CachedTarget};
-use crate::replay::large::Carried;
 use crate::replay::{self as rp, instruction, Instruction, Issuer, Target};
 
 impl Portico {
@@ -43,7 +43,7 @@ impl Portico {
     /// In a replay subrequest: takes over the state of the request being replayed.
     /// Returns false for ordinary requests.
     pub(super) fn adopt_carried(&self, session: &Session, ctx: &mut RequestCtx) -> bool {
-        let Some(c) = crate::replay::large::carried(session) else {
+        let Some(c) = super::subrequest::carried(session) else {
             return false;
         };
         let Carried {
@@ -323,7 +323,7 @@ impl Portico {
             return self.refuse(ctx, f);
         }
         if ctx.replay.body.overflow {
-            let f = crate::replay::large::super_too_large(snap.config.replay.max_body);
+            let f = super::subrequest::super_too_large(snap.config.replay.max_body);
             return self.refuse(ctx, f);
         }
         let up_idx = match &inst.app {

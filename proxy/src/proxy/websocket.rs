@@ -6,25 +6,13 @@
 //! socket closes otherwise. Slots are counted per route name in [`Shared`], so a reload does
 //! not forget the sockets already open.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus::{IntCounter, IntGauge};
 
 use super::ctx::{LocalFailure, RequestCtx};
 use crate::state::Shared;
-
-/// Open upgraded connections per route name.
-#[derive(Default)]
-pub struct WsCounts(Mutex<HashMap<String, Arc<AtomicUsize>>>);
-
-impl WsCounts {
-    fn counter(&self, route: &str) -> Arc<AtomicUsize> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(route.to_string()).or_default().clone()
-    }
-}
 
 /// The state of an upgrade request.
 pub struct WsState {

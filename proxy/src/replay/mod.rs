@@ -11,15 +11,15 @@
 //!   pingora's retry loop calls `upstream_peer` again, which selects from the target.
 //! - pingora re-sends the request body from its retry buffer, which holds 64 KiB. Larger
 //!   bodies (up to `[replay] max_body`) are kept by Portico ([`BodyCopy`]) and replayed
-//!   through a pingora subrequest fed with the copy ([`large`]).
+//!   through a pingora subrequest fed with the copy (`proxy::subrequest`).
 //!
 //! Limits: at most [`MAX_HOPS`] replays per request (the next is a 508), a body over
 //! `max_body` cannot be replayed (413), a malformed instruction is a 502, a target with no
 //! usable instance a 503 (unless a `fallback` sends the request back to the issuer).
 
 pub mod cache;
+pub mod handback;
 pub mod instruction;
-pub mod large;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -168,7 +168,7 @@ pub struct ReplayState {
     /// The client skipped a cache entry that allowed it (`fly-replay-cache-control: skip`).
     pub cache_bypass: bool,
     /// In a large-body replay subrequest: where a further replay is handed back.
-    pub handback: Option<large::Handback>,
+    pub handback: Option<handback::Handback>,
     /// This subrequest handed a further replay back: it ends without answering.
     pub handed_back: bool,
 }

@@ -91,8 +91,6 @@ impl Repr {
 /// What a request path resolved to.
 #[derive(Debug)]
 pub struct Entry {
-    /// File name (for the type and hashed-name detection).
-    pub name: String,
     /// `Content-Type`.
     pub content_type: &'static str,
     /// The file as is.
@@ -101,6 +99,9 @@ pub struct Entry {
     pub variants: Vec<Repr>,
     /// Served as a single-page-app fallback.
     pub is_fallback: bool,
+    /// The name looks content-hashed ([`super::hashed::is_hashed`], decided once per entry
+    /// rather than per hit).
+    pub hashed_name: bool,
     checked_ms: AtomicU64,
 }
 
@@ -332,7 +333,7 @@ fn resolve(
         .as_deref()
         .is_some_and(|f| segments.len() == 1 && segments[0] == f);
     Some(Entry {
-        name,
+        hashed_name: super::hashed::is_hashed(&name),
         content_type,
         identity,
         variants,
