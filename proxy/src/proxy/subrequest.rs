@@ -272,3 +272,39 @@ pub fn super_too_large(max: u64) -> LocalFailure {
         ),
     )
 }
+
+impl super::Portico {
+    /// `buffer_requests`: reads the whole body first (413 past the limit, with nothing sent
+    /// upstream), then sends the request from the copy. Always answers the client.
+    pub(super) async fn send_buffered(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora_error::Result<bool> {
+        let limit = ctx.route().map_or(0, |r| r.buffer_limit());
+        let held = read_rest(session, ctx, limit).await;
+        let delta = ctx.replay.body.held() as i64;
+        self.shared.metrics.replay_buffered_bytes.add(delta);
+        ctx.body_bytes = ctx.replay.body.len;
+        let outcome = match held {
+            Ok(()) => run_held(session, ctx).await,
+            Err(ReadRest::TooLarge) => Err(super::classify::too_large(limit)),
+            Err(ReadRest::Failed(e)) => Err(LocalFailure::new(0, "client_gone", e)),
+        };
+        if let Err(failure) = outcome {
+            if failure.status > 0 {
+                self.shared
+                    .metrics
+                    .rejected
+                    .with_label_values(&[failure.reason])
+                    .inc();
+                session.set_keepalive(None);
+                if session.response_written().is_none() {
+                    super::respond::send_failure(session, ctx, &failure).await?;
+                }
+            }
+            ctx.failure = Some(failure);
+        }
+        Ok(true)
+    }
+}
