@@ -61,8 +61,11 @@ impl Reloader {
         let m = &self.shared.metrics;
         match &result {
             Ok(r) => {
-                m.config_reloads.with_label_values(&["success"]).inc();
-                m.config_generation.set(r.generation as i64);
+                m.config
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                m.config.config_generation.set(r.generation as i64);
                 if let Ok(mut s) = self.shared.reload.lock() {
                     s.last_error = None;
                     s.last_error_at = None;
@@ -82,7 +85,7 @@ impl Reloader {
                 }
             }
             Err(e) => {
-                m.config_reloads.with_label_values(&["error"]).inc();
+                m.config.config_reloads.with_label_values(&["error"]).inc();
                 let generation = self.shared.current.load().generation;
                 if let Ok(mut s) = self.shared.reload.lock() {
                     s.last_error = Some(e.clone());
@@ -124,7 +127,7 @@ impl Reloader {
             let running = self.resolvers.iter().find(|(n, _)| *n == *l.name);
             if let (Some((_, Some(resolver))), Some(t)) = (running, t) {
                 resolver.replace_from(&t.resolver);
-                t.publish_expiry(&l.name, &self.shared.metrics.tls_certificate_expiry);
+                t.publish_expiry(&l.name, &self.shared.metrics.tls.tls_certificate_expiry);
             }
         }
         let snap = Arc::new(snap);

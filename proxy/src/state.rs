@@ -288,7 +288,10 @@ pub struct Shared {
 impl Shared {
     /// Wraps the first snapshot.
     pub fn new(first: Snapshot, metrics: Metrics, config_path: Option<PathBuf>) -> Arc<Self> {
-        metrics.config_generation.set(first.generation as i64);
+        metrics
+            .config
+            .config_generation
+            .set(first.generation as i64);
         let replay_cache = crate::replay::cache::ReplayCache::new(first.config.replay.cache_size);
         Arc::new(Self {
             replay_cache,

@@ -84,6 +84,7 @@ pub fn status_line(shared: &crate::state::Shared) -> String {
                 .map(|l| {
                     shared
                         .metrics
+                        .listeners
                         .connections_open
                         .with_label_values(&[&l.name])
                         .get()

@@ -248,8 +248,8 @@ pub fn spawn_listener(
             host: host.clone(),
             certs: certs.clone(),
             state: state.clone(),
-            expiry: metrics.tls_certificate_expiry.clone(),
-            orders: metrics.acme_orders.clone(),
+            expiry: metrics.tls.tls_certificate_expiry.clone(),
+            orders: metrics.tls.acme_orders.clone(),
         };
         let storage = Storage::new(&cfg.storage, &cfg.directory);
         let held = task.prime(&storage);

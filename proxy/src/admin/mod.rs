@@ -230,17 +230,21 @@ impl Admin {
         let m = &self.shared.metrics;
         for up in &snap.upstreams {
             let set = up.set.load();
-            m.upstream_in_flight
+            m.upstreams
+                .upstream_in_flight
                 .with_label_values(&[up.name()])
                 .set(up.in_flight() as i64);
-            m.upstream_backends
+            m.upstreams
+                .upstream_backends
                 .with_label_values(&[up.name()])
                 .set(set.backends.len() as i64);
-            m.upstream_backends_healthy
+            m.upstreams
+                .upstream_backends_healthy
                 .with_label_values(&[up.name()])
                 .set(set.backends.iter().filter(|b| b.health.usable()).count() as i64);
         }
-        m.replay_cache_entries
+        m.replay
+            .replay_cache_entries
             .set(self.shared.replay_cache.len() as i64);
         let body = m.render();
         Response::builder()

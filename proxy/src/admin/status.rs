@@ -54,7 +54,7 @@ impl Admin {
                             "name": l.name,
                             "address": l.address.to_string(),
                             "tls": l.tls,
-                            "connections_open": self.shared.metrics.connections_open.with_label_values(&[&l.name]).get(),
+                            "connections_open": self.shared.metrics.listeners.connections_open.with_label_values(&[&l.name]).get(),
                         })
                     })
                     .collect()

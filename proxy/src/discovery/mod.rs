@@ -172,15 +172,18 @@ impl DiscoveryMetrics {
     fn new(m: &Metrics, upstream: &str) -> Self {
         Self {
             success: m
+                .discovery
                 .discovery_resolutions
                 .with_label_values(&[upstream, "success"]),
             empty: m
+                .discovery
                 .discovery_resolutions
                 .with_label_values(&[upstream, "empty"]),
             error: m
+                .discovery
                 .discovery_resolutions
                 .with_label_values(&[upstream, "error"]),
-            changes: m.discovery_changes.with_label_values(&[upstream]),
+            changes: m.discovery.discovery_changes.with_label_values(&[upstream]),
         }
     }
 }

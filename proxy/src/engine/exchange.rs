@@ -74,6 +74,7 @@ pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bo
             };
             app.shared
                 .metrics
+                .http
                 .rejected
                 .with_label_values(&[reason])
                 .inc();
@@ -211,6 +212,7 @@ impl Exchange<'_> {
                 self.app
                     .shared
                     .metrics
+                    .http
                     .rejected
                     .with_label_values(&["body_too_large"])
                     .inc();
@@ -228,7 +230,12 @@ impl Exchange<'_> {
         copy.observe(chunk, limit, true);
         let delta = copy.held() as i64 - before as i64;
         if delta != 0 {
-            self.app.shared.metrics.replay_buffered_bytes.add(delta);
+            self.app
+                .shared
+                .metrics
+                .replay
+                .replay_buffered_bytes
+                .add(delta);
         }
     }
 
@@ -411,6 +418,7 @@ impl Exchange<'_> {
         self.app
             .shared
             .metrics
+            .http
             .incomplete
             .with_label_values(&[route, reason])
             .inc();
@@ -424,6 +432,7 @@ impl Exchange<'_> {
             self.app
                 .shared
                 .metrics
+                .replay
                 .replay_buffered_bytes
                 .sub(held as i64);
         }
@@ -438,6 +447,7 @@ impl Exchange<'_> {
             self.app
                 .shared
                 .metrics
+                .replay
                 .replay_hops
                 .observe(f64::from(ctx.replay.hops));
         }

@@ -238,6 +238,7 @@ pub async fn serve<S: ClientIo>(
 fn reject(app: &Portico, reason: &str) {
     app.shared
         .metrics
+        .http
         .rejected
         .with_label_values(&[reason])
         .inc();

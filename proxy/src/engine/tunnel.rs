@@ -111,7 +111,7 @@ impl<S: ClientIo> Tunnel<S> {
         } = self;
         let state = Arc::new(ConnState::default());
         shared.ws_conns.register(&state);
-        let gauge = &shared.metrics.websocket_buffer_bytes;
+        let gauge = &shared.metrics.websockets.websocket_buffer_bytes;
         relay(
             &mut client,
             &mut up,

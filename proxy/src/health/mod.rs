@@ -55,6 +55,7 @@ pub fn report(shared: &Shared, upstream: &str, backend: &BackendRt, t: &Transiti
     if t.reason.starts_with("ejected") {
         shared
             .metrics
+            .upstreams
             .backend_ejections
             .with_label_values(&[upstream])
             .inc();
@@ -71,14 +72,17 @@ async fn check_loop(
 ) {
     let passed = shared
         .metrics
+        .health
         .health_checks
         .with_label_values(&[&upstream, "pass"]);
     let failed = shared
         .metrics
+        .health
         .health_checks
         .with_label_values(&[&upstream, "fail"]);
     let duration = shared
         .metrics
+        .health
         .health_check_duration
         .with_label_values(&[&upstream]);
     // Spread first checks a little so that a hundred new backends are not hit at once.

@@ -27,6 +27,7 @@ impl Portico {
         if ctx.sticky_pin.is_none() {
             self.shared
                 .metrics
+                .http
                 .sticky
                 .with_label_values(&[&route.name, "invalid"])
                 .inc();
@@ -58,6 +59,7 @@ impl Portico {
         };
         self.shared
             .metrics
+            .http
             .sticky
             .with_label_values(&[&route.name, outcome])
             .inc();

@@ -63,14 +63,14 @@ pub struct InFlight(Arc<Shared>);
 impl InFlight {
     /// Counts one more request.
     pub fn new(shared: &Arc<Shared>) -> Self {
-        shared.metrics.requests_in_flight.inc();
+        shared.metrics.http.requests_in_flight.inc();
         Self(shared.clone())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.metrics.requests_in_flight.dec();
+        self.0.metrics.http.requests_in_flight.dec();
     }
 }
 

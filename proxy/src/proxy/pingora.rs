@@ -162,6 +162,7 @@ impl ProxyHttp for Portico {
         } else {
             self.shared
                 .metrics
+                .http
                 .rejected
                 .with_label_values(&[failure.reason])
                 .inc();
@@ -245,13 +246,14 @@ impl ProxyHttp for Portico {
             .observe(chunk, replay.max_body, replay.enabled);
         let delta = ctx.replay.body.held() as i64 - held as i64;
         if delta != 0 {
-            self.shared.metrics.replay_buffered_bytes.add(delta);
+            self.shared.metrics.replay.replay_buffered_bytes.add(delta);
         }
         ctx.body_bytes += fresh;
         if let Some(max) = ctx.route().and_then(|r| r.max_body) {
             if ctx.body_bytes > max {
                 self.shared
                     .metrics
+                    .http
                     .rejected
                     .with_label_values(&["body_too_large"])
                     .inc();
@@ -567,6 +569,7 @@ impl ProxyHttp for Portico {
         if code > 0 {
             self.shared
                 .metrics
+                .http
                 .rejected
                 .with_label_values(&[reason])
                 .inc();
@@ -593,7 +596,11 @@ impl ProxyHttp for Portico {
         ctx.lease = None;
         let held = ctx.replay.body.held();
         if held > 0 {
-            self.shared.metrics.replay_buffered_bytes.sub(held as i64);
+            self.shared
+                .metrics
+                .replay
+                .replay_buffered_bytes
+                .sub(held as i64);
         }
         if ctx.is_subrequest {
             // The request being replayed accounts for the whole exchange.
@@ -609,6 +616,7 @@ impl ProxyHttp for Portico {
         if ctx.replay.hops > 0 {
             self.shared
                 .metrics
+                .replay
                 .replay_hops
                 .observe(f64::from(ctx.replay.hops));
         }

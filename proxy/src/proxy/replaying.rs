@@ -28,6 +28,7 @@ impl Portico {
         };
         self.shared
             .metrics
+            .replay
             .replays
             .with_label_values(&[upstream, kind, outcome])
             .inc();
@@ -103,7 +104,7 @@ impl Portico {
         let skip = header(&req.headers, "fly-replay-cache-control")
             .is_some_and(|v| v.eq_ignore_ascii_case("skip"));
         if skip && hit.allow_bypass {
-            m.replay_cache.with_label_values(&["bypass"]).inc();
+            m.replay.replay_cache.with_label_values(&["bypass"]).inc();
             ctx.replay.cache_bypass = true;
             return;
         }
@@ -115,7 +116,7 @@ impl Portico {
             cache.remove(&hit.key);
             return;
         };
-        m.replay_cache.with_label_values(&["hit"]).inc();
+        m.replay.replay_cache.with_label_values(&["hit"]).inc();
         let t = hit.target;
         ctx.replay.target = Some(Target {
             upstream: up,
@@ -201,6 +202,7 @@ impl Portico {
                 self.shared.replay_cache.remove(&k);
                 self.shared
                     .metrics
+                    .replay
                     .replay_cache
                     .with_label_values(&["invalidated"])
                     .inc();
@@ -368,6 +370,7 @@ impl Portico {
                 .insert(key, cached.clone(), ttl, bypass);
             self.shared
                 .metrics
+                .replay
                 .replay_cache
                 .with_label_values(&["miss"])
                 .inc();

@@ -284,7 +284,7 @@ impl super::Portico {
         let limit = ctx.route().map_or(0, |r| r.buffer_limit());
         let held = read_rest(session, ctx, limit).await;
         let delta = ctx.replay.body.held() as i64;
-        self.shared.metrics.replay_buffered_bytes.add(delta);
+        self.shared.metrics.replay.replay_buffered_bytes.add(delta);
         ctx.body_bytes = ctx.replay.body.len;
         let outcome = match held {
             Ok(()) => run_held(session, ctx).await,
@@ -295,6 +295,7 @@ impl super::Portico {
             if failure.status > 0 {
                 self.shared
                     .metrics
+                    .http
                     .rejected
                     .with_label_values(&[failure.reason])
                     .inc();

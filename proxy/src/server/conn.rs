@@ -190,6 +190,7 @@ pub async fn serve(
     let open = lctx
         .shared
         .metrics
+        .listeners
         .connections_open
         .with_label_values(&[&lctx.name]);
     open.inc();
@@ -206,6 +207,7 @@ pub async fn serve(
     let refuse = |reason: &'static str| {
         lctx.shared
             .metrics
+            .http
             .rejected
             .with_label_values(&[reason])
             .inc();
@@ -274,6 +276,7 @@ pub async fn serve(
         Ok(Err(e)) => {
             lctx.shared
                 .metrics
+                .listeners
                 .tls_handshake_errors
                 .with_label_values(&[&lctx.name])
                 .inc();
@@ -283,6 +286,7 @@ pub async fn serve(
         Err(_) => {
             lctx.shared
                 .metrics
+                .listeners
                 .tls_handshake_errors
                 .with_label_values(&[&lctx.name])
                 .inc();

@@ -108,6 +108,7 @@ pub async fn accept_loop(
     let accepted = lctx
         .shared
         .metrics
+        .listeners
         .connections_accepted
         .with_label_values(&[&lctx.name]);
     loop {

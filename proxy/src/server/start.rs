@@ -48,7 +48,7 @@ pub(super) fn control_tasks(
 
     for (l, t) in config.listeners.iter().zip(tls) {
         let Some(t) = t else { continue };
-        t.publish_expiry(&l.name, &shared.metrics.tls_certificate_expiry);
+        t.publish_expiry(&l.name, &shared.metrics.tls.tls_certificate_expiry);
         // ACME tasks run on the control runtime for the life of the process.
         let acme = l.tls.as_ref().and_then(|c| c.acme.as_ref());
         if let (Some(acme), Some(certs)) = (acme, t.resolver.acme().cloned()) {

@@ -388,10 +388,22 @@ impl UpstreamRt {
             queue: Notify::new(),
             waiting: AtomicUsize::new(0),
             metrics: UpstreamMetrics {
-                connect_errors: metrics.upstream_connect_errors.with_label_values(&[name]),
-                retries: metrics.upstream_retries.with_label_values(&[name]),
-                queue_waiting: metrics.upstream_queue_waiting.with_label_values(&[name]),
-                queue_timeouts: metrics.upstream_queue_timeouts.with_label_values(&[name]),
+                connect_errors: metrics
+                    .upstreams
+                    .upstream_connect_errors
+                    .with_label_values(&[name]),
+                retries: metrics
+                    .upstreams
+                    .upstream_retries
+                    .with_label_values(&[name]),
+                queue_waiting: metrics
+                    .upstreams
+                    .upstream_queue_waiting
+                    .with_label_values(&[name]),
+                queue_timeouts: metrics
+                    .upstreams
+                    .upstream_queue_timeouts
+                    .with_label_values(&[name]),
             },
             cfg,
         }

@@ -365,6 +365,7 @@ impl Exchange<'_> {
             self.app
                 .shared
                 .metrics
+                .http
                 .rejected
                 .with_label_values(&[f.reason])
                 .inc();
