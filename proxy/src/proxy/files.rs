@@ -185,7 +185,7 @@ fn reply(
         resp.insert_header("vary", HeaderValue::from_static("Accept-Encoding"))?;
     }
     if status != 304 {
-        resp.insert_header("content-type", HeaderValue::from_static(entry.content_type))?;
+        resp.insert_header("content-type", entry.content_type.clone())?;
         resp.insert_header(
             "x-content-type-options",
             HeaderValue::from_static("nosniff"),

@@ -92,7 +92,7 @@ impl Repr {
 #[derive(Debug)]
 pub struct Entry {
     /// `Content-Type`.
-    pub content_type: &'static str,
+    pub content_type: http::HeaderValue,
     /// The file as is.
     pub identity: Repr,
     /// Encoded variants available.
@@ -273,6 +273,9 @@ fn resolve(
     }
     let name = p.file_name()?.to_string_lossy().into_owned();
     let content_type = mime::content_type(&name);
+    let compressible = mime::compressible(&content_type);
+    let content_type = http::HeaderValue::from_str(&content_type)
+        .unwrap_or_else(|_| http::HeaderValue::from_static("application/octet-stream"));
     let (len, modified) = stamp(&meta);
     let body = read_small(&p, len);
     // What was read is what gets served: a file changing between stat and read must not
@@ -307,7 +310,7 @@ fn resolve(
         }
     }
     let has_gzip = variants.iter().any(|v| v.coding == Some(Coding::Gzip));
-    if cfg.compress && !has_gzip && mime::compressible(content_type) && len >= cfg.compress_min_size
+    if cfg.compress && !has_gzip && compressible && len >= cfg.compress_min_size
     {
         if let Some(body) = &identity.body {
             let mut enc = flate2::write::GzEncoder::new(
