@@ -310,8 +310,7 @@ fn resolve(
         }
     }
     let has_gzip = variants.iter().any(|v| v.coding == Some(Coding::Gzip));
-    if cfg.compress && !has_gzip && compressible && len >= cfg.compress_min_size
-    {
+    if cfg.compress && !has_gzip && compressible && len >= cfg.compress_min_size {
         if let Some(body) = &identity.body {
             let mut enc = flate2::write::GzEncoder::new(
                 Vec::with_capacity(body.len() / 3),

@@ -68,7 +68,10 @@ mod tests {
             ("app.3f9a1c.js", "text/javascript; charset=utf-8"),
             ("m.mjs", "text/javascript; charset=utf-8"),
             ("app.js.map", "application/json; charset=utf-8"),
-            ("site.webmanifest", "application/manifest+json; charset=utf-8"),
+            (
+                "site.webmanifest",
+                "application/manifest+json; charset=utf-8",
+            ),
             ("logo.svg", "image/svg+xml; charset=utf-8"),
             ("a.woff2", "font/woff2"),
             ("a.png", "image/png"),

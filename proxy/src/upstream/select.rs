@@ -31,6 +31,8 @@ const RING_POINTS_PER_WEIGHT: u32 = 160;
 pub struct Ring {
     /// `(point, backend index)`, sorted by point.
     points: Vec<(u64, u32)>,
+    /// Backends on the ring.
+    backends: usize,
 }
 
 impl Ring {
@@ -46,14 +48,55 @@ impl Ring {
             }
         }
         points.sort_unstable();
-        Self { points }
+        Self {
+            points,
+            backends: backends.len(),
+        }
     }
 
-    /// Backend indices in ring order starting at `hash`'s point (each point once).
-    pub fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
-        let start = self.points.partition_point(|&(p, _)| p < hash);
-        let n = self.points.len();
-        (0..n).map(move |i| self.points[(start + i) % n].1 as usize)
+    /// Backend indices in ring order starting at `hash`'s point, each backend once: a walk
+    /// past busy or tried backends ends after the last distinct one instead of visiting all
+    /// of their 160-per-weight points.
+    pub fn walk(&self, hash: u64) -> Walk<'_> {
+        Walk {
+            ring: self,
+            at: self.points.partition_point(|&(p, _)| p < hash),
+            steps: 0,
+            seen: SmallVec::from_elem(0, self.backends.div_ceil(64)),
+            left: self.backends,
+        }
+    }
+}
+
+/// An iterator over a ring's backends from a point (see [`Ring::walk`]).
+pub struct Walk<'a> {
+    ring: &'a Ring,
+    at: usize,
+    steps: usize,
+    /// Backends already yielded, one bit each.
+    seen: SmallVec<[u64; 2]>,
+    /// Backends not yet yielded.
+    left: usize,
+}
+
+impl Iterator for Walk<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let points = &self.ring.points;
+        while self.left > 0 && self.steps < points.len() {
+            let b = points[(self.at + self.steps) % points.len()].1 as usize;
+            self.steps += 1;
+            let (word, bit) = (b / 64, 1u64 << (b % 64));
+            if let Some(w) = self.seen.get_mut(word) {
+                if *w & bit == 0 {
+                    *w |= bit;
+                    self.left -= 1;
+                    return Some(b);
+                }
+            }
+        }
+        None
     }
 }
 
@@ -370,6 +413,44 @@ mod tests {
             }
         }
         assert!(moved > 500 && moved < 1500, "moved {moved} of 10000");
+    }
+
+    proptest::proptest! {
+        /// Removing a backend moves only the keys it held, and every other key's whole
+        /// failover order stays the same (the walk over the smaller ring is the walk over the
+        /// full one without the departed backend). Each walk names every backend once.
+        #[test]
+        fn ring_moves_only_the_departing_backends_keys(
+            n in 2usize..40,
+            weights in proptest::collection::vec(1u32..4, 40),
+            gone in proptest::prelude::any::<proptest::sample::Index>(),
+            hashes in proptest::collection::vec(proptest::prelude::any::<u64>(), 64),
+        ) {
+            let all = backends(n, &weights);
+            let g = gone.index(n);
+            let fewer: Vec<Arc<BackendRt>> = all
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != g)
+                .map(|(_, b)| b.clone())
+                .collect();
+            let (full, less) = (Ring::new(&all), Ring::new(&fewer));
+            for h in hashes {
+                let before: Vec<&str> = full.walk(h).map(|i| &*all[i].key).collect();
+                let after: Vec<&str> = less.walk(h).map(|i| &*fewer[i].key).collect();
+                proptest::prop_assert_eq!(before.len(), n);
+                let mut distinct = before.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                proptest::prop_assert_eq!(distinct.len(), n);
+                let without: Vec<&str> =
+                    before.iter().copied().filter(|k| *k != &*all[g].key).collect();
+                proptest::prop_assert_eq!(&without, &after);
+                if before[0] != &*all[g].key {
+                    proptest::prop_assert_eq!(before[0], after[0]);
+                }
+            }
+        }
     }
 
     #[test]
