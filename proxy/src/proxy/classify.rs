@@ -74,6 +74,10 @@ impl Portico {
                 .unwrap_or(self.listener.default_https_port);
             return Some(self.https_redirect(req, port, listener.redirect_status));
         }
+        // The listener's IP rules (the route's come with admission, once it is known).
+        if let Some(f) = ip_rules(&listener.ip_rules, "listener", ctx.client_ip) {
+            return Some(f);
+        }
         // Routing, on the normalized path.
         let host = request_host(req);
         let path = normalize_path(req.uri.path());
@@ -106,21 +110,12 @@ impl Portico {
         None
     }
 
-    /// The listener's and the route's IP rules (403), then the route's rate limit (429), on
-    /// the real client address.
+    /// The route's IP rules (403), then its rate limit (429), on the real client address.
     fn admission(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<LocalFailure> {
         let route = ctx.route()?;
         let ip = ctx.client_ip?;
-        let listener = self.listener_cfg(ctx)?;
-        for (rules, what) in [(&listener.ip_rules, "listener"), (&route.ip_rules, "route")] {
-            if !rules.is_empty() && !rules.admits(ip) {
-                return Some(LocalFailure {
-                    status: 403,
-                    reason: "ip_denied",
-                    message: format!("the {what}'s allow/deny rules refuse client {ip}"),
-                    retry_after: None,
-                });
-            }
+        if let Some(f) = ip_rules(&route.ip_rules, "route", Some(ip)) {
+            return Some(f);
         }
         let route_index = ctx.route?;
         let limiter = ctx.snap.rate_limiters.get(route_index)?.clone()?;
@@ -200,4 +195,19 @@ pub(crate) fn too_large(max: u64) -> LocalFailure {
         message: format!("request body larger than the {max} bytes allowed on this route"),
         retry_after: None,
     }
+}
+
+/// A 403 when `rules` refuse the client (`what`: "listener" or "route").
+fn ip_rules(
+    rules: &portico_config::IpRules,
+    what: &str,
+    ip: Option<std::net::IpAddr>,
+) -> Option<LocalFailure> {
+    let ip = ip?;
+    (!rules.is_empty() && !rules.admits(ip)).then(|| LocalFailure {
+        status: 403,
+        reason: "ip_denied",
+        message: format!("the {what}'s allow/deny rules refuse client {ip}"),
+        retry_after: None,
+    })
 }
