@@ -62,7 +62,6 @@ impl UpstreamRt {
     /// Remote tiers in order: lowest measured connect latency first, then `region_order`,
     /// then name.
     pub(super) fn remote_order(&self, set: &BackendSet) -> SmallVec<[usize; 8]> {
-        let mut order: SmallVec<[usize; 8]> = (1..set.tiers.len()).collect();
         let latency = |t: usize| {
             set.tiers[t]
                 .members
@@ -72,21 +71,20 @@ impl UpstreamRt {
                 .min()
                 .unwrap_or(u64::MAX)
         };
+        let name = |t: usize| set.tiers[t].region.as_deref().unwrap_or("");
         let rank = |t: usize| {
-            let name = set.tiers[t].region.as_deref().unwrap_or("");
             self.region_order
                 .iter()
-                .position(|r| r == name)
+                .position(|r| r == name(t))
                 .unwrap_or(usize::MAX)
         };
-        order.sort_by_cached_key(|&t| {
-            (
-                latency(t),
-                rank(t),
-                set.tiers[t].region.clone().unwrap_or_default(),
-            )
-        });
-        order
+        // Keys computed once per tier, borrowed names: no allocation for up to 8 regions.
+        // Latency is measured live, so the order cannot be kept from one call to the next.
+        let mut keyed: SmallVec<[(u64, usize, &str, usize); 8]> = (1..set.tiers.len())
+            .map(|t| (latency(t), rank(t), name(t), t))
+            .collect();
+        keyed.sort_unstable();
+        keyed.into_iter().map(|(.., t)| t).collect()
     }
 
     /// Tries once to take a slot on a backend satisfying `want`.
