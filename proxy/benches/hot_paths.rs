@@ -8,10 +8,10 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portico::metrics::Metrics;
-use portico::replay::instruction::parse_header;
-use portico::upstream::select::hash_key;
-use portico::upstream::{UpstreamRt, Want};
+use portico::internals::hash_key;
+use portico::internals::parse_header;
+use portico::internals::Metrics;
+use portico::internals::{UpstreamRt, Want};
 
 fn config(text: &str) -> portico_config::Config {
     let env: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
@@ -118,7 +118,7 @@ fn replay(c: &mut Criterion) {
 /// CPU per MB of proxied-response compression at the default levels, on HTML-like text fed in
 /// 32 KiB reads as the engine does: `cargo bench --bench hot_paths -- compress`.
 fn compression(c: &mut Criterion) {
-    use portico::compress::{Coding, Encoder};
+    use portico::internals::{Coding, Encoder};
     let cfg = portico_config::Compress::default();
     let mut text = Vec::with_capacity(1 << 20);
     let mut i = 0u64;

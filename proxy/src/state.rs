@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use portico_config::{Config, Loaded, Source};
+use portico_config::{Config, Loaded};
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::upstream::UpstreamRt;
@@ -26,8 +26,6 @@ pub struct Snapshot {
     pub loaded_at: SystemTime,
     /// The configuration.
     pub config: Arc<Config>,
-    /// The document it came from (to locate later errors).
-    pub source: Source,
     /// Upstreams, indexed like `config.upstreams`.
     pub upstreams: Vec<Arc<UpstreamRt>>,
     /// Metric children per route, indexed like `config.routes.routes()`.
@@ -76,7 +74,7 @@ impl Snapshot {
         prev: Option<&Snapshot>,
         metrics: &Metrics,
     ) -> Result<Snapshot, portico_config::ConfigErrors> {
-        let Loaded { config, source } = loaded;
+        let Loaded { config, .. } = loaded;
         let upstreams: Vec<Arc<UpstreamRt>> = config
             .upstreams
             .iter()
@@ -165,7 +163,6 @@ impl Snapshot {
             unrouted_metrics: RouteMetrics::new(metrics, "none", "none"),
             route_metrics,
             upstreams,
-            source,
             config: Arc::new(config),
         })
     }

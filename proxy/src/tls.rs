@@ -292,11 +292,6 @@ impl SniResolver {
         self.acme.as_ref()
     }
 
-    /// Replaces the certificates; new handshakes use them at once.
-    pub fn replace(&self, store: CertStore) {
-        self.store.store(Arc::new(store));
-    }
-
     /// Takes over the certificates of another resolver (a reload's freshly loaded ones).
     pub fn replace_from(&self, other: &SniResolver) {
         self.store.store(other.store.load_full());

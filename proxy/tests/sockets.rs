@@ -31,7 +31,7 @@ fn listener_options_are_set_and_accepted_connections_inherit_them() {
          tcp_keepalive = { idle = \"45s\", interval = \"7s\", count = 3 }\n\
          send_buffer = \"64KiB\"\nrecv_buffer = \"128KiB\"\nfreebind = true",
     );
-    let ls = portico::server::listener::bind(&l).unwrap();
+    let ls = portico::internals::bind(&l).unwrap();
     let s = SockRef::from(&ls);
     assert!(s.reuse_port().unwrap());
     assert!(s.freebind_v4().unwrap());
@@ -65,7 +65,7 @@ fn listener_options_are_set_and_accepted_connections_inherit_them() {
 #[test]
 fn defaults_keepalive_on_nodelay_on_buffers_autotuned() {
     let l = listener("address = \"127.0.0.1:0\"");
-    let ls = portico::server::listener::bind(&l).unwrap();
+    let ls = portico::internals::bind(&l).unwrap();
     let s = SockRef::from(&ls);
     assert!(s.tcp_nodelay().unwrap());
     assert!(s.keepalive().unwrap());
@@ -74,7 +74,7 @@ fn defaults_keepalive_on_nodelay_on_buffers_autotuned() {
     assert_eq!(s.tcp_keepalive_retries().unwrap(), 4);
     assert!(!s.reuse_port().unwrap());
     let off = listener("address = \"127.0.0.1:0\"\ntcp_keepalive = false\ntcp_nodelay = false");
-    let ls = portico::server::listener::bind(&off).unwrap();
+    let ls = portico::internals::bind(&off).unwrap();
     let s = SockRef::from(&ls);
     assert!(!s.keepalive().unwrap());
     assert!(!s.tcp_nodelay().unwrap());
@@ -85,17 +85,17 @@ fn ipv6_only_binds_as_asked() {
     // (Binding a specific IPv6 address such as ::1 makes the socket IPv6-only in Linux
     // whatever was asked, so the dual-stack default of `[::]` is not observable on loopback.)
     let only = listener("address = \"[::1]:0\"\nipv6_only = true");
-    let ls = portico::server::listener::bind(&only).unwrap();
+    let ls = portico::internals::bind(&only).unwrap();
     assert!(SockRef::from(&ls).only_v6().unwrap());
     let only6 = listener("address = \"[::1]:0\"\nipv6_only = true\nfreebind = true");
-    let ls = portico::server::listener::bind(&only6).unwrap();
+    let ls = portico::internals::bind(&only6).unwrap();
     assert!(SockRef::from(&ls).freebind_v6().unwrap());
 }
 
 #[test]
 fn defer_accept_waits_for_the_first_bytes() {
     let l = listener("address = \"127.0.0.1:0\"\ntcp_defer_accept = \"5s\"");
-    let ls = portico::server::listener::bind(&l).unwrap();
+    let ls = portico::internals::bind(&l).unwrap();
     let addr = ls.local_addr().unwrap();
     let mut client = TcpStream::connect(addr).unwrap();
     // Connected, but nothing sent: the kernel holds the connection back from accept().

@@ -399,8 +399,8 @@ impl Exchange<'_> {
             idle: ctx.route().and_then(|r| r.ws_idle_timeout),
             end: End {
                 ws,
-                lease: ctx.lease.take(),
-                in_flight: InFlight::new(&self.app.shared),
+                _lease: ctx.lease.take(),
+                _in_flight: InFlight::new(&self.app.shared),
                 request_id: ctx.id().into(),
                 requests: metrics.requests[status_class(101)].clone(),
                 duration: metrics.duration.clone(),

@@ -217,7 +217,11 @@ pub async fn serve<S: ClientIo>(
                 .await;
                 return None;
             }
-            Err(_) => return None,
+            Err(HeadError::Io(e)) => {
+                tracing::debug!(error = %e, "reading a request head failed");
+                return None;
+            }
+            Err(HeadError::Idle | HeadError::Truncated | HeadError::Shutdown) => return None,
         }
         served = served.saturating_add(1);
         let last = l.keepalive.is_zero()

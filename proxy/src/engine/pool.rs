@@ -79,11 +79,6 @@ pub fn give(conn: UpConn, timeout: Duration) {
     }
 }
 
-/// Idle connections held by this thread (for tests and `/status`).
-pub fn idle_count() -> usize {
-    POOL.with(|p| p.borrow().idle.values().map(Vec::len).sum())
-}
-
 async fn sweep() {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;

@@ -61,10 +61,11 @@ pub struct Tunnel<S> {
 pub struct End {
     /// Admission slot and byte counters.
     pub ws: WsState,
-    /// The backend's in-flight count (least_requests sees open tunnels as load).
-    pub lease: Option<Lease>,
+    /// The backend's in-flight count (least_requests sees open tunnels as load); held, never
+    /// read: dropping it when the tunnel closes gives the slot back.
+    pub _lease: Option<Lease>,
     /// The request counts as in flight until the tunnel closes.
-    pub in_flight: InFlight,
+    pub _in_flight: InFlight,
     /// Request id, for debug lines.
     pub request_id: Box<str>,
     /// The route's 1xx request counter.

@@ -65,16 +65,16 @@ pub fn response_fields(
     out
 }
 
-/// Removes [`response_fields`] from a header map.
-pub fn strip_response(headers: &mut HeaderMap, switching_protocols: bool) {
-    for name in response_fields(headers, switching_protocols) {
-        headers.remove(&name);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Removes [`response_fields`] from a header map, as the engines do.
+    fn strip_response(headers: &mut HeaderMap, switching_protocols: bool) {
+        for name in response_fields(headers, switching_protocols) {
+            headers.remove(&name);
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

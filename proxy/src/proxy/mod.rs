@@ -42,8 +42,6 @@ pub struct ListenerInfo {
     pub name: Arc<str>,
     /// Whether it terminates TLS.
     pub tls: bool,
-    /// The port it is bound to.
-    pub port: u16,
     /// The port as a header value (`X-Forwarded-Port`, `Fly-Forwarded-Port`).
     pub port_value: HeaderValue,
     /// Port of the first TLS listener as bound, the default target of `force_https`.

@@ -25,11 +25,6 @@ pub struct WsState {
 }
 
 impl WsState {
-    /// Whether the upstream accepted the upgrade (the connection is now a tunnel).
-    pub fn upgraded(&self) -> bool {
-        self.open.is_some()
-    }
-
     /// Counts tunnel bytes from the client.
     pub fn count_in(&self, len: usize) {
         self.bytes_in.inc_by(len as u64);

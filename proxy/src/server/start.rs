@@ -113,7 +113,6 @@ pub(super) fn spawn_listeners(
             listener: ListenerInfo {
                 name: l.name.as_str().into(),
                 tls: l.tls.is_some(),
-                port: local.port(),
                 port_value: http::HeaderValue::from(local.port()),
                 default_https_port,
             },

@@ -39,11 +39,6 @@ impl Inherited {
         Some(self.0.swap_remove(i).1)
     }
 
-    /// Keys still unclaimed.
-    pub fn keys(&self) -> Vec<String> {
-        self.0.iter().map(|(k, _)| k.clone()).collect()
-    }
-
     /// Closes the sockets no listener claimed (a listener that left the config).
     pub fn close_rest(&mut self) {
         for (key, fd) in self.0.drain(..) {

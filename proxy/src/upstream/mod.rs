@@ -24,9 +24,8 @@ use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-pub use acquire::{AcquireError, Acquired, Attempt, Lease};
+pub use acquire::{AcquireError, Lease};
 pub use backend::{BackendRt, BackendSpec};
-pub use select::NoBackend;
 use select::Ring;
 
 /// The backends of one region.
@@ -188,6 +187,7 @@ pub struct Want<'a> {
 
 impl Want<'_> {
     /// True when there is no constraint.
+    #[cfg(test)]
     pub fn is_any(&self) -> bool {
         self.regions.is_empty() && self.instance.is_none() && self.sticky.is_none()
     }
@@ -472,16 +472,6 @@ impl UpstreamRt {
             parts.push(format!("and {} more", set.backends.len() - 5));
         }
         format!("every backend is unhealthy: {}", parts.join(", "))
-    }
-
-    /// Backends that may take traffic now.
-    pub fn healthy_count(&self) -> usize {
-        self.set
-            .load()
-            .backends
-            .iter()
-            .filter(|b| b.health.usable())
-            .count()
     }
 
     /// Counts a failed connection attempt.
