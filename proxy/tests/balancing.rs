@@ -24,12 +24,10 @@ async fn slowish(name: &str, delay: Duration) -> Origin {
     .await
 }
 
-fn config(backends: &[&Origin], upstream_extra: &str) -> String {
-    let list: Vec<String> = backends.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [{}]\n{upstream_extra}\n",
-        list.join(", ")
-    )
+/// Portico with one upstream `app` over `backends`, shaped by `f`.
+fn start(backends: &[&Origin], f: impl FnOnce(Upstream) -> Upstream) -> Portico {
+    let app = Upstream::new("app", backends.iter().map(|o| o.addr));
+    Portico::with(&Config::new().upstream(f(app)))
 }
 
 async fn tally(
@@ -56,18 +54,22 @@ async fn round_robin_is_even_and_weighted() {
     let a = Origin::named("a").await;
     let b = Origin::named("b").await;
     let c = Origin::named("c").await;
-    let p = Portico::start(&config(&[&a, &b, &c], "balance = \"round_robin\""));
+    let p = start(&[&a, &b, &c], |u| u.balance("round_robin"));
     let t = tally(&p, 30, "/", &[]).await;
     assert_eq!(
         t,
         HashMap::from([("a".into(), 10), ("b".into(), 10), ("c".into(), 10)])
     );
 
-    let weighted = format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbalance = \"round_robin\"\nbackends = [\"{}\", {{ address = \"{}\", weight = 3 }}]\n",
-        a.addr, b.addr
-    );
-    let p = Portico::start(&weighted);
+    let weighted = Upstream::with_backends(
+        "app",
+        vec![
+            serde_json::json!(a.addr.to_string()),
+            serde_json::json!({ "address": b.addr.to_string(), "weight": 3 }),
+        ],
+    )
+    .balance("round_robin");
+    let p = Portico::with(&Config::new().upstream(weighted));
     let t = tally(&p, 40, "/", &[]).await;
     assert_eq!(t, HashMap::from([("a".into(), 10), ("b".into(), 30)]));
 }
@@ -77,7 +79,7 @@ async fn random_reaches_every_backend() {
     let a = Origin::named("a").await;
     let b = Origin::named("b").await;
     let c = Origin::named("c").await;
-    let p = Portico::start(&config(&[&a, &b, &c], "balance = \"random\""));
+    let p = start(&[&a, &b, &c], |u| u.balance("random"));
     let t = tally(&p, 300, "/", &[]).await;
     assert_eq!(t.len(), 3);
     for (k, v) in &t {
@@ -89,7 +91,7 @@ async fn random_reaches_every_backend() {
 async fn least_requests_avoids_the_busy_backend() {
     let a = slowish("a", Duration::from_millis(800)).await;
     let b = slowish("b", Duration::from_millis(800)).await;
-    let p = Portico::start(&config(&[&a, &b], "balance = \"least_requests\""));
+    let p = start(&[&a, &b], |u| u.balance("least_requests"));
     let c = client();
     let slow_url = p.url("http", "/slow");
     let slow =
@@ -115,10 +117,9 @@ async fn consistent_hash_keeps_keys_on_one_backend() {
     let a = Origin::named("a").await;
     let b = Origin::named("b").await;
     let c = Origin::named("c").await;
-    let p = Portico::start(&config(
-        &[&a, &b, &c],
-        "balance = \"consistent_hash\"\nhash_on = \"header:x-user\"",
-    ));
+    let p = start(&[&a, &b, &c], |u| {
+        u.balance("consistent_hash").set("hash_on", "header:x-user")
+    });
     let mut owners = HashMap::new();
     for k in 0..40 {
         let key = format!("user-{k}");
@@ -130,10 +131,9 @@ async fn consistent_hash_keeps_keys_on_one_backend() {
     assert_eq!(distinct.len(), 3, "40 keys should use every backend");
 
     // Cookie-based hashing.
-    let p2 = Portico::start(&config(
-        &[&a, &b, &c],
-        "balance = \"consistent_hash\"\nhash_on = \"cookie:sid\"",
-    ));
+    let p2 = start(&[&a, &b, &c], |u| {
+        u.balance("consistent_hash").set("hash_on", "cookie:sid")
+    });
     for k in 0..10 {
         let cookie = format!("theme=dark; sid=s{k}");
         let t = tally(&p2, 4, "/", &[("cookie", &cookie)]).await;
@@ -145,10 +145,12 @@ async fn consistent_hash_keeps_keys_on_one_backend() {
 async fn soft_limit_steers_new_work_away_from_a_busy_backend() {
     let a = slowish("a", Duration::from_millis(800)).await;
     let b = slowish("b", Duration::from_millis(800)).await;
-    let p = Portico::start(&config(
-        &[&a, &b],
-        "balance = \"round_robin\"\nconcurrency = { type = \"requests\", soft_limit = 1, hard_limit = 10 }",
-    ));
+    let p = start(&[&a, &b], |u| {
+        u.balance("round_robin").set(
+            "concurrency",
+            serde_json::json!({ "type": "requests", "soft_limit": 1, "hard_limit": 10 }),
+        )
+    });
     let c = client();
     let url = p.url("http", "/slow");
     let slow = tokio::spawn(async move { c.get(url).send().await.unwrap().text().await.unwrap() });
@@ -167,10 +169,11 @@ async fn soft_limit_steers_new_work_away_from_a_busy_backend() {
 #[tokio::test]
 async fn hard_limit_queues_then_answers_503_with_retry_after() {
     let a = slowish("a", Duration::from_millis(1500)).await;
-    let p = Portico::start(&config(
-        &[&a],
-        "concurrency = { hard_limit = 1 }\nqueue_timeout = \"300ms\"\nmax_queue = 1",
-    ));
+    let p = start(&[&a], |u| {
+        u.set("concurrency", serde_json::json!({ "hard_limit": 1 }))
+            .set("queue_timeout", "300ms")
+            .set("max_queue", 1)
+    });
     let c = client();
     let url = p.url("http", "/slow");
     let c1 = c.clone();
@@ -228,10 +231,10 @@ async fn hard_limit_queues_then_answers_503_with_retry_after() {
 #[tokio::test]
 async fn queued_request_proceeds_when_a_slot_frees() {
     let a = slowish("a", Duration::from_millis(300)).await;
-    let p = Portico::start(&config(
-        &[&a],
-        "concurrency = { hard_limit = 1 }\nqueue_timeout = \"5s\"",
-    ));
+    let p = start(&[&a], |u| {
+        u.set("concurrency", serde_json::json!({ "hard_limit": 1 }))
+            .set("queue_timeout", "5s")
+    });
     let c = client();
     let mut tasks = Vec::new();
     for _ in 0..4 {

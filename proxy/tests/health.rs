@@ -31,27 +31,14 @@ async fn switchable(name: &str, health: Arc<AtomicU16>) -> Origin {
     .await
 }
 
-fn config(backends: &[&Origin], upstream_extra: &str, check: &str) -> String {
-    let list: Vec<String> = backends.iter().map(|o| format!("\"{}\"", o.addr)).collect();
-    format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = [{}]
-balance = "round_robin"
-{upstream_extra}
-
-[[upstreams.app.checks]]
-{check}
-"#,
-        list.join(", ")
-    )
+/// Upstream `app` over `backends`, round robin, shaped by `f`, with one active check.
+fn config(
+    backends: &[&Origin],
+    f: impl FnOnce(Upstream) -> Upstream,
+    check: serde_json::Value,
+) -> String {
+    let app = Upstream::new("app", backends.iter().map(|o| o.addr)).balance("round_robin");
+    Config::new().upstream(f(app).check(check)).render()
 }
 
 async fn backend_state(p: &Portico, addr: std::net::SocketAddr) -> (String, serde_json::Value) {
@@ -95,11 +82,7 @@ async fn failing_backend_leaves_and_returns_without_failed_requests() {
     let a = switchable("a", flags[0].clone()).await;
     let b = switchable("b", flags[1].clone()).await;
     let c = switchable("c", flags[2].clone()).await;
-    let p = Portico::start(&config(
-        &[&a, &b, &c],
-        "",
-        "type = \"http\"\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2",
-    ));
+    let p = Portico::with(&Config::new().upstream(Upstream::new("app", [&a, &b, &c].iter().map(|o| o.addr)).balance("round_robin").check(serde_json::json!({"type": "http", "path": "/health", "interval": "200ms", "timeout": "100ms", "rise": 2, "fall": 2}))));
     for o in [&a, &b, &c] {
         wait_state(&p, o.addr, "up", Duration::from_secs(3)).await;
     }
@@ -265,11 +248,7 @@ async fn grace_period_and_start_healthy() {
     let a = switchable("a", failing.clone()).await;
     // start_healthy: traffic at once; the grace period hides the failures for a while.
     let start = Instant::now();
-    let p = Portico::start(&config(
-        &[&a],
-        "start_healthy = true\nall_unhealthy = \"refuse\"",
-        "path = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 1\ngrace_period = \"800ms\"",
-    ));
+    let p = Portico::with(&Config::new().upstream(Upstream::new("app", [&a].iter().map(|o| o.addr)).balance("round_robin").set("start_healthy", true).set("all_unhealthy", "refuse").check(serde_json::json!({"path": "/health", "interval": "100ms", "timeout": "100ms", "fall": 1, "grace_period": "800ms"}))));
     assert_eq!(
         client()
             .get(p.url("http", "/"))
@@ -295,11 +274,7 @@ async fn grace_period_and_start_healthy() {
     // Without start_healthy a new backend gets nothing until its checks pass.
     let b_flag = Arc::new(AtomicU16::new(500));
     let b = switchable("b", b_flag.clone()).await;
-    let p = Portico::start(&config(
-        &[&b],
-        "all_unhealthy = \"refuse\"",
-        "path = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nrise = 1",
-    ));
+    let p = Portico::with(&Config::new().upstream(Upstream::new("app", [&b].iter().map(|o| o.addr)).balance("round_robin").set("all_unhealthy", "refuse").check(serde_json::json!({"path": "/health", "interval": "100ms", "timeout": "100ms", "rise": 1}))));
     assert_eq!(backend_state(&p, b.addr).await.0, "pending");
     let r = client().get(p.url("http", "/")).send().await.unwrap();
     assert_eq!(r.status(), 503);
@@ -326,8 +301,14 @@ async fn grace_period_and_start_healthy() {
 async fn all_unhealthy_fails_open_or_refuses() {
     let a = switchable("a", Arc::new(AtomicU16::new(503))).await;
     let b = switchable("b", Arc::new(AtomicU16::new(503))).await;
-    let check = "path = \"/health\"\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 1";
-    let open = Portico::start(&config(&[&a, &b], "start_healthy = true", check));
+    let check = serde_json::json!({
+        "path": "/health", "interval": "100ms", "timeout": "100ms", "fall": 1
+    });
+    let open = Portico::start(&config(
+        &[&a, &b],
+        |u| u.set("start_healthy", true),
+        check.clone(),
+    ));
     wait_state(&open, a.addr, "down", Duration::from_secs(3)).await;
     wait_state(&open, b.addr, "down", Duration::from_secs(3)).await;
     for _ in 0..4 {
@@ -352,7 +333,7 @@ async fn all_unhealthy_fails_open_or_refuses() {
 
     let refuse = Portico::start(&config(
         &[&a, &b],
-        "start_healthy = true\nall_unhealthy = \"refuse\"",
+        |u| u.set("start_healthy", true).set("all_unhealthy", "refuse"),
         check,
     ));
     wait_state(&refuse, a.addr, "down", Duration::from_secs(3)).await;
@@ -537,19 +518,24 @@ async fn https_checks_with_a_self_signed_certificate() {
         Box::pin(async { text(200, "ok", &[]) })
     })
     .await;
-    let check = |extra: &str| {
-        format!("path = \"/health\"\nprotocol = \"https\"\ninterval = \"200ms\"\ntimeout = \"300ms\"\nrise = 1\nfall = 1\n{extra}")
+    let check = |key: &str, v: serde_json::Value| {
+        let mut c = serde_json::json!({
+            "path": "/health", "protocol": "https", "interval": "200ms", "timeout": "300ms",
+            "rise": 1, "fall": 1
+        });
+        c[key] = v;
+        c
     };
     let skip = Portico::start(&config(
         &[&tls_origin],
-        "",
-        &check("tls_skip_verify = true"),
+        |u| u,
+        check("tls_skip_verify", true.into()),
     ));
     wait_state(&skip, tls_origin.addr, "up", Duration::from_secs(3)).await;
     let verify = Portico::start(&config(
         &[&tls_origin],
-        "",
-        &check("tls_server_name = \"backend.test\""),
+        |u| u,
+        check("tls_server_name", "backend.test".into()),
     ));
     let start = Instant::now();
     loop {
@@ -570,11 +556,7 @@ async fn killed_replica_costs_no_client_request() {
     let a = switchable("a", flags[0].clone()).await;
     let mut b = switchable("b", flags[1].clone()).await;
     let c = switchable("c", flags[2].clone()).await;
-    let p = Portico::start(&config(
-        &[&a, &b, &c],
-        "",
-        "type = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 1\nfall = 2",
-    ));
+    let p = Portico::with(&Config::new().upstream(Upstream::new("app", [&a, &b, &c].iter().map(|o| o.addr)).balance("round_robin").check(serde_json::json!({"type": "tcp", "interval": "200ms", "timeout": "100ms", "rise": 1, "fall": 2}))));
     for o in [&a, &b, &c] {
         wait_state(&p, o.addr, "up", Duration::from_secs(3)).await;
     }

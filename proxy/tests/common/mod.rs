@@ -2,6 +2,7 @@
 //! origins, and clients. Every server listens on 127.0.0.1:0; nothing uses a fixed port.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod config;
 pub mod dns;
 
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+
+pub use config::{Config, Listener, Route, Upstream};
 
 /// A running Portico process.
 pub struct Portico {
@@ -51,6 +54,11 @@ impl Portico {
     /// Writes `config` to a temp dir and starts `portico run -c` on it; waits until it listens.
     pub fn start(config: &str) -> Portico {
         Self::start_with(config, &[], |_| {})
+    }
+
+    /// Starts Portico on a configuration built with [`Config`].
+    pub fn with(config: &Config) -> Portico {
+        Self::start(&config.render())
     }
 
     /// Like [`Portico::start`], with extra environment variables and a hook to add files to the
