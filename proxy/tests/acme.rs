@@ -187,44 +187,32 @@ async fn wait_verified(
     }
 }
 
-fn config(
-    http_port: u16,
-    tls_port: u16,
-    origin: SocketAddr,
-    acme: &str,
-    plain_extra: &str,
-) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:{http_port}"
-{plain_extra}
-
-[[listeners]]
-name = "https"
-address = "127.0.0.1:{tls_port}"
-tls = {{ acme = {{ {acme} }} }}
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["{origin}"]
-
-[[routes]]
-upstream = "app"
-"#
-    )
+/// A plain listener on `http_port` and a TLS listener on `tls_port` whose certificates come
+/// from `acme` (the `tls.acme` table), in front of `origin`.
+fn config(http_port: u16, tls_port: u16, origin: SocketAddr, acme: serde_json::Value) -> Config {
+    Config::bare()
+        .listener(Listener::http("http").set("address", format!("127.0.0.1:{http_port}")))
+        .listener(
+            Listener::http("https")
+                .set("address", format!("127.0.0.1:{tls_port}"))
+                .set("tls", serde_json::json!({ "acme": acme })),
+        )
+        .admin_set("address", "127.0.0.1:0")
+        .upstream(Upstream::new("app", [origin]))
+        .route(Route::to("app"))
 }
 
-fn acme_block(pebble: &Pebble, storage: &Path, host: &str, extra: &str) -> String {
-    format!(
-        "hosts = [\"{host}\"], email = \"ops@portico.test\", directory = \"{}\", ca_roots = \"{}\", storage = \"{}\", retry_min = \"1s\"{extra}",
-        pebble.directory,
-        pebble.https_ca.display(),
-        storage.display()
-    )
+/// The `tls.acme` table for `host` against pebble (its HTTPS root trusted), storing in
+/// `storage`, retrying after a second.
+fn acme_block(pebble: &Pebble, storage: &Path, host: &str) -> serde_json::Value {
+    serde_json::json!({
+        "hosts": [host],
+        "email": "ops@portico.test",
+        "directory": pebble.directory,
+        "ca_roots": pebble.https_ca.display().to_string(),
+        "storage": storage.display().to_string(),
+        "retry_min": "1s",
+    })
 }
 
 async fn acme_status(p: &Portico, host: &str) -> serde_json::Value {
@@ -256,16 +244,9 @@ async fn tls_alpn_01_issues_then_a_restart_reuses_storage_without_the_ca() {
     let kept = tempfile::tempdir().unwrap();
     let ca_file = kept.path().join("ca.pem");
     std::fs::copy(&pebble.https_ca, &ca_file).unwrap();
-    let cfg = config(
-        http_port,
-        tls_port,
-        origin.addr,
-        &acme_block(&pebble, storage.path(), host, "").replace(
-            &pebble.https_ca.display().to_string(),
-            &ca_file.display().to_string(),
-        ),
-        "",
-    );
+    let mut acme = acme_block(&pebble, storage.path(), host);
+    acme["ca_roots"] = ca_file.display().to_string().into();
+    let cfg = config(http_port, tls_port, origin.addr, acme).render();
     let mut p = Portico::start(&cfg);
     let tls_addr = p.addr("https");
     let root = pebble.issuing_root().await;
@@ -383,13 +364,11 @@ async fn http_01_is_answered_ahead_of_force_https() {
     } = Setup::new(host).await;
     let pebble = Pebble::start(dns.addr, http_port, tls_port, None, None).await;
     let storage = tempfile::tempdir().unwrap();
-    let p = Portico::start(&config(
-        http_port,
-        tls_port,
-        origin.addr,
-        &acme_block(&pebble, storage.path(), host, ", challenge = \"http-01\""),
-        "force_https = true",
-    ));
+    let mut acme = acme_block(&pebble, storage.path(), host);
+    acme["challenge"] = "http-01".into();
+    let p = Portico::with(
+        &config(http_port, tls_port, origin.addr, acme).listener_set("force_https", true),
+    );
     let root = pebble.issuing_root().await;
     wait_verified(p.addr("https"), host, &root, &p).await;
     let st = acme_status(&p, host).await;
@@ -418,12 +397,11 @@ async fn short_lived_certificates_are_renewed() {
     // 12 s of validity: renewal 8 s after issuance.
     let pebble = Pebble::start(dns.addr, http_port, tls_port, Some(12), None).await;
     let storage = tempfile::tempdir().unwrap();
-    let p = Portico::start(&config(
+    let p = Portico::with(&config(
         http_port,
         tls_port,
         origin.addr,
-        &acme_block(&pebble, storage.path(), host, ""),
-        "",
+        acme_block(&pebble, storage.path(), host),
     ));
     let root = pebble.issuing_root().await;
     let first = wait_verified(p.addr("https"), host, &root, &p).await;
@@ -482,12 +460,14 @@ async fn a_ca_down_at_start_and_an_expired_stored_certificate_are_recovered() {
     let directory = format!("https://127.0.0.1:{ca_port}/dir");
     let placeholder_ca = https_dir.path().join("ca.pem");
     std::fs::write(&placeholder_ca, Pki::new().ca_pem).unwrap();
-    let acme = format!(
-        "hosts = [\"{host}\"], directory = \"{directory}\", ca_roots = \"{}\", storage = \"{}\", retry_min = \"1s\"",
-        placeholder_ca.display(),
-        storage.path().display()
-    );
-    let cfg = config(http_port, tls_port, origin.addr, &acme, "");
+    let acme = serde_json::json!({
+        "hosts": [host],
+        "directory": directory,
+        "ca_roots": placeholder_ca.display().to_string(),
+        "storage": storage.path().display().to_string(),
+        "retry_min": "1s",
+    });
+    let cfg = config(http_port, tls_port, origin.addr, acme).render();
     let p = Portico::start(&cfg);
     p.wait_log("stored certificate has expired", Duration::from_secs(5));
     p.wait_log("placeholder", Duration::from_secs(5));
@@ -530,12 +510,11 @@ async fn a_failing_challenge_is_reported_and_the_placeholder_stays() {
     // The CA validates on a port where nothing listens.
     let pebble = Pebble::start(dns.addr, http_port, free_port(), None, None).await;
     let storage = tempfile::tempdir().unwrap();
-    let p = Portico::start(&config(
+    let p = Portico::with(&config(
         http_port,
         tls_port,
         origin.addr,
-        &acme_block(&pebble, storage.path(), host, ""),
-        "",
+        acme_block(&pebble, storage.path(), host),
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
     let st = loop {

@@ -60,31 +60,13 @@ async fn origin() -> Origin {
     .await
 }
 
-fn config(origin: std::net::SocketAddr) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-h2c = true
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["{origin}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-compress = true
-
-[[routes]]
-path = "/plain/"
-upstream = "app"
-strip_prefix = true
-"#
-    )
+/// Upstream `app` at `origin`: `/` compressed (h2c allowed), `/plain/` not.
+fn config(origin: std::net::SocketAddr) -> Config {
+    Config::new()
+        .listener_set("h2c", true)
+        .upstream(Upstream::new("app", [origin]))
+        .route(Route::to("app").path("/").set("compress", true))
+        .route(Route::to("app").path("/plain/").set("strip_prefix", true))
 }
 
 fn decode(coding: &str, body: &[u8]) -> String {
@@ -118,7 +100,7 @@ fn h2_client() -> reqwest::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_coding_round_trips_over_http1_and_http2_with_the_right_fields() {
     let o = origin().await;
-    let p = Portico::start(&config(o.addr));
+    let p = Portico::with(&config(o.addr));
     let want = page();
     for (name, c) in [("h1", client()), ("h2", h2_client())] {
         for (ae, coding) in [
@@ -167,7 +149,7 @@ async fn every_coding_round_trips_over_http1_and_http2_with_the_right_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_must_not_be_compressed_passes_untouched() {
     let o = origin().await;
-    let p = Portico::start(&config(o.addr));
+    let p = Portico::with(&config(o.addr));
     let want = page();
     let c = client();
     let get = |path: &str, extra: Option<(&str, &str)>| {
@@ -207,7 +189,7 @@ async fn what_must_not_be_compressed_passes_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http10_head_and_keep_alive_reuse() {
     let o = origin().await;
-    let p = Portico::start(&config(o.addr));
+    let p = Portico::with(&config(o.addr));
     let want = page();
     let addr = p.addr("http");
     // HTTP/1.0: the compressed body ends with the connection.
@@ -290,7 +272,7 @@ async fn chunked_and_close_delimited_backend_bodies_are_compressed() {
         out
     })
     .await;
-    let p = Portico::start(&config(o.addr));
+    let p = Portico::with(&config(o.addr));
     let r = client()
         .get(p.url("http", "/chunked"))
         .header("accept-encoding", "br")
@@ -324,7 +306,7 @@ async fn chunked_and_close_delimited_backend_bodies_are_compressed() {
             });
         }
     });
-    let p = Portico::start(&config(closing));
+    let p = Portico::with(&config(closing));
     for path in ["/close"] {
         let r = client()
             .get(p.url("http", path))

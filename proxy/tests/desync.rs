@@ -11,11 +11,9 @@ use common::*;
 
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
-fn config(origin: &RawOrigin) -> String {
-    format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\nretries = 0\n",
-        origin.addr
-    )
+/// Upstream `app` at `origin`, no retries (each case must reach the origin once).
+fn config(origin: &RawOrigin) -> Config {
+    Config::new().upstream(Upstream::new("app", [origin.addr]).set("retries", 0))
 }
 
 /// The request heads the backend received, as text.
@@ -30,7 +28,7 @@ fn heads(origin: &RawOrigin) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_refused_and_nothing_reaches_the_backend() {
     let origin = RawOrigin::start(|_| OK.to_vec()).await;
-    let p = Portico::start(&config(&origin));
+    let p = Portico::with(&config(&origin));
     let addr = p.addr("http");
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let cases: Vec<(&str, String, u16)> = vec![
@@ -165,7 +163,7 @@ async fn ambiguous_framing_is_refused_and_nothing_reaches_the_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_chunked_bodies_never_let_a_request_through() {
     let origin = RawOrigin::start(|_| OK.to_vec()).await;
-    let p = Portico::start(&config(&origin));
+    let p = Portico::with(&config(&origin));
     let addr = p.addr("http");
     let smuggled = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     for (name, body) in [
@@ -223,7 +221,7 @@ async fn malformed_chunked_bodies_never_let_a_request_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn well_framed_requests_arrive_exactly_as_sent() {
     let origin = RawOrigin::start(|_| OK.to_vec()).await;
-    let p = Portico::start(&config(&origin));
+    let p = Portico::with(&config(&origin));
     let addr = p.addr("http");
     // Two pipelined requests, a chunked one with extensions and trailers, in one write.
     let req = concat!(
@@ -284,7 +282,7 @@ async fn ambiguous_answers_from_the_backend_are_502() {
         ("garbage", b"SSH-2.0-OpenSSH_9.6\r\n\r\n"),
     ] {
         let origin = RawOrigin::start(move |_| answer.to_vec()).await;
-        let p = Portico::start(&config(&origin));
+        let p = Portico::with(&config(&origin));
         let out = raw(
             p.addr("http"),
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -298,7 +296,7 @@ async fn ambiguous_answers_from_the_backend_are_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_on_the_request_line_and_field_count() {
     let origin = RawOrigin::start(|_| OK.to_vec()).await;
-    let p = Portico::start(&config(&origin));
+    let p = Portico::with(&config(&origin));
     let addr = p.addr("http");
     let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(10 * 1024));
     let out = raw(addr, long.as_bytes(), Duration::from_secs(5)).await;

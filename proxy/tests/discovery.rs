@@ -43,34 +43,32 @@ fn ips(origins: &[&Origin]) -> Vec<IpAddr> {
     origins.iter().map(|o| o.addr.ip()).collect()
 }
 
-fn config(dns: &TestDns, server_extra: &str, discovery: &str) -> String {
-    format!(
-        r#"
-[server]
-region = "ams"
-{server_extra}
+/// Portico in region `ams` asking the tests' DNS server, with short TTL bounds so changes
+/// show within a second; no upstream yet.
+fn base(dns: &TestDns) -> Config {
+    [
+        ("servers", serde_json::json!([dns.addr.to_string()])),
+        ("timeout", "300ms".into()),
+        ("attempts", 1.into()),
+        ("min_ttl", "200ms".into()),
+        ("max_ttl", "1s".into()),
+        ("stale_for", "1s".into()),
+        ("startup_wait", "3s".into()),
+    ]
+    .into_iter()
+    .fold(Config::new().server("region", "ams"), |c, (k, v)| {
+        c.section("dns", k, v)
+    })
+}
 
-[dns]
-servers = ["{dns}"]
-timeout = "300ms"
-attempts = 1
-min_ttl = "200ms"
-max_ttl = "1s"
-stale_for = "1s"
-startup_wait = "3s"
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-discovery = {discovery}
-"#,
-        dns = dns.addr
-    )
+/// [`base`] with upstream `app` found by `discovery` (`{ dns = ..., port = ... }` or
+/// `{ fly_app = ..., port = ... }`), shaped by `f`.
+fn config(
+    dns: &TestDns,
+    discovery: serde_json::Value,
+    f: impl FnOnce(Upstream) -> Upstream,
+) -> Config {
+    base(dns).upstream(f(Upstream::discovered("app", discovery)))
 }
 
 /// Sends requests from `workers` loops until `stop`; counts answers by body and failures.
@@ -142,10 +140,10 @@ async fn backends_follow_record_changes_without_failed_requests() {
     let port = o[0].addr.port();
     let dns = TestDns::start().await;
     dns.set_ips("app.internal", &ips(&[&o[0], &o[1]]), 1);
-    let p = Portico::start(&config(
+    let p = Portico::with(&config(
         &dns,
-        "",
-        &format!("{{ dns = \"app.internal\", port = {port} }}"),
+        serde_json::json!({ "dns": "app.internal", "port": port }),
+        |u| u,
     ));
     let s = status(&p).await;
     assert_eq!(s["upstreams"][0]["backends"].as_array().unwrap().len(), 2);
@@ -212,10 +210,10 @@ async fn dns_outage_keeps_the_last_good_set() {
     let port = o[0].addr.port();
     let mut dns = TestDns::start().await;
     dns.set_ips("app.internal", &ips(&[&o[0], &o[1]]), 1);
-    let p = Portico::start(&config(
+    let p = Portico::with(&config(
         &dns,
-        "",
-        &format!("{{ dns = \"app.internal\", port = {port} }}"),
+        serde_json::json!({ "dns": "app.internal", "port": port }),
+        |u| u,
     ));
     assert_eq!(body(&p, &[]).await.0, 200);
     for mode in [Mode::ServFail, Mode::Silent] {
@@ -257,10 +255,10 @@ async fn empty_answer_is_believed_only_after_stale_for() {
     let port = o[0].addr.port();
     let dns = TestDns::start().await;
     dns.set_ips("app.internal", &ips(&[&o[0]]), 1);
-    let p = Portico::start(&config(
+    let p = Portico::with(&config(
         &dns,
-        "",
-        &format!("{{ dns = \"app.internal\", port = {port} }}"),
+        serde_json::json!({ "dns": "app.internal", "port": port }),
+        |u| u,
     ));
     assert_eq!(body(&p, &[]).await.0, 200);
     dns.remove("app.internal");
@@ -308,10 +306,11 @@ async fn no_answer_at_start_serves_503_saying_why_then_recovers() {
     dns.set_mode(Mode::Silent);
     let cfg = config(
         &dns,
-        "",
-        &format!("{{ dns = \"app.internal\", port = {port} }}"),
+        serde_json::json!({ "dns": "app.internal", "port": port }),
+        |u| u,
     )
-    .replace("startup_wait = \"3s\"", "startup_wait = \"100ms\"");
+    .section("dns", "startup_wait", "100ms")
+    .render();
     let start = Instant::now();
     let p = Portico::start(&cfg);
     assert!(
@@ -348,11 +347,14 @@ async fn fly_mode_gives_ids_and_regions_and_prefers_the_local_region() {
     let port = o[0].addr.port();
     let dns = TestDns::start().await;
     fly_zone(&dns, &o);
-    let p = Portico::start(&config(
-        &dns,
-        "region_order = [\"fra\", \"sjc\"]",
-        &format!("{{ fly_app = \"app\", port = {port} }}"),
-    ));
+    let p = Portico::with(
+        &config(
+            &dns,
+            serde_json::json!({ "fly_app": "app", "port": port }),
+            |u| u,
+        )
+        .server("region_order", ["fra", "sjc"]),
+    );
     let s = status(&p).await;
     let mut backends: Vec<(String, String, String, String)> = s["upstreams"][0]["backends"]
         .as_array()
@@ -451,9 +453,11 @@ async fn fails_over_to_the_nearest_region_and_comes_back() {
     fly_zone(&dns, &o);
     let cfg = config(
         &dns,
-        "region_order = [\"fra\", \"sjc\"]",
-        &format!("{{ fly_app = \"app\", port = {port} }}"),
-    ) + "passive = { eject_for = \"300ms\" }\n";
+        serde_json::json!({ "fly_app": "app", "port": port }),
+        |u| u.set("passive", serde_json::json!({ "eject_for": "300ms" })),
+    )
+    .server("region_order", ["fra", "sjc"])
+    .render();
     let p = Portico::start(&cfg);
     assert!(body(&p, &[]).await.1.starts_with('a'));
     // Both local replicas die (their DNS records stay: no health checks yet, so connect
@@ -491,10 +495,10 @@ async fn fly_regions_fallback_without_vms_records() {
     dns.set_txt("regions.app.internal", "ams,fra", 1);
     dns.set_ips("ams.app.internal", &[o[0].addr.ip()], 1);
     dns.set_ips("fra.app.internal", &[o[1].addr.ip()], 1);
-    let p = Portico::start(&config(
+    let p = Portico::with(&config(
         &dns,
-        "",
-        &format!("{{ fly_app = \"app\", port = {port} }}"),
+        serde_json::json!({ "fly_app": "app", "port": port }),
+        |u| u,
     ));
     let s = status(&p).await;
     let regions: Vec<&str> = s["upstreams"][0]["backends"]
@@ -518,10 +522,9 @@ async fn static_host_names_are_discovered_and_refreshed() {
     let port = o[0].addr.port();
     let dns = TestDns::start().await;
     dns.set_ips("web.test", &[o[0].addr.ip()], 1);
-    let cfg = config(&dns, "", "[]").replace(
-        "discovery = []",
-        &format!("backends = [\"web.test:{port}\"]"),
-    );
+    let cfg = base(&dns)
+        .upstream(Upstream::new("app", [format!("web.test:{port}")]))
+        .render();
     let p = Portico::start(&cfg);
     assert_eq!(body(&p, &[]).await, (200, "a".into()));
     dns.set_ips("web.test", &[o[1].addr.ip()], 1);

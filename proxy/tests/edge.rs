@@ -34,46 +34,22 @@ async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     s.connect(to).await.unwrap()
 }
 
-fn base(origin: SocketAddr, server: &str, listener: &str, routes: &str) -> String {
-    format!(
-        r#"
-[server]
-{server}
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-{listener}
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["{origin}"]
-
-{routes}
-"#
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_and_deny_on_listeners_and_routes_use_the_real_client_address() {
     let origin = Origin::named("app").await;
-    let p = Portico::start(&base(
-        origin.addr,
-        "trusted_proxies = [\"127.0.0.1\"]",
-        "deny = [\"127.0.0.9\"]",
-        r#"
-[[routes]]
-path = "/admin"
-upstream = "app"
-allow = ["127.0.0.0/30", "::1"]
-deny = ["127.0.0.2"]
-
-[[routes]]
-upstream = "app"
-"#,
-    ));
+    let p = Portico::with(
+        &Config::new()
+            .server("trusted_proxies", serde_json::json!(["127.0.0.1"]))
+            .listener_set("deny", serde_json::json!(["127.0.0.9"]))
+            .upstream(Upstream::new("app", [origin.addr]))
+            .route(
+                Route::to("app")
+                    .path("/admin")
+                    .set("allow", serde_json::json!(["127.0.0.0/30", "::1"]))
+                    .set("deny", serde_json::json!(["127.0.0.2"])),
+            )
+            .route(Route::to("app")),
+    );
     let get = |source: &'static str, path: &'static str, xff: Option<&'static str>| {
         let url = p.url("http", path);
         async move {
@@ -106,25 +82,19 @@ upstream = "app"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_rate_limit_gets_429_for_one_client_and_not_another_then_resets() {
     let origin = Origin::named("app").await;
-    let p = Portico::start(&base(
-        origin.addr,
-        "",
-        "",
-        r#"
-[[routes]]
-path = "/api/"
-upstream = "app"
-rate_limit = { requests = 5, per = "2s" }
-
-[[routes]]
-path = "/keyed/"
-upstream = "app"
-rate_limit = { requests = 2, per = "1m", key = "header:x-api-key" }
-
-[[routes]]
-upstream = "app"
-"#,
-    ));
+    let p = Portico::with(
+        &Config::new()
+            .upstream(Upstream::new("app", [origin.addr]))
+            .route(Route::to("app").path("/api/").set(
+                "rate_limit",
+                serde_json::json!({"requests": 5, "per": "2s"}),
+            ))
+            .route(Route::to("app").path("/keyed/").set(
+                "rate_limit",
+                serde_json::json!({"requests": 2, "per": "1m", "key": "header:x-api-key"}),
+            ))
+            .route(Route::to("app")),
+    );
     let a = client_from("127.0.0.2");
     let b = client_from("127.0.0.3");
     let url = p.url("http", "/api/x");
@@ -189,12 +159,15 @@ upstream = "app"
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_clients_each_get_exactly_their_quota() {
     let origin = Origin::named("app").await;
-    let p = Portico::start(&base(
-        origin.addr,
-        "trusted_proxies = [\"127.0.0.1\"]",
-        "",
-        "[[routes]]\nupstream = \"app\"\nrate_limit = { requests = 20, per = \"1m\" }\n",
-    ));
+    let p = Portico::with(
+        &Config::new()
+            .server("trusted_proxies", serde_json::json!(["127.0.0.1"]))
+            .upstream(Upstream::new("app", [origin.addr]))
+            .route(Route::to("app").set(
+                "rate_limit",
+                serde_json::json!({"requests": 20, "per": "1m"}),
+            )),
+    );
     let url = p.url("http", "/");
     let c = client();
     let mut tasks = Vec::new();
@@ -225,7 +198,11 @@ async fn parallel_clients_each_get_exactly_their_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_client_address_are_capped() {
     let origin = Origin::named("app").await;
-    let p = Portico::start(&base(origin.addr, "", "max_connections_per_ip = 2", ""));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("max_connections_per_ip", 2)
+            .upstream(Upstream::new("app", [origin.addr])),
+    );
     let addr = p.addr("http");
     let req = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut held = Vec::new();

@@ -8,13 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn simple(origin: &Origin, server_extra: &str) -> String {
-    format!(
-        "[server]\n{server_extra}\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-        origin.addr
-    )
-}
-
 #[tokio::test]
 async fn embedded_default_config_proxies_to_portico_upstream() {
     let o = Origin::named("origin").await;
@@ -34,7 +27,11 @@ async fn embedded_default_config_proxies_to_portico_upstream() {
 #[tokio::test]
 async fn admin_endpoints() {
     let o = Origin::named("origin").await;
-    let p = Portico::start(&simple(&o, "region = \"ams\""));
+    let p = Portico::with(
+        &Config::new()
+            .server("region", "ams")
+            .upstream(Upstream::new("app", [o.addr])),
+    );
     let c = client();
     for _ in 0..3 {
         c.get(p.url("http", "/")).send().await.unwrap();
@@ -127,7 +124,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         })
     })
     .await;
-    let mut p = Portico::start(&simple(&slow, ""));
+    let mut p = Portico::with(&Config::new().upstream(Upstream::new("app", [slow.addr])));
     let c = client();
     let url = p.url("http", "/");
     let in_flight =
@@ -152,7 +149,11 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
 #[tokio::test]
 async fn idle_shutdown_is_fast() {
     let o = Origin::named("o").await;
-    let mut p = Portico::start(&simple(&o, "drain_grace = \"100ms\""));
+    let mut p = Portico::with(
+        &Config::new()
+            .server("drain_grace", "100ms")
+            .upstream(Upstream::new("app", [o.addr])),
+    );
     // An idle keep-alive connection holds the shutdown for `drain_grace` at most.
     let mut s = tokio::net::TcpStream::connect(p.addr("http"))
         .await
@@ -175,7 +176,11 @@ async fn shutdown_timeout_bounds_the_drain() {
         })
     })
     .await;
-    let mut p = Portico::start(&simple(&stuck, "shutdown_timeout = \"500ms\""));
+    let mut p = Portico::with(
+        &Config::new()
+            .server("shutdown_timeout", "500ms")
+            .upstream(Upstream::new("app", [stuck.addr])),
+    );
     let c = client();
     let url = p.url("http", "/");
     let _req = tokio::spawn(async move { c.get(url).send().await });
@@ -197,7 +202,7 @@ async fn shutdown_timeout_bounds_the_drain() {
 #[tokio::test]
 async fn sigint_stops_at_once() {
     let o = Origin::named("o").await;
-    let mut p = Portico::start(&simple(&o, ""));
+    let mut p = Portico::with(&Config::new().upstream(Upstream::new("app", [o.addr])));
     p.signal("INT");
     let (code, took) = p.wait_exit(Duration::from_secs(5));
     assert_eq!(code, Some(0));
@@ -415,7 +420,7 @@ async fn admin_token_origin_checks_and_redacted_status() {
     );
 
     // No token, loopback: open to local tools, closed to web pages.
-    let q = Portico::start(&simple(&o, ""));
+    let q = Portico::with(&Config::new().upstream(Upstream::new("app", [o.addr])));
     let r = c.get(q.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = c

@@ -11,33 +11,15 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn config(origin: &Origin, listener_extra: &str, route_extra: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-{listener_extra}
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["{}"]
-
-[[routes]]
-path = "/"
-upstream = "app"
-{route_extra}
-"#,
-        origin.addr
-    )
-}
-
 #[tokio::test]
 async fn oversized_request_head_gets_431() {
     let o = Origin::named("o").await;
-    let p = Portico::start(&config(&o, "max_header_size = \"4KiB\"", ""));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("max_header_size", "4KiB")
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(Route::to("app").path("/")),
+    );
     let c = client();
     let ok = c
         .get(p.url("http", "/"))
@@ -70,7 +52,11 @@ async fn oversized_body_gets_413_declared_or_streamed() {
         Box::pin(async move { text(200, &s.body.len().to_string(), &[]) })
     })
     .await;
-    let p = Portico::start(&config(&o, "", "max_body = \"1KiB\""));
+    let p = Portico::with(
+        &Config::new()
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(Route::to("app").path("/").set("max_body", "1KiB")),
+    );
     let c = client();
     let r = c
         .post(p.url("http", "/"))
@@ -105,7 +91,12 @@ async fn oversized_body_gets_413_declared_or_streamed() {
 #[tokio::test]
 async fn slow_request_head_gets_408() {
     let o = Origin::named("o").await;
-    let p = Portico::start(&config(&o, "header_read_timeout = \"300ms\"", ""));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("header_read_timeout", "300ms")
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(Route::to("app").path("/")),
+    );
     let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
     let start = Instant::now();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -131,7 +122,12 @@ async fn slow_request_head_gets_408() {
 #[tokio::test]
 async fn idle_keepalive_connection_is_closed_quietly() {
     let o = Origin::named("o").await;
-    let p = Portico::start(&config(&o, "keepalive_timeout = \"300ms\"", ""));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("keepalive_timeout", "300ms")
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(Route::to("app").path("/")),
+    );
     let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -158,7 +154,12 @@ async fn idle_keepalive_connection_is_closed_quietly() {
 #[tokio::test]
 async fn requests_per_connection_limit_closes_after_the_last() {
     let o = Origin::named("o").await;
-    let p = Portico::start(&config(&o, "max_requests_per_connection = 2", ""));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("max_requests_per_connection", 2)
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(Route::to("app").path("/")),
+    );
     let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
     let mut all = String::new();
     for _ in 0..2 {
@@ -183,7 +184,12 @@ async fn requests_per_connection_limit_closes_after_the_last() {
 #[tokio::test]
 async fn connections_over_the_listener_limit_wait_for_a_free_slot() {
     let o = Origin::named("o").await;
-    let p = Portico::start(&config(&o, "max_connections = 2", ""));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("max_connections", 2)
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(Route::to("app").path("/")),
+    );
     let mut held = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(p.addr("http")).await.unwrap();
@@ -213,7 +219,11 @@ async fn connections_over_the_listener_limit_wait_for_a_free_slot() {
 #[tokio::test]
 async fn malformed_requests_get_400_and_do_not_reach_upstream() {
     let o = Origin::named("o").await;
-    let p = Portico::start(&config(&o, "", ""));
+    let p = Portico::with(
+        &Config::new()
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(Route::to("app").path("/")),
+    );
     for req in [
         &b"GARBAGE\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
@@ -248,11 +258,17 @@ async fn buffered_routes_refuse_streamed_bodies_before_the_app_sees_them() {
         })
     })
     .await;
-    let p = Portico::start(&config(
-        &o,
-        "h2c = true",
-        "max_body = \"1KiB\"\nbuffer_requests = true",
-    ));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("h2c", true)
+            .upstream(Upstream::new("app", [o.addr]))
+            .route(
+                Route::to("app")
+                    .path("/")
+                    .set("max_body", "1KiB")
+                    .set("buffer_requests", true),
+            ),
+    );
     // HTTP/1.1 chunked, over the limit: 413, and the app saw nothing at all.
     let over = format!(
         "POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n{}\r\n400\r\n{}\r\n0\r\n\r\n",
@@ -348,11 +364,13 @@ async fn trickle(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_and_too_slow_bodies_get_408() {
     let origin = Origin::named("app").await;
-    let p = Portico::start(&config(
-        &origin,
-        "body_read_timeout = \"1s\"\nmin_body_rate = \"1KiB\"",
-        "",
-    ));
+    let p = Portico::with(
+        &Config::new()
+            .listener_set("body_read_timeout", "1s")
+            .listener_set("min_body_rate", "1KiB")
+            .upstream(Upstream::new("app", [origin.addr]))
+            .route(Route::to("app").path("/")),
+    );
     let addr = p.addr("http");
     // Stalled: 10 bytes of 1000, then nothing.
     let (out, took) = trickle(addr, 1000, 10, Duration::from_secs(20)).await;

@@ -8,50 +8,26 @@ use std::time::Duration;
 
 use common::*;
 
-fn two_upstreams(a: &Origin, b: &Origin, extra_server: &str) -> String {
-    format!(
-        r#"
-[server]
-{extra_server}
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.web]
-backends = ["{a}"]
-
-[upstreams.api]
-backends = ["{b}"]
-
-[[routes]]
-host = "example.com"
-path = "/"
-upstream = "web"
-
-[[routes]]
-host = ["example.com", "*.example.com"]
-path = "/api"
-upstream = "api"
-
-[[routes]]
-name = "catchall"
-path = "/"
-upstream = "web"
-"#,
-        a = a.addr,
-        b = b.addr
-    )
+/// Upstreams `web` and `api`: `example.com` goes to web, `/api` on example.com and its
+/// subdomains to api, anything else to web (route `catchall`).
+fn two_upstreams(a: &Origin, b: &Origin) -> Config {
+    Config::new()
+        .upstream(Upstream::new("web", [a.addr]))
+        .upstream(Upstream::new("api", [b.addr]))
+        .route(Route::to("web").host("example.com").path("/"))
+        .route(
+            Route::to("api")
+                .host(["example.com", "*.example.com"])
+                .path("/api"),
+        )
+        .route(Route::to("web").name("catchall").path("/"))
 }
 
 #[tokio::test]
 async fn routes_by_host_and_path() {
     let web = Origin::named("web").await;
     let api = Origin::named("api").await;
-    let p = Portico::start(&two_upstreams(&web, &api, ""));
+    let p = Portico::with(&two_upstreams(&web, &api));
     let c = client();
     let get = |host: &'static str, path: &'static str| {
         let c = c.clone();
@@ -124,7 +100,7 @@ upstream = "web"
 async fn forwarded_headers_and_request_ids() {
     let web = Origin::named("web").await;
     let api = Origin::named("api").await;
-    let p = Portico::start(&two_upstreams(&web, &api, ""));
+    let p = Portico::with(&two_upstreams(&web, &api));
     let c = client();
     let r = c
         .get(p.url("http", "/a?b=1"))
@@ -196,11 +172,12 @@ async fn forwarded_headers_and_request_ids() {
 async fn trusted_proxies_and_fly_headers() {
     let web = Origin::named("web").await;
     let api = Origin::named("api").await;
-    let p = Portico::start(&two_upstreams(
-        &web,
-        &api,
-        "trusted_proxies = [\"127.0.0.0/8\"]\nfly_headers = true\nregion = \"ams\"",
-    ));
+    let p = Portico::with(
+        &two_upstreams(&web, &api)
+            .server("trusted_proxies", serde_json::json!(["127.0.0.0/8"]))
+            .server("fly_headers", true)
+            .server("region", "ams"),
+    );
     let r = client()
         .get(p.url("http", "/"))
         .header("x-forwarded-for", "203.0.113.9, 127.0.0.5")
@@ -741,7 +718,7 @@ upstream = "web"
 async fn routing_headers_off_are_ignored_and_removed() {
     let web = Origin::named("web").await;
     let api = Origin::named("api").await;
-    let p = Portico::start(&two_upstreams(&web, &api, "routing_headers = false"));
+    let p = Portico::with(&two_upstreams(&web, &api).server("routing_headers", false));
     let r = client()
         .get(p.url("http", "/"))
         .header("fly-force-region", "nowhere")

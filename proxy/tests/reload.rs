@@ -13,25 +13,20 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn config(origin: std::net::SocketAddr, tag: &str, extra_upstream: &str) -> String {
-    format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
+/// Upstream `app` at `origin` (shaped by `f`) behind one route that tags its answers with
+/// `x-config: <tag>`, so a test sees which configuration served it.
+fn tagged(origin: std::net::SocketAddr, tag: &str, f: impl FnOnce(Upstream) -> Upstream) -> Config {
+    Config::new()
+        .upstream(f(Upstream::new("app", [origin])))
+        .route(Route::to("app").set(
+            "response_headers",
+            serde_json::json!({ "set": { "x-config": tag } }),
+        ))
+}
 
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["{origin}"]
-{extra_upstream}
-
-[[routes]]
-upstream = "app"
-response_headers = {{ set = {{ "x-config" = "{tag}" }} }}
-"#
-    )
+/// [`tagged`] as a file's text.
+fn config(origin: std::net::SocketAddr, tag: &str) -> String {
+    tagged(origin, tag, |u| u).render()
 }
 
 async fn post_reload(p: &Portico) -> (u16, Value) {
@@ -51,7 +46,7 @@ async fn tag_of(p: &Portico) -> (String, String) {
 async fn fifty_reloads_under_load_drop_nothing_and_never_mix() {
     let a = Origin::named("a").await;
     let b = Origin::named("b").await;
-    let (ca, cb) = (config(a.addr, "A", ""), config(b.addr, "B", ""));
+    let (ca, cb) = (config(a.addr, "A"), config(b.addr, "B"));
     let p = Portico::start(&ca);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -103,11 +98,11 @@ async fn fifty_reloads_under_load_drop_nothing_and_never_mix() {
 async fn a_bad_config_changes_nothing_and_its_fix_applies() {
     let a = Origin::named("a").await;
     let b = Origin::named("b").await;
-    let p = Portico::start(&config(a.addr, "A", ""));
+    let p = Portico::start(&config(a.addr, "A"));
     let gen_before = status(&p).await["config"]["generation"].as_u64().unwrap();
     std::fs::write(
         &p.config_path,
-        config(b.addr, "B", "balance = \"fastest\"\n"),
+        tagged(b.addr, "B", |u| u.balance("fastest")).render(),
     )
     .unwrap();
     let (code, v) = post_reload(&p).await;
@@ -126,7 +121,7 @@ async fn a_bad_config_changes_nothing_and_its_fix_applies() {
         .contains("balance"));
     assert!(metric(&p, "portico_config_reloads_total", &[("result", "error")]).await >= 1.0);
     // Fixing the file applies it (the watcher notices without being asked).
-    std::fs::write(&p.config_path, config(b.addr, "B", "")).unwrap();
+    std::fs::write(&p.config_path, config(b.addr, "B")).unwrap();
     let start = Instant::now();
     while tag_of(&p).await.0 != "B" {
         assert!(start.elapsed() < Duration::from_secs(5), "fix not applied");
@@ -146,7 +141,7 @@ async fn sighup_rename_and_symlink_swap_reload() {
     // Like a Kubernetes ConfigMap: portico.toml -> ..data/portico.toml, ..data -> v1.
     let v1 = dir.path().join("v1");
     std::fs::create_dir(&v1).unwrap();
-    std::fs::write(v1.join("portico.toml"), config(a.addr, "A", "")).unwrap();
+    std::fs::write(v1.join("portico.toml"), config(a.addr, "A")).unwrap();
     std::os::unix::fs::symlink("v1", dir.path().join("..data")).unwrap();
     let link = dir.path().join("portico.toml");
     std::os::unix::fs::symlink("..data/portico.toml", &link).unwrap();
@@ -156,13 +151,13 @@ async fn sighup_rename_and_symlink_swap_reload() {
     // Symlink swap: a new directory, and ..data pointed at it atomically.
     let v2 = dir.path().join("v2");
     std::fs::create_dir(&v2).unwrap();
-    std::fs::write(v2.join("portico.toml"), config(b.addr, "B", "")).unwrap();
+    std::fs::write(v2.join("portico.toml"), config(b.addr, "B")).unwrap();
     std::os::unix::fs::symlink("v2", dir.path().join("..data_tmp")).unwrap();
     std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
     wait_tag(&p, "B").await;
 
     // Replaced by rename (what editors do) inside the current version directory.
-    std::fs::write(v2.join("new.toml"), config(c.addr, "C", "")).unwrap();
+    std::fs::write(v2.join("new.toml"), config(c.addr, "C")).unwrap();
     std::fs::rename(v2.join("new.toml"), v2.join("portico.toml")).unwrap();
     wait_tag(&p, "C").await;
 
@@ -200,12 +195,11 @@ async fn rotated_certificates_serve_new_handshakes() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pki.leaf(dir.path(), "s", &["old.test"]);
     let cfg = |c: &std::path::Path, k: &std::path::Path| {
-        format!(
-            "[[listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n{}",
-            c.display(),
-            k.display(),
-            config(a.addr, "A", "")
-        )
+        let https = Listener::http("https").set(
+            "tls",
+            serde_json::json!({ "cert": c.display().to_string(), "key": k.display().to_string() }),
+        );
+        tagged(a.addr, "A", |u| u).listener(https).render()
     };
     let p = Portico::start(&cfg(&cert, &key));
     let addr = p.addr("https");
@@ -293,11 +287,10 @@ response_headers = {{ set = {{ "x-config" = "{tag}" }} }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_changes_are_reported_as_not_applied() {
     let a = Origin::named("a").await;
-    let p = Portico::start(&config(a.addr, "A", ""));
-    let moved = config(a.addr, "B", "").replace(
-        "name = \"http\"\naddress = \"127.0.0.1:0\"",
-        "name = \"http\"\naddress = \"127.0.0.1:1\"",
-    );
+    let p = Portico::start(&config(a.addr, "A"));
+    let moved = tagged(a.addr, "B", |u| u)
+        .listener_set("address", "127.0.0.1:1")
+        .render();
     std::fs::write(&p.config_path, moved).unwrap();
     let (code, v) = post_reload(&p).await;
     assert_eq!(code, 200);

@@ -82,47 +82,32 @@ fn section(dom: &str, id: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-fn config(live: std::net::SocketAddr, dead: std::net::SocketAddr, token: Option<&str>) -> String {
-    let token = token
-        .map(|t| format!("token = \"{t}\"\n"))
-        .unwrap_or_default();
-    format!(
-        r#"
-[server]
-name = "edge-1"
-region = "ams"
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-{token}
-[upstreams.app]
-backends = [
-  {{ address = "{live}", id = "app-live", region = "ams" }},
-  {{ address = "{dead}", id = "app-dead", region = "iad" }},
-]
-
-[[upstreams.app.checks]]
-type = "tcp"
-interval = "200ms"
-timeout = "150ms"
-rise = 1
-fall = 1
-
-[[routes]]
-upstream = "app"
-"#
-    )
+/// Portico `edge-1` in `ams` with one backend up (`app-live`, ams) and one down (`app-dead`,
+/// iad) under fast TCP checks; the admin token if given.
+fn config(live: std::net::SocketAddr, dead: std::net::SocketAddr, token: Option<&str>) -> Config {
+    let backends = vec![
+        serde_json::json!({ "address": live.to_string(), "id": "app-live", "region": "ams" }),
+        serde_json::json!({ "address": dead.to_string(), "id": "app-dead", "region": "iad" }),
+    ];
+    let check = serde_json::json!({
+        "type": "tcp", "interval": "200ms", "timeout": "150ms", "rise": 1, "fall": 1
+    });
+    let c = Config::new()
+        .server("name", "edge-1")
+        .server("region", "ams")
+        .upstream(Upstream::with_backends("app", backends).check(check))
+        .route(Route::to("app"));
+    match token {
+        Some(t) => c.admin_set("token", t),
+        None => c,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_backends_health_connections_and_reloads_in_a_browser() {
     let live = Origin::named("live").await;
     let dead = dead_addr();
-    let p = Portico::start(&config(live.addr, dead, None));
+    let p = Portico::with(&config(live.addr, dead, None));
     let home = tempfile::tempdir().unwrap();
 
     // Wait for the checks to decide both backends.
@@ -147,7 +132,10 @@ async fn the_status_page_shows_backends_health_connections_and_reloads_in_a_brow
     std::fs::write(&p.config_path, good.replace("edge-1", "edge-2")).unwrap();
     let r = client().post(p.admin_url("/reload")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    std::fs::write(&p.config_path, format!("{good}\n[upstreams.app]\n")).unwrap();
+    // A located validation error: the check's interval is not a duration.
+    let bad = good.replace("interval = \"200ms\"", "interval = \"soon\"");
+    assert_ne!(bad, good);
+    std::fs::write(&p.config_path, bad).unwrap();
     let r = client().post(p.admin_url("/reload")).send().await.unwrap();
     assert_eq!(r.status(), 422);
 
@@ -209,7 +197,7 @@ async fn without_the_token_the_page_hides_addresses_and_errors() {
     let live = Origin::named("live").await;
     let dead = dead_addr();
     let token = "page-token-0123456789abcdef";
-    let p = Portico::start(&config(live.addr, dead, Some(token)));
+    let p = Portico::with(&config(live.addr, dead, Some(token)));
     let home = tempfile::tempdir().unwrap();
     let dom = page_dom(&p, &home).await;
     assert!(dom.contains("id=\"redacted\""), "{dom}");

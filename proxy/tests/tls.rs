@@ -6,45 +6,21 @@ mod common;
 
 use common::*;
 
-fn config(pki_dir: &std::path::Path, web: &Origin, api: &Origin) -> String {
-    let _ = pki_dir;
-    format!(
-        r#"
-[[listeners]]
-name = "https"
-address = "127.0.0.1:0"
-tls = {{ certificates = [ {{ cert = "a.pem", key = "a.key" }}, {{ cert = "b.pem", key = "b.key" }} ] }}
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-force_https = true
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.web]
-backends = ["{web}"]
-
-[upstreams.api]
-backends = ["{api}"]
-
-[[routes]]
-host = "a.test"
-upstream = "web"
-
-[[routes]]
-host = ["b.test", "*.b.test"]
-upstream = "api"
-
-[[routes]]
-host = "a.test"
-path = "/api"
-upstream = "api"
-"#,
-        web = web.addr,
-        api = api.addr
-    )
+/// An HTTPS listener with two certificates (`a.pem`, `b.pem`, made by the test in the config
+/// directory), a plain listener that redirects to it, and routes by host to `web` and `api`.
+fn config(web: &Origin, api: &Origin) -> String {
+    Config::new()
+        .listener_set("force_https", true)
+        .listener(Listener::tls(
+            "https",
+            &[("a.pem", "a.key"), ("b.pem", "b.key")],
+        ))
+        .upstream(Upstream::new("web", [web.addr]))
+        .upstream(Upstream::new("api", [api.addr]))
+        .route(Route::to("web").host("a.test"))
+        .route(Route::to("api").host(["b.test", "*.b.test"]))
+        .route(Route::to("api").host("a.test").path("/api"))
+        .render()
 }
 
 async fn peer_cert_names(addr: std::net::SocketAddr, sni: &str, pki: &Pki) -> Vec<String> {
@@ -62,7 +38,7 @@ async fn two_hostnames_three_routes_two_upstreams_over_h1_and_h2() {
     let web = Origin::named("web").await;
     let api = Origin::named("api").await;
     let pki = Pki::new();
-    let p = Portico::start_with(&config(std::path::Path::new("."), &web, &api), &[], |dir| {
+    let p = Portico::start_with(&config(&web, &api), &[], |dir| {
         pki.leaf(dir, "a", &["a.test"]);
         pki.leaf(dir, "b", &["b.test", "*.b.test"]);
     });

@@ -142,37 +142,22 @@ fn ws_url(p: &Portico, path: &str) -> String {
     format!("ws://{}{path}", p.addr("http"))
 }
 
-fn config(backends: &[SocketAddr], route_extra: &str) -> String {
+/// Upstream `app` over `backends` (ids `b0`, `b1`, ...) behind one route shaped by `f`.
+fn config(backends: &[SocketAddr], f: impl FnOnce(Route) -> Route) -> Config {
     let list = backends
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("{{ address = \"{a}\", id = \"b{i}\" }}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = [{list}]
-connect_timeout = "1s"
-
-[[routes]]
-upstream = "app"
-{route_extra}
-"#
-    )
+        .map(|(i, a)| serde_json::json!({ "address": a.to_string(), "id": format!("b{i}") }))
+        .collect();
+    Config::new()
+        .upstream(Upstream::with_backends("app", list).set("connect_timeout", "1s"))
+        .route(f(Route::to("app")))
 }
 
 #[tokio::test]
 async fn frames_of_every_kind_and_close_codes_pass_both_ways() {
     let s = WsServer::start("a").await;
-    let p = Portico::start(&config(&[s.addr], ""));
+    let p = Portico::with(&config(&[s.addr], |r| r));
     let (mut ws, hello, _) = connect(&ws_url(&p, "/chat"), &[]).await;
     assert_eq!(hello, "hello from a");
 
@@ -247,10 +232,9 @@ async fn cookie_affinity_survives_reconnects_and_moves_when_its_backend_dies() {
         WsServer::start("c").await,
     ];
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let p = Portico::start(&config(
-        &addrs,
-        "sticky = { mode = \"cookie\", name = \"aff\", key = \"0123456789abcdef0123456789abcdef\", max_age = \"1h\" }",
-    ));
+    let p = Portico::with(&config(&addrs, |r| {
+        r.set("sticky", serde_json::json!({"mode": "cookie", "name": "aff", "key": "0123456789abcdef0123456789abcdef", "max_age": "1h"}))
+    }));
     let url = ws_url(&p, "/live");
     let (_ws, hello, set) = connect(&url, &[]).await;
     let set = set.expect("first connection is pinned");
@@ -310,10 +294,12 @@ async fn long_polling_http_requests_keep_cookie_affinity() {
         Origin::named("c").await,
     ];
     let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
-    let p = Portico::start(&config(
-        &addrs,
-        "sticky = { mode = \"cookie\", key = \"0123456789abcdef0123456789abcdef\" }",
-    ));
+    let p = Portico::with(&config(&addrs, |r| {
+        r.set(
+            "sticky",
+            serde_json::json!({"mode": "cookie", "key": "0123456789abcdef0123456789abcdef"}),
+        )
+    }));
     let c = client();
     for _ in 0..5 {
         let r = c.get(p.url("http", "/poll")).send().await.unwrap();
@@ -540,10 +526,12 @@ async fn query_and_client_ip_modes_pin_requests() {
         Origin::named("c").await,
     ];
     let addrs: Vec<SocketAddr> = origins.iter().map(|o| o.addr).collect();
-    let p = Portico::start(&config(
-        &addrs,
-        "sticky = { mode = \"query\", name = \"sid\" }",
-    ));
+    let p = Portico::with(&config(&addrs, |r| {
+        r.set(
+            "sticky",
+            serde_json::json!({"mode": "query", "name": "sid"}),
+        )
+    }));
     let c = client();
     let mut seen = std::collections::HashSet::new();
     for k in 0..30 {
@@ -562,7 +550,9 @@ async fn query_and_client_ip_modes_pin_requests() {
     }
     assert!(seen.len() > 1, "keys spread over backends");
 
-    let p = Portico::start(&config(&addrs, "sticky = { mode = \"client_ip\" }"));
+    let p = Portico::with(&config(&addrs, |r| {
+        r.set("sticky", serde_json::json!({"mode": "client_ip"}))
+    }));
     let first = c
         .get(p.url("http", "/"))
         .send()
@@ -588,7 +578,7 @@ async fn query_and_client_ip_modes_pin_requests() {
 #[tokio::test]
 async fn admission_cap_refuses_at_the_limit_and_accepts_after_a_close() {
     let s = WsServer::start("a").await;
-    let p = Portico::start(&config(&[s.addr], "max_websockets = 2"));
+    let p = Portico::with(&config(&[s.addr], |r| r.set("max_websockets", 2)));
     let url = ws_url(&p, "/");
     let (mut w1, _, _) = connect(&url, &[]).await;
     let (_w2, _, _) = connect(&url, &[]).await;
@@ -626,7 +616,10 @@ async fn admission_cap_refuses_at_the_limit_and_accepts_after_a_close() {
 async fn idle_sockets_outlive_the_upstream_read_timeout() {
     let s = WsServer::start("a").await;
     let p = Portico::start(
-        &config(&[s.addr], "").replace("connect_timeout = \"1s\"", "read_timeout = \"300ms\""),
+        &Config::new()
+            .upstream(Upstream::new("app", [s.addr]).set("read_timeout", "300ms"))
+            .route(Route::to("app"))
+            .render(),
     );
     let (mut ws, _, _) = connect(&ws_url(&p, "/"), &[]).await;
     // A request's read timeout does not apply to a tunnel: silence is normal there.
@@ -641,7 +634,7 @@ async fn idle_sockets_outlive_the_upstream_read_timeout() {
 #[tokio::test]
 async fn idle_sockets_live_until_ws_idle_timeout() {
     let s = WsServer::start("a").await;
-    let p = Portico::start(&config(&[s.addr], "ws_idle_timeout = \"700ms\""));
+    let p = Portico::with(&config(&[s.addr], |r| r.set("ws_idle_timeout", "700ms")));
     let (mut ws, _, _) = connect(&ws_url(&p, "/"), &[]).await;
     // Traffic keeps it open past the timeout.
     for _ in 0..4 {
@@ -679,10 +672,7 @@ async fn idle_sockets_live_until_ws_idle_timeout() {
 #[tokio::test]
 async fn graceful_shutdown_leaves_sockets_open_then_closes_them_with_close_frames() {
     let s = WsServer::start("a").await;
-    let mut p = Portico::start(&format!(
-        "[server]\nshutdown_timeout = \"1s\"\n{}",
-        config(&[s.addr], "")
-    ));
+    let mut p = Portico::with(&config(&[s.addr], |r| r).server("shutdown_timeout", "1s"));
     let (mut ws, _, _) = connect(&ws_url(&p, "/"), &[]).await;
     p.signal("TERM");
     // Open sockets are left to finish: still usable during the grace period.
@@ -759,15 +749,9 @@ async fn idle_tunnels_hold_no_relay_buffers_over_tcp_and_a_small_one_over_tls() 
     const TLS: usize = 50;
     let s = WsServer::start("a").await;
     let pki = Pki::new();
-    let cfg = format!(
-        r#"
-[[listeners]]
-name = "https"
-address = "127.0.0.1:0"
-tls = {{ certificates = [ {{ cert = "ws.pem", key = "ws.key" }} ] }}
-{}"#,
-        config(&[s.addr], "")
-    );
+    let cfg = config(&[s.addr], |r| r)
+        .listener(Listener::tls("https", &[("ws.pem", "ws.key")]))
+        .render();
     let p = Portico::start_with(&cfg, &[], |dir| {
         pki.leaf(dir, "ws", &["ws.test"]);
     });
@@ -833,10 +817,7 @@ tls = {{ certificates = [ {{ cert = "ws.pem", key = "ws.key" }} ] }}
 #[tokio::test]
 async fn a_tunnel_is_logged_when_it_closes_with_its_bytes_and_lifetime() {
     let s = WsServer::start("a").await;
-    let p = Portico::start(&format!(
-        "[server]\nlog_format = \"json\"\n{}",
-        config(&[s.addr], "")
-    ));
+    let p = Portico::with(&config(&[s.addr], |r| r).server("log_format", "json"));
     let (mut ws, _, _) = connect(
         &ws_url(&p, "/live?room=7"),
         &[("x-request-id", "ws-log-me"), ("user-agent", "ws-test/1")],
@@ -870,7 +851,13 @@ async fn open_tunnels_carry_traffic_across_twenty_reloads_while_new_ones_open() 
     const OPEN: usize = 40;
     let s = WsServer::start("a").await;
     let cfg = |tag: &str| {
-        config(&[s.addr], &format!("max_websockets = {}\nresponse_headers = {{ set = {{ \"x-config\" = \"{tag}\" }} }}", 2 * OPEN))
+        config(&[s.addr], |r| {
+            r.set("max_websockets", 2 * OPEN).set(
+                "response_headers",
+                serde_json::json!({ "set": { "x-config": tag } }),
+            )
+        })
+        .render()
     };
     let p = Portico::start(&cfg("A"));
     let url = ws_url(&p, "/");
