@@ -277,33 +277,21 @@ fn ppp_v2(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 async fn proxy_protocol_v1_and_v2_from_trusted_sources_only() {
     let origin = Origin::named("app").await;
     let pki = Pki::new();
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-proxy_protocol = true
-proxy_protocol_from = ["127.0.0.1"]
-
-[[listeners]]
-name = "https"
-address = "127.0.0.1:0"
-proxy_protocol = true
-proxy_protocol_from = ["127.0.0.1"]
-tls = {{ cert = "a.pem", key = "a.key" }}
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["{}"]
-
-[[routes]]
-upstream = "app"
-deny = ["198.51.100.66"]
-"#,
-        origin.addr
-    );
+    let config = Config::new()
+        .listener_set("proxy_protocol", true)
+        .listener_set("proxy_protocol_from", ["127.0.0.1"])
+        .listener(
+            Listener::http("https")
+                .set("proxy_protocol", true)
+                .set("proxy_protocol_from", ["127.0.0.1"])
+                .set(
+                    "tls",
+                    serde_json::json!({ "cert": "a.pem", "key": "a.key" }),
+                ),
+        )
+        .upstream(Upstream::new("app", [origin.addr]))
+        .route(Route::to("app").set("deny", ["198.51.100.66"]))
+        .render();
     let p = Portico::start_with(&config, &[], |dir| {
         pki.leaf(dir, "a", &["a.test"]);
     });
@@ -385,33 +373,13 @@ async fn the_proxy_protocol_is_sent_to_upstreams_that_ask() {
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-type: text/plain\r\n\r\nok".to_vec()
     })
     .await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-h2c = true
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.v1]
-backends = ["{0}"]
-send_proxy_protocol = "v1"
-
-[upstreams.v2]
-backends = ["{0}"]
-send_proxy_protocol = "v2"
-
-[[routes]]
-path = "/v2/"
-upstream = "v2"
-
-[[routes]]
-upstream = "v1"
-"#,
-        o.addr
-    );
+    let config = Config::new()
+        .listener_set("h2c", true)
+        .upstream(Upstream::new("v1", [o.addr]).set("send_proxy_protocol", "v1"))
+        .upstream(Upstream::new("v2", [o.addr]).set("send_proxy_protocol", "v2"))
+        .route(Route::to("v2").path("/v2/"))
+        .route(Route::to("v1"))
+        .render();
     let p = Portico::start(&config);
     let addr = p.addr("http");
 

@@ -206,39 +206,22 @@ async fn calls(channel: tonic::transport::Channel) {
 async fn grpc_unary_and_streaming_over_h2c_and_tls_to_an_h2c_upstream() {
     let origin = grpc_origin().await;
     let pki = Pki::new();
-    let config = format!(
-        r#"
-[[listeners]]
-name = "h2c"
-address = "127.0.0.1:0"
-h2c = true
-
-[[listeners]]
-name = "https"
-address = "127.0.0.1:0"
-tls = {{ cert = "a.pem", key = "a.key" }}
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.grpc]
-backends = ["{origin}"]
-http2 = true
-
-[upstreams.gone]
-backends = ["{dead}"]
-http2 = true
-retries = 0
-
-[[routes]]
-path = "/dead.Svc/"
-upstream = "gone"
-
-[[routes]]
-upstream = "grpc"
-"#,
-        dead = dead_addr()
-    );
+    let config = Config::bare()
+        .admin_set("address", "127.0.0.1:0")
+        .listener(Listener::http("h2c").set("h2c", true))
+        .listener(Listener::http("https").set(
+            "tls",
+            serde_json::json!({ "cert": "a.pem", "key": "a.key" }),
+        ))
+        .upstream(Upstream::new("grpc", [origin]).set("http2", true))
+        .upstream(
+            Upstream::new("gone", [dead_addr()])
+                .set("http2", true)
+                .set("retries", 0),
+        )
+        .route(Route::to("gone").path("/dead.Svc/"))
+        .route(Route::to("grpc"))
+        .render();
     let p = Portico::start_with(&config, &[], |dir| {
         pki.leaf(dir, "a", &["a.test"]);
     });

@@ -52,10 +52,12 @@ async fn frames_until_close(s: &mut tokio::net::TcpStream, limit: Duration) -> V
 
 async fn setup() -> (Origin, Portico) {
     let origin = Origin::named("app").await;
-    let p = Portico::start(&format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\nh2c = true\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-        origin.addr
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .listener_set("h2c", true)
+            .upstream(Upstream::new("app", [origin.addr]))
+            .render(),
+    );
     (origin, p)
 }
 

@@ -181,40 +181,7 @@ async fn tcp_check_against_a_closed_port_and_a_hanging_http_check() {
     let closed = dead_addr();
     let a = switchable("a", Arc::new(AtomicU16::new(200))).await;
     let hang = switchable("hang", Arc::new(AtomicU16::new(0))).await;
-    let cfg = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.app]
-backends = ["{}"]
-[[upstreams.app.checks]]
-type = "tcp"
-port = {}
-interval = "200ms"
-timeout = "150ms"
-rise = 1
-fall = 1
-[upstreams.slow]
-backends = ["{}"]
-start_healthy = true
-[[upstreams.slow.checks]]
-path = "/health"
-interval = "300ms"
-timeout = "200ms"
-fall = 1
-[[routes]]
-upstream = "app"
-[[routes]]
-path = "/slow"
-upstream = "slow"
-"#,
-        a.addr,
-        closed.port(),
-        hang.addr
-    );
+    let cfg = Config::new().upstream(Upstream::new("app", [a.addr]).set("checks", serde_json::json!([{ "type": "tcp", "port": closed.port(), "interval": "200ms", "timeout": "150ms", "rise": 1, "fall": 1 }]))).upstream(Upstream::new("slow", [hang.addr]).set("start_healthy", true).set("checks", serde_json::json!([{ "path": "/health", "interval": "300ms", "timeout": "200ms", "fall": 1 }]))).route(Route::to("app")).route(Route::to("slow").path("/slow")).render();
     let p = Portico::start(&cfg);
     let start = Instant::now();
     loop {
@@ -352,20 +319,7 @@ async fn all_unhealthy_fails_open_or_refuses() {
 async fn passive_ejection_after_connect_failures_with_growing_backoff() {
     let live = Origin::named("live").await;
     let dead = dead_addr();
-    let cfg = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.app]
-backends = ["{dead}", "{}"]
-balance = "round_robin"
-passive = {{ connect_failures = 2, eject_for = "600ms", max_eject_for = "10s" }}
-"#,
-        live.addr
-    );
+    let cfg = Config::new().upstream(Upstream::new("app", [dead, live.addr]).balance("round_robin").set("passive", serde_json::json!({ "connect_failures": 2, "eject_for": "600ms", "max_eject_for": "10s" }))).render();
     let p = Portico::start(&cfg);
     let c = client();
     for _ in 0..4 {
@@ -449,26 +403,7 @@ async fn restarted_replica_returns_when_its_checks_pass_not_when_the_ejection_en
     let other = Origin::named("other").await;
     let mut replica = Origin::named("replica").await;
     let addr = replica.addr;
-    let cfg = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.app]
-backends = ["{addr}", "{}"]
-balance = "round_robin"
-passive = {{ connect_failures = 1, eject_for = "10s" }}
-[[upstreams.app.checks]]
-type = "tcp"
-interval = "200ms"
-timeout = "100ms"
-rise = 2
-fall = 100
-"#,
-        other.addr
-    );
+    let cfg = Config::new().upstream(Upstream::new("app", [addr, other.addr]).balance("round_robin").set("passive", serde_json::json!({ "connect_failures": 1, "eject_for": "10s" })).set("checks", serde_json::json!([{ "type": "tcp", "interval": "200ms", "timeout": "100ms", "rise": 2, "fall": 100 }]))).render();
     let p = Portico::start(&cfg);
     // Both up first: with no usable backend left, fail-open would use the dead one again.
     wait_state(&p, addr, "up", Duration::from_secs(3)).await;

@@ -101,10 +101,10 @@ async fn admin_endpoints() {
 #[tokio::test]
 async fn admin_is_on_loopback_by_default() {
     let o = Origin::named("origin").await;
-    let config = format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-        o.addr
-    );
+    let config = Config::new()
+        .no_admin()
+        .upstream(Upstream::new("app", [o.addr]))
+        .render();
     let (code, out, _) = {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.toml");
@@ -218,10 +218,11 @@ async fn taken_port_fails_fast_with_a_clear_error() {
     let path = dir.path().join("p.toml");
     std::fs::write(
         &path,
-        format!(
-            "[[listeners]]\nname = \"web\"\naddress = \"{addr}\"\n[admin]\nenabled = false\n[upstreams.app]\nbackends = [\"{}\"]\n",
-            o.addr
-        ),
+        Config::bare()
+            .admin_set("enabled", false)
+            .listener(Listener::http("web").set("address", addr.to_string()))
+            .upstream(Upstream::new("app", [o.addr]))
+            .render(),
     )
     .unwrap();
     let start = Instant::now();
@@ -346,10 +347,12 @@ async fn default_config_command_prints_a_valid_config() {
 async fn admin_token_origin_checks_and_redacted_status() {
     let o = Origin::named("origin").await;
     let token = "s3cret-admin-token-0123456789";
-    let p = Portico::start(&format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{token}\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-        o.addr
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .admin_set("token", token.to_string())
+            .upstream(Upstream::new("app", [o.addr]))
+            .render(),
+    );
     let c = client();
     let bearer = format!("Bearer {token}");
     let get = |path: &str, auth: Option<&str>| {

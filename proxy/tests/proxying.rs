@@ -62,21 +62,10 @@ async fn routes_by_host_and_path() {
 #[tokio::test]
 async fn unknown_host_is_a_labelled_404() {
     let web = Origin::named("web").await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.web]
-backends = ["{}"]
-[[routes]]
-host = "example.com"
-upstream = "web"
-"#,
-        web.addr
-    );
+    let config = Config::new()
+        .upstream(Upstream::new("web", [web.addr]))
+        .route(Route::to("web").host("example.com"))
+        .render();
     let p = Portico::start(&config);
     let r = client()
         .get(p.url("http", "/x"))
@@ -215,27 +204,12 @@ async fn trusted_proxies_and_fly_headers() {
 async fn dead_backend_is_retried_on_another_and_502_names_the_failure() {
     let live = Origin::named("live").await;
     let dead = dead_addr();
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.app]
-backends = ["{dead}", "{live}"]
-balance = "round_robin"
-[upstreams.gone]
-backends = ["{dead}"]
-[[routes]]
-path = "/"
-upstream = "app"
-[[routes]]
-path = "/gone"
-upstream = "gone"
-"#,
-        live = live.addr
-    );
+    let config = Config::new()
+        .upstream(Upstream::new("app", [dead, live.addr]).balance("round_robin"))
+        .upstream(Upstream::new("gone", [dead]))
+        .route(Route::to("app").path("/"))
+        .route(Route::to("gone").path("/gone"))
+        .render();
     let p = Portico::start(&config);
     let c = client();
     for _ in 0..10 {
@@ -277,19 +251,9 @@ async fn slow_backend_gets_504_with_the_reason() {
         })
     })
     .await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.app]
-backends = ["{}"]
-read_timeout = "300ms"
-"#,
-        slow.addr
-    );
+    let config = Config::new()
+        .upstream(Upstream::new("app", [slow.addr]).set("read_timeout", "300ms"))
+        .render();
     let p = Portico::start(&config);
     let r = client().get(p.url("http", "/")).send().await.unwrap();
     assert_eq!(r.status(), 504);
@@ -303,20 +267,11 @@ read_timeout = "300ms"
 #[tokio::test]
 async fn force_https_redirects_with_301_or_308() {
     let web = Origin::named("web").await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-force_https = true
-https_port = 8443
-[admin]
-address = "127.0.0.1:0"
-[upstreams.web]
-backends = ["{}"]
-"#,
-        web.addr
-    );
+    let config = Config::new()
+        .listener_set("force_https", true)
+        .listener_set("https_port", 8443)
+        .upstream(Upstream::new("web", [web.addr]))
+        .render();
     let p = Portico::start(&config);
     let r = client()
         .get(p.url("http", "/a/b?c=d"))
@@ -357,24 +312,7 @@ async fn response_and_request_header_rules_and_strip_prefix() {
         Box::pin(async { text(200, "ok", &[("server", "secret/1.0"), ("x-a", "1")]) })
     })
     .await;
-    let config = format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.web]
-backends = ["{}"]
-[[routes]]
-path = "/app"
-upstream = "web"
-strip_prefix = true
-response_headers = {{ set = {{ "Strict-Transport-Security" = "max-age=63072000", "X-Frame-Options" = "DENY" }}, add = {{ "x-a" = "2" }}, remove = ["Server"] }}
-request_headers = {{ set = {{ "x-from" = "portico" }}, remove = ["cookie"] }}
-"#,
-        web.addr
-    );
+    let config = Config::new().upstream(Upstream::new("web", [web.addr])).route(Route::to("web").path("/app").set("strip_prefix", true).set("response_headers", serde_json::json!({ "set": { "Strict-Transport-Security": "max-age=63072000", "X-Frame-Options": "DENY" }, "add": { "x-a": "2" }, "remove": ["Server"] })).set("request_headers", serde_json::json!({ "set": { "x-from": "portico" }, "remove": ["cookie"] }))).render();
     let p = Portico::start(&config);
     let r = client()
         .get(p.url("http", "/app/x/y?z=1"))
@@ -409,10 +347,9 @@ async fn request_bodies_are_streamed_through() {
         Box::pin(async move { text(200, &format!("{}:{}", s.method, s.body.len()), &[]) })
     })
     .await;
-    let config = format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.a]\nbackends = [\"{}\"]\n",
-        echo.addr
-    );
+    let config = Config::new()
+        .upstream(Upstream::new("a", [echo.addr]))
+        .render();
     let p = Portico::start(&config);
     let body = vec![b'x'; 3 * 1024 * 1024];
     let r = client()
@@ -427,10 +364,12 @@ async fn request_bodies_are_streamed_through() {
 #[tokio::test]
 async fn access_log_in_combined_format() {
     let web = Origin::named("web").await;
-    let config = format!(
-        "[server]\nlog_format = \"json\"\naccess_log_format = \"combined\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
-        web.addr
-    );
+    let config = Config::new()
+        .no_admin()
+        .server("log_format", "json")
+        .server("access_log_format", "combined")
+        .upstream(Upstream::new("web", [web.addr]))
+        .render();
     let p = Portico::start(&config);
     let r = client()
         .get(p.url("http", "/combined?x=1"))
@@ -455,10 +394,10 @@ async fn access_log_in_combined_format() {
 #[tokio::test]
 async fn access_log_line_per_request() {
     let web = Origin::named("web").await;
-    let config = format!(
-        "[server]\nlog_format = \"json\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
-        web.addr
-    );
+    let config = Config::new()
+        .server("log_format", "json")
+        .upstream(Upstream::new("web", [web.addr]))
+        .render();
     let p = Portico::start(&config);
     let r = client()
         .get(p.url("http", "/hello?x=1&y=two"))
@@ -497,10 +436,10 @@ async fn access_log_line_per_request() {
 
 #[tokio::test]
 async fn warnings_about_a_request_carry_its_id() {
-    let config = format!(
-        "[server]\nlog_format = \"json\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\nretries = 0\n",
-        dead_addr()
-    );
+    let config = Config::new()
+        .server("log_format", "json")
+        .upstream(Upstream::new("web", [dead_addr()]).set("retries", 0))
+        .render();
     let p = Portico::start(&config);
     let r = client()
         .get(p.url("http", "/"))
@@ -522,10 +461,12 @@ async fn hop_by_hop_response_fields_stay_on_their_hop() {
             .to_vec()
     })
     .await;
-    let p = Portico::start(&format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\nkeepalive_timeout = \"60s\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-        origin.addr
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .listener_set("keepalive_timeout", "60s")
+            .upstream(Upstream::new("app", [origin.addr]))
+            .render(),
+    );
     let out = raw(
         p.addr("http"),
         b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
@@ -593,34 +534,16 @@ async fn local_failures_keep_the_connection_or_say_close() {
             held.push(s);
         }
     });
-    let p = Portico::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.good]
-backends = ["{}"]
-[upstreams.dead]
-backends = ["{dead}"]
-retries = 0
-[upstreams.hang]
-backends = ["{hang_addr}"]
-read_timeout = "300ms"
-[[routes]]
-host = "good"
-upstream = "good"
-max_body = 4
-[[routes]]
-host = "dead"
-upstream = "dead"
-[[routes]]
-host = "hang"
-upstream = "hang"
-"#,
-        good.addr
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .upstream(Upstream::new("good", [good.addr]))
+            .upstream(Upstream::new("dead", [dead]).set("retries", 0))
+            .upstream(Upstream::new("hang", [hang_addr]).set("read_timeout", "300ms"))
+            .route(Route::to("good").host("good").set("max_body", 4))
+            .route(Route::to("dead").host("dead"))
+            .route(Route::to("hang").host("hang"))
+            .render(),
+    );
     let addr = p.addr("http");
     let cases = [
         ("404", "GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n"),
@@ -664,26 +587,16 @@ async fn a_request_looping_back_through_portico_is_508() {
         .unwrap()
         .port();
     let web = Origin::named("web").await;
-    let p = Portico::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:{port}"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.self]
-backends = ["127.0.0.1:{port}"]
-[upstreams.web]
-backends = ["{}"]
-[[routes]]
-path = "/loop"
-upstream = "self"
-[[routes]]
-path = "/"
-upstream = "web"
-"#,
-        web.addr
-    ));
+    let p = Portico::start(
+        &Config::bare()
+            .admin_set("address", "127.0.0.1:0")
+            .listener(Listener::http("http").set("address", format!("127.0.0.1:{}", port)))
+            .upstream(Upstream::new("self", [format!("127.0.0.1:{}", port)]))
+            .upstream(Upstream::new("web", [web.addr]))
+            .route(Route::to("self").path("/loop"))
+            .route(Route::to("web").path("/"))
+            .render(),
+    );
     let c = client();
     for _ in 0..20 {
         let started = std::time::Instant::now();
@@ -775,33 +688,17 @@ async fn failures_have_one_truthful_outcome_in_answer_log_and_metrics() {
     let in_head = closing_origin(b"HTTP/1.1 200 OK\r\nContent-Le").await;
     let mid_body =
         closing_origin(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial body").await;
-    let p = Portico::start(&format!(
-        r#"
-[server]
-log_format = "json"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.head]
-backends = ["{in_head}"]
-[upstreams.body]
-backends = ["{mid_body}"]
-[upstreams.dead]
-backends = ["{}"]
-[[routes]]
-path = "/head"
-upstream = "head"
-[[routes]]
-path = "/body"
-upstream = "body"
-[[routes]]
-path = "/dead"
-upstream = "dead"
-"#,
-        dead_addr()
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .server("log_format", "json")
+            .upstream(Upstream::new("head", [in_head]))
+            .upstream(Upstream::new("body", [mid_body]))
+            .upstream(Upstream::new("dead", [dead_addr()]))
+            .route(Route::to("head").path("/head"))
+            .route(Route::to("body").path("/body"))
+            .route(Route::to("dead").path("/dead"))
+            .render(),
+    );
     let c = client();
     let r = c
         .get(p.url("http", "/head"))

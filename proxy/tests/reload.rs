@@ -230,27 +230,10 @@ async fn rotated_certificates_serve_new_handshakes() {
 async fn health_state_survives_a_reload_that_keeps_the_upstream() {
     let up = Origin::named("up").await;
     let down = dead_addr();
-    let checks =
-        "[[upstreams.app.checks]]\ntype = \"tcp\"\ninterval = \"200ms\"\nrise = 1\nfall = 1\n";
+    let check = serde_json::json!({ "type": "tcp", "interval": "200ms", "rise": 1, "fall": 1 });
     let two = |tag: &str| {
-        format!(
-            r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["{}", "{down}"]
-{checks}
-[[routes]]
-upstream = "app"
-response_headers = {{ set = {{ "x-config" = "{tag}" }} }}
-"#,
-            up.addr
-        )
+        let app = Upstream::new("app", [up.addr, down]).check(check.clone());
+        tagged(up.addr, tag, |_| app).render()
     };
     let p = Portico::start(&two("A"));
     let state_of = |s: &Value, addr: String| {

@@ -108,7 +108,14 @@ struct Cluster {
     origins: HashMap<&'static str, Origin>,
 }
 
-async fn cluster(extra_server: &str, extra_upstream: &str, extra: &str) -> Cluster {
+/// The replay cluster: replicas a1, a2 (ams), p1 (iad), f1 (fra) of `web` and o1 (lhr) of
+/// `other`, found by DNS; Portico in ams.
+async fn cluster() -> Cluster {
+    cluster_with(|c| c).await
+}
+
+/// [`cluster`] with its configuration shaped by `shape`.
+async fn cluster_with(shape: impl FnOnce(Config) -> Config) -> Cluster {
     let origins: Vec<Origin> = 'retry: loop {
         let first = Origin::start_on("127.0.0.2:0", IDS[0].0, replica_handler(IDS[0].0)).await;
         let port = first.addr.port();
@@ -134,41 +141,19 @@ async fn cluster(extra_server: &str, extra_upstream: &str, extra: &str) -> Clust
             30,
         );
     }
-    let config = format!(
-        r#"
-[server]
-region = "ams"
-primary_region = "iad"
-region_order = ["iad", "fra", "lhr"]
-{extra_server}
-
-[dns]
-servers = ["{dns}"]
-timeout = "500ms"
-min_ttl = "1s"
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.web]
-discovery = {{ fly_app = "web", port = {port} }}
-balance = "round_robin"
-{extra_upstream}
-
-[upstreams.other]
-discovery = {{ fly_app = "other", port = {port} }}
-
-[[routes]]
-upstream = "web"
-{extra}
-"#,
-        dns = dns.addr
-    );
-    let p = Portico::start(&config);
+    // Region ams, primary iad; `web` and `other` found under Fly's names at the tests' DNS.
+    let discovered = |app: &str| serde_json::json!({ "fly_app": app, "port": port });
+    let config = Config::new()
+        .server("region", "ams")
+        .server("primary_region", "iad")
+        .server("region_order", ["iad", "fra", "lhr"])
+        .section("dns", "servers", [dns.addr.to_string()])
+        .section("dns", "timeout", "500ms")
+        .section("dns", "min_ttl", "1s")
+        .upstream(Upstream::discovered("web", discovered("web")).balance("round_robin"))
+        .upstream(Upstream::discovered("other", discovered("other")))
+        .route(Route::to("web"));
+    let p = Portico::with(&shape(config));
     let origins = IDS.iter().map(|(id, _)| *id).zip(origins).collect();
     Cluster { p, dns, origins }
 }
@@ -218,7 +203,7 @@ fn src_field(v: &Value, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replayed_to_the_primary_with_their_bodies() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     // A GET is answered locally.
     let v = c.json("GET", &[], vec![]).await;
     assert!(v["id"].as_str().unwrap().starts_with('a'), "{v}");
@@ -269,7 +254,7 @@ async fn writes_replayed_to_the_primary_with_their_bodies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_prefer_instance_app_and_elsewhere() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let all_local = |v: &str| {
         vec![
             ("x-replay-from-a1", v.to_string()),
@@ -332,7 +317,7 @@ async fn instance_prefer_instance_app_and_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn region_lists_with_and_without_any() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let local = |v: &'static str| [("x-replay-from-a1", v), ("x-replay-from-a2", v)];
     assert_eq!(
         c.json("GET", &local("region=\"fra,iad\""), vec![]).await["id"],
@@ -358,7 +343,7 @@ async fn region_lists_with_and_without_any() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_and_fallbacks() {
-    let mut c = cluster("", "", "").await;
+    let mut c = cluster().await;
     // The primary is down: the replay target cannot be reached.
     let p1 = c.origins.get_mut("p1").unwrap();
     p1.stop().await;
@@ -447,7 +432,7 @@ async fn timeout_and_fallbacks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_form_with_transforms() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let json = r#"{"region":"iad","state":"j","transform":{"path":"/rewritten?q=1","delete_headers":["Cookie"],"set_headers":[{"name":"X-Added","value":"yes"}]}}"#;
     for http2 in [false, true] {
         let _ = http2;
@@ -494,7 +479,7 @@ async fn json_form_with_transforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_form_over_raw_http1_shows_only_the_final_response() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let json = r#"{"region":"fra"}"#;
     let req = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-json-from-a1: {json}\r\nx-json-from-a2: {json}\r\n\r\n"
@@ -509,7 +494,7 @@ async fn json_form_over_raw_http1_shows_only_the_final_response() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chains_of_ten_replays_succeed_and_the_eleventh_fails() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let v = c.json("POST", &[("x-chain", "10")], b"body".to_vec()).await;
     assert_eq!(src_field(&v, "state").as_deref(), Some("10"), "{v}");
     assert_eq!(v["body_len"], 4);
@@ -531,7 +516,7 @@ async fn chains_of_ten_replays_succeed_and_the_eleventh_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_internal_headers_never_reach_an_upstream() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let spoof = [
         ("fly-replay-src", "instance=evil;region=xxx;t=1;state=admin"),
         ("fly-replay-failed", "instance=evil"),
@@ -558,7 +543,7 @@ async fn spoofed_internal_headers_never_reach_an_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_routing_sends_writes_straight_to_the_primary() {
-    let c = cluster("", "writes = \"primary\"", "").await;
+    let c = cluster_with(|c| c.upstream_set("web", "writes", "primary")).await;
     let local_before = c.count("a1") + c.count("a2");
     for _ in 0..5 {
         let v = c.json("POST", &[], b"w".to_vec()).await;
@@ -577,7 +562,7 @@ async fn write_routing_sends_writes_straight_to_the_primary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_cache_hit_invalidate_bypass() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let replay_with_cache = |bypass: bool| {
         let cache = if bypass {
             "x.test/app/*;30;bypass"
@@ -660,7 +645,7 @@ async fn replay_cache_hit_invalidate_bypass() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_cache_entries_expire() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let h = [
         ("host", "y.test"),
         ("x-replay-from-a1", "region=fra"),
@@ -683,11 +668,13 @@ async fn replay_cache_entries_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_replay_cache() {
-    let c = cluster(
-        "",
-        "",
-        "replay_cache = [{ cookie = \"sid\", ttl = \"1m\" }]",
-    )
+    let c = cluster_with(|c| {
+        c.route_set(
+            0,
+            "replay_cache",
+            serde_json::json!([{ "cookie": "sid", "ttl": "1m" }]),
+        )
+    })
     .await;
     let h = [
         ("cookie", "sid=s-1"),
@@ -707,7 +694,7 @@ async fn session_replay_cache() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_too_large_to_replay() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let c2 = Cluster {
         p: Portico::start(
             &std::fs::read_to_string(&c.p.config_path)
@@ -754,17 +741,12 @@ async fn replay_over_http2_and_tls() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = pki.leaf(dir.path(), "s", &["r.test"]);
-    let c = cluster("", "", "").await;
-    let cfg = std::fs::read_to_string(&c.p.config_path).unwrap().replace(
-        "[admin]",
-        &format!(
-            "[[listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n\n[admin]",
-            cert.display(),
-            key.display()
-        ),
-    );
-    let p = Portico::start(&cfg);
-    let addr = p.addr("https");
+    let tls = serde_json::json!({
+        "cert": cert.display().to_string(),
+        "key": key.display().to_string()
+    });
+    let c = cluster_with(|c| c.listener(Listener::http("https").set("tls", tls))).await;
+    let addr = c.p.addr("https");
     let client = pki.client(&[("r.test", addr)], true);
     let json = r#"{"region":"iad"}"#;
     // Small bodies ride pingora's retry buffer, large ones a subrequest; both header and JSON.
@@ -840,10 +822,16 @@ async fn websocket_upgrade_is_replayed_and_the_target_upgrades() {
     dns.set_txt("vms.web.internal", "a1 ams,p1 iad", 30);
     dns.set_ips("a1.vm.web.internal", &[local.addr.ip()], 30);
     dns.set_ips("p1.vm.web.internal", &["127.0.0.4".parse().unwrap()], 30);
-    let p = Portico::start(&format!(
-        "[server]\nregion = \"ams\"\n[dns]\nservers = [\"{}\"]\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\ndiscovery = {{ fly_app = \"web\", port = {port} }}\n",
-        dns.addr
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .server("region", "ams")
+            .section("dns", "servers", serde_json::json!([dns.addr.to_string()]))
+            .upstream(Upstream::named("web").set(
+                "discovery",
+                serde_json::json!({ "fly_app": "web", "port": port }),
+            ))
+            .render(),
+    );
     let (mut ws, resp) =
         tokio_tungstenite::connect_async(format!("ws://{}/socket", p.addr("http")))
             .await
@@ -867,7 +855,7 @@ fn hs<'a>(v: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_to_an_instance_discovery_has_not_seen_yet() {
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     // The primary moves to a new machine, p2 (at the old primary's address here). DNS knows
     // at once; Portico's copy lives for the record's 30 s TTL.
     c.dns
@@ -919,7 +907,7 @@ async fn replay_to_an_instance_discovery_has_not_seen_yet() {
 async fn two_hop_replays_of_large_bodies_never_lose_the_answer() {
     // A local replica sends the write to the primary's region, where a replica names the
     // primary instance: two hops, with a body above 64 KiB, many times in a row.
-    let c = cluster("", "", "").await;
+    let c = cluster().await;
     let headers = [
         ("x-replay-from-a1", "region=fra"),
         ("x-replay-from-a2", "region=fra"),

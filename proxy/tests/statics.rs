@@ -67,26 +67,25 @@ fn site() -> Site {
     }
 }
 
-fn start(site: &Site, extra: &str) -> Portico {
-    Portico::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-backends = ["127.0.0.1:9"]
-
-[[routes]]
-upstream = "app"
-static = {{ root = "{}", fallback = "index.html"{extra} }}
-response_headers = {{ set = {{ "x-frame-options" = "DENY" }} }}
-"#,
-        site.root.display()
-    ))
+/// Portico serving `site` (SPA fallback `index.html`, `X-Frame-Options: DENY`) with `extra`
+/// keys added to the route's `static` table.
+fn start(site: &Site, extra: &[(&str, serde_json::Value)]) -> Portico {
+    let mut files = serde_json::json!({
+        "root": site.root.display().to_string(),
+        "fallback": "index.html",
+    });
+    for (k, v) in extra {
+        files[*k] = v.clone();
+    }
+    let route = Route::to("app").set("static", files).set(
+        "response_headers",
+        serde_json::json!({ "set": { "x-frame-options": "DENY" } }),
+    );
+    Portico::with(
+        &Config::new()
+            .upstream(Upstream::new("app", ["127.0.0.1:9"]))
+            .route(route),
+    )
 }
 
 async fn get(p: &Portico, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -113,7 +112,7 @@ fn h(r: &reqwest::Response, name: &str) -> String {
 #[tokio::test]
 async fn cache_headers_types_and_validators() {
     let s = site();
-    let p = start(&s, "");
+    let p = start(&s, &[]);
     let r = get(&p, "/assets/index-BXp3d9fK.js", &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
@@ -186,7 +185,7 @@ async fn cache_headers_types_and_validators() {
 #[tokio::test]
 async fn ranges() {
     let s = site();
-    let p = start(&s, "");
+    let p = start(&s, &[]);
     let whole: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
     let len = whole.len();
     let r = get(&p, "/big.bin", &[("range", "bytes=0-99")]).await;
@@ -236,7 +235,7 @@ async fn ranges() {
 #[tokio::test]
 async fn precompressed_siblings_and_on_the_fly_gzip() {
     let s = site();
-    let p = start(&s, ", compress = true");
+    let p = start(&s, &[("compress", true.into())]);
     let r = get(&p, "/text.txt", &[("accept-encoding", "gzip, br")]).await;
     assert_eq!(h(&r, "content-encoding"), "br");
     assert_eq!(h(&r, "vary"), "Accept-Encoding");
@@ -279,7 +278,7 @@ async fn precompressed_siblings_and_on_the_fly_gzip() {
 #[tokio::test]
 async fn hashed_names_follow_what_bundlers_emit() {
     let s = site();
-    let p = start(&s, "");
+    let p = start(&s, &[]);
     for path in [
         "/assets/page01-C7-9Ngwl.js",
         "/assets/page01-C7-9Ngwl.js.map",
@@ -303,7 +302,7 @@ async fn hashed_names_follow_what_bundlers_emit() {
         assert_eq!(h(&r, "cache-control"), "no-cache", "{path}");
     }
     // `immutable_paths` is exact whatever the names look like.
-    let p = start(&s, r#", immutable_paths = ["/fonts/"]"#);
+    let p = start(&s, &[("immutable_paths", serde_json::json!(["/fonts/"]))]);
     let r = get(&p, "/fonts/Inter-SemiBold.woff2", &[]).await;
     assert_eq!(
         h(&r, "cache-control"),
@@ -315,10 +314,10 @@ async fn hashed_names_follow_what_bundlers_emit() {
 async fn fallback_for_all_paths() {
     let s = site();
     // By default a path with a dot is a missing file.
-    let p = start(&s, "");
+    let p = start(&s, &[]);
     assert_eq!(get(&p, "/users/john.doe", &[]).await.status(), 404);
     // `fallback_for = "all"`: nginx's `try_files $uri /index.html`.
-    let p = start(&s, r#", fallback_for = "all""#);
+    let p = start(&s, &[("fallback_for", "all".into())]);
     for path in ["/users/john.doe", "/files/a.pdf", "/settings"] {
         let r = get(&p, path, &[]).await;
         assert_eq!(r.status(), 200, "{path}");
@@ -333,7 +332,7 @@ async fn fallback_for_all_paths() {
 #[tokio::test]
 async fn index_fallback_404_dotfiles_head_and_405() {
     let s = site();
-    let p = start(&s, "");
+    let p = start(&s, &[]);
     assert_eq!(get(&p, "/docs/", &[]).await.text().await.unwrap(), "docs");
     assert_eq!(get(&p, "/docs", &[]).await.text().await.unwrap(), "docs");
     // SPA: unknown paths without an extension get the shell, not cached as immutable.
@@ -347,10 +346,15 @@ async fn index_fallback_404_dotfiles_head_and_405() {
     // No directory listing: a directory without an index gets the shell, or 404 without one.
     let r = get(&p, "/nohtml/", &[]).await;
     assert!(r.text().await.unwrap().contains("<title>app</title>"));
-    let strict = Portico::start(&format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"127.0.0.1:9\"]\n[[routes]]\nstatic = {{ root = \"{}\" }}\n",
-        s.root.display()
-    ));
+    let strict = Portico::start(
+        &Config::new()
+            .upstream(Upstream::new("app", ["127.0.0.1:9"]))
+            .route(Route::new().set(
+                "static",
+                serde_json::json!({ "root": s.root.display().to_string() }),
+            ))
+            .render(),
+    );
     assert_eq!(get(&strict, "/nohtml/", &[]).await.status(), 404);
     assert_eq!(get(&strict, "/settings", &[]).await.status(), 404);
     assert_eq!(get(&strict, "/", &[]).await.status(), 200);
@@ -376,7 +380,7 @@ async fn index_fallback_404_dotfiles_head_and_405() {
 #[tokio::test]
 async fn nothing_outside_the_root_is_reachable() {
     let s = site();
-    let p = start(&s, "");
+    let p = start(&s, &[]);
     let secret = std::fs::read_to_string(&s.outside).unwrap();
     let attempts = [
         "/../secret.txt",
@@ -440,7 +444,7 @@ async fn nothing_outside_the_root_is_reachable() {
 #[tokio::test]
 async fn changed_files_are_served_fresh() {
     let s = site();
-    let p = start(&s, "");
+    let p = start(&s, &[]);
     assert_eq!(
         get(&p, "/robots.txt", &[]).await.text().await.unwrap(),
         "User-agent: *"
@@ -461,11 +465,15 @@ async fn changed_files_are_served_fresh() {
 async fn try_files_serves_files_and_proxies_the_rest() {
     let s = site();
     let app = Origin::named("api").await;
-    let p = Portico::start(&format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n[[routes]]\nupstream = \"app\"\nstatic = {{ root = \"{}\", try_files = true }}\n",
-        app.addr,
-        s.root.display()
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .upstream(Upstream::new("app", [app.addr]))
+            .route(Route::to("app").set(
+                "static",
+                serde_json::json!({ "root": s.root.display().to_string(), "try_files": true }),
+            ))
+            .render(),
+    );
     assert_eq!(
         get(&p, "/robots.txt", &[]).await.text().await.unwrap(),
         "User-agent: *"
@@ -486,10 +494,14 @@ async fn try_files_serves_files_and_proxies_the_rest() {
 #[tokio::test]
 async fn a_files_only_config_needs_no_upstream() {
     let s = site();
-    let p = Portico::start(&format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[[routes]]\nstatic = {{ root = \"{}\" }}\n",
-        s.root.display()
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .route(Route::new().set(
+                "static",
+                serde_json::json!({ "root": s.root.display().to_string() }),
+            ))
+            .render(),
+    );
     assert_eq!(get(&p, "/robots.txt", &[]).await.status(), 200);
     assert_eq!(get(&p, "/missing.txt", &[]).await.status(), 404);
     let ready = client().get(p.admin_url("/ready")).send().await.unwrap();
@@ -517,22 +529,16 @@ async fn large_files_are_exact_over_sendfile_and_tls_to_slow_and_parallel_reader
     std::fs::write(root.join("big.bin"), &whole).unwrap();
     let pki = Pki::new();
     let p = Portico::start_with(
-        &format!(
-            r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[[listeners]]
-name = "https"
-address = "127.0.0.1:0"
-tls = {{ cert = "a.pem", key = "a.key" }}
-[admin]
-address = "127.0.0.1:0"
-[[routes]]
-static = {{ root = "{}" }}
-"#,
-            root.display()
-        ),
+        &Config::new()
+            .listener(Listener::http("https").set(
+                "tls",
+                serde_json::json!({ "cert": "a.pem", "key": "a.key" }),
+            ))
+            .route(Route::new().set(
+                "static",
+                serde_json::json!({ "root": root.display().to_string() }),
+            ))
+            .render(),
         &[],
         |d| {
             pki.leaf(d, "a", &["a.test"]);

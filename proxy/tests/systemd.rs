@@ -95,10 +95,10 @@ async fn notify_ready_reload_watchdog_and_a_self_started_upgrade() {
     let mut notify = Notify::bind(&notify_path);
     let upgrade_sock = dir.path().join("upgrade.sock");
     let cfg_path = dir.path().join("portico.toml");
-    let config = format!(
-        "[server]\nshutdown_timeout = \"5s\"\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-        origin.addr
-    );
+    let config = Config::new()
+        .server("shutdown_timeout", "5s")
+        .upstream(Upstream::new("app", [origin.addr]))
+        .render();
     std::fs::write(&cfg_path, &config).unwrap();
     let env = [
         ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),

@@ -110,10 +110,10 @@ async fn two_hostnames_three_routes_two_upstreams_over_h1_and_h2() {
 #[tokio::test]
 async fn h2c_on_a_plain_listener() {
     let web = Origin::named("web").await;
-    let config = format!(
-        "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\nh2c = true\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
-        web.addr
-    );
+    let config = Config::new()
+        .listener_set("h2c", true)
+        .upstream(Upstream::new("web", [web.addr]))
+        .render();
     let p = Portico::start(&config);
     let h2 = reqwest::Client::builder()
         .no_proxy()
@@ -133,10 +133,14 @@ async fn h2c_on_a_plain_listener() {
 async fn failed_handshakes_are_counted_and_harmless() {
     let web = Origin::named("web").await;
     let pki = Pki::new();
-    let config = format!(
-        "[[listeners]]\nname = \"https\"\naddress = \"127.0.0.1:0\"\ntls = {{ cert = \"a.pem\", key = \"a.key\" }}\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.web]\nbackends = [\"{}\"]\n",
-        web.addr
-    );
+    let config = Config::bare()
+        .admin_set("address", "127.0.0.1:0")
+        .listener(Listener::http("https").set(
+            "tls",
+            serde_json::json!({ "cert": "a.pem", "key": "a.key" }),
+        ))
+        .upstream(Upstream::new("web", [web.addr]))
+        .render();
     let p = Portico::start_with(&config, &[], |dir| {
         pki.leaf(dir, "a", &["a.test"]);
     });
@@ -170,25 +174,16 @@ async fn oversized_body_gets_its_413_not_a_reset() {
     // although most of the body is still on its way (nginx's lingering close).
     let web = Origin::named("web").await;
     let pki = Pki::new();
-    let cfg = format!(
-        r#"
-[[listeners]]
-name = "https"
-address = "127.0.0.1:0"
-tls = {{ cert = "a.pem", key = "a.key" }}
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.web]
-backends = ["{}"]
-[[routes]]
-upstream = "web"
-max_body = "1MiB"
-"#,
-        web.addr
-    );
+    let cfg = Config::bare()
+        .admin_set("address", "127.0.0.1:0")
+        .listener(Listener::http("https").set(
+            "tls",
+            serde_json::json!({ "cert": "a.pem", "key": "a.key" }),
+        ))
+        .listener(Listener::http("http"))
+        .upstream(Upstream::new("web", [web.addr]))
+        .route(Route::to("web").set("max_body", "1MiB"))
+        .render();
     let p = Portico::start_with(&cfg, &[], |dir| {
         pki.leaf(dir, "a", &["a.test"]);
     });

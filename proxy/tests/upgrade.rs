@@ -12,20 +12,22 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// A config file for upgrade tests in `dir` (one listener in front of `origin`, the admin,
-/// `server_extra` in `[server]`) and the upgrade socket path beside it.
+/// shaped by `shape`) and the upgrade socket path beside it.
 fn upgrade_setup(
     dir: &std::path::Path,
     origin: &Origin,
-    server_extra: &str,
+    shape: impl FnOnce(Config) -> Config,
 ) -> (std::path::PathBuf, String) {
     let sock = dir.join("upgrade.sock").to_str().unwrap().to_string();
     let cfg_path = dir.join("portico.toml");
     std::fs::write(
         &cfg_path,
-        format!(
-            "[server]\nshutdown_timeout = \"5s\"\n{server_extra}\n[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-            origin.addr
-        ),
+        shape(
+            Config::new()
+                .server("shutdown_timeout", "5s")
+                .upstream(Upstream::new("app", [origin.addr])),
+        )
+        .render(),
     )
     .unwrap();
     (cfg_path, sock)
@@ -35,7 +37,7 @@ fn upgrade_setup(
 async fn a_new_process_takes_over_without_refusing_a_connection() {
     let origin = Origin::named("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let (cfg_path, sock_s) = upgrade_setup(dir.path(), &origin, "");
+    let (cfg_path, sock_s) = upgrade_setup(dir.path(), &origin, |c| c);
     let mut old = Portico::start_path(&cfg_path, &[("PORTICO_UPGRADE_SOCKET", sock_s.as_str())]);
     let addr = old.addr("http");
     let admin = old.admin();
@@ -121,10 +123,9 @@ async fn sigquit_without_a_successor_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("nobody.sock");
     let p = Portico::start_with(
-        &format!(
-            "[[listeners]]\nname = \"http\"\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n[upstreams.app]\nbackends = [\"{}\"]\n",
-            origin.addr
-        ),
+        &Config::new()
+            .upstream(Upstream::new("app", [origin.addr]))
+            .render(),
         &[("PORTICO_UPGRADE_SOCKET", sock.to_str().unwrap())],
         |_| {},
     );
@@ -234,7 +235,7 @@ async fn post_client(
 async fn upgrades_and_drain_under_keepalive_post_load_lose_nothing() {
     let origin = Origin::named("app").await;
     let dir = tempfile::tempdir().unwrap();
-    let (cfg_path, sock_s) = upgrade_setup(dir.path(), &origin, "access_log = false");
+    let (cfg_path, sock_s) = upgrade_setup(dir.path(), &origin, |c| c.server("access_log", false));
     let mut current =
         Portico::start_path(&cfg_path, &[("PORTICO_UPGRADE_SOCKET", sock_s.as_str())]);
     let addr = current.addr("http");

@@ -325,30 +325,21 @@ async fn cookie_routes_to_two_upstreams_on_one_host_keep_their_pins() {
     // A socket.io-style app on `/` and an API on `/api`, both cookie-sticky, one host.
     let apps = [Origin::named("app-a").await, Origin::named("app-b").await];
     let apis = [Origin::named("api-a").await, Origin::named("api-b").await];
-    let list = |o: &[Origin; 2]| format!("\"{}\", \"{}\"", o[0].addr, o[1].addr);
-    let p = Portico::start(&format!(
-        r#"
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-[admin]
-address = "127.0.0.1:0"
-[upstreams.app]
-backends = [{}]
-[upstreams.api]
-backends = [{}]
-[[routes]]
-path = "/"
-upstream = "app"
-sticky = {{ mode = "cookie", key = "0123456789abcdef0123456789abcdef" }}
-[[routes]]
-path = "/api"
-upstream = "api"
-sticky = {{ mode = "cookie", key = "0123456789abcdef0123456789abcdef" }}
-"#,
-        list(&apps),
-        list(&apis)
-    ));
+    let list = |o: &[Origin; 2]| [o[0].addr, o[1].addr];
+    let p = Portico::start(
+        &Config::new()
+            .upstream(Upstream::new("app", list(&apps)))
+            .upstream(Upstream::new("api", list(&apis)))
+            .route(Route::to("app").path("/").set(
+                "sticky",
+                serde_json::json!({ "mode": "cookie", "key": "0123456789abcdef0123456789abcdef" }),
+            ))
+            .route(Route::to("api").path("/api").set(
+                "sticky",
+                serde_json::json!({ "mode": "cookie", "key": "0123456789abcdef0123456789abcdef" }),
+            ))
+            .render(),
+    );
     let c = client();
     let mut jar: Vec<String> = Vec::new();
     let get = async |path: &str, jar: &mut Vec<String>| {
@@ -425,28 +416,20 @@ async fn hash_affinity_moves_only_the_keys_of_a_backend_that_leaves() {
     let ips: Vec<IpAddr> = origins.iter().map(|o| o.addr.ip()).collect();
     let dns = TestDns::start().await;
     dns.set_ips("app.test", &ips, 1);
-    let p = Portico::start(&format!(
-        r#"
-[dns]
-servers = ["{}"]
-min_ttl = "200ms"
-
-[[listeners]]
-name = "http"
-address = "127.0.0.1:0"
-
-[admin]
-address = "127.0.0.1:0"
-
-[upstreams.app]
-discovery = {{ dns = "app.test", port = {port} }}
-
-[[routes]]
-upstream = "app"
-sticky = {{ mode = "header", name = "x-user" }}
-"#,
-        dns.addr
-    ));
+    let p = Portico::start(
+        &Config::new()
+            .section("dns", "servers", serde_json::json!([dns.addr.to_string()]))
+            .section("dns", "min_ttl", "200ms")
+            .upstream(Upstream::named("app").set(
+                "discovery",
+                serde_json::json!({ "dns": "app.test", "port": port }),
+            ))
+            .route(Route::to("app").set(
+                "sticky",
+                serde_json::json!({ "mode": "header", "name": "x-user" }),
+            ))
+            .render(),
+    );
     let keys: Vec<String> = (0..10_000).map(|k| format!("user-{k}")).collect();
     let map_keys = |keys: Vec<String>| {
         let url = p.url("http", "/");

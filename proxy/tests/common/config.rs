@@ -115,6 +115,21 @@ impl Config {
         self
     }
 
+    /// A key of the upstream added as `name`.
+    pub fn upstream_set(mut self, name: &str, key: &str, v: impl Serialize) -> Self {
+        let u = self.upstreams.iter_mut().find(|u| u.name == name);
+        let u = u.unwrap_or_else(|| panic!("no upstream {name} to set {key} on"));
+        u.table.insert(key.into(), value(v));
+        self
+    }
+
+    /// A key of the `index`th route added.
+    pub fn route_set(mut self, index: usize, key: &str, v: impl Serialize) -> Self {
+        let r = self.routes.get_mut(index).expect("a route to set keys on");
+        r.0.insert(key.into(), value(v));
+        self
+    }
+
     /// Adds a route.
     pub fn route(mut self, r: Route) -> Self {
         self.routes.push(r);
@@ -214,6 +229,14 @@ impl Upstream {
         .set("backends", backends)
     }
 
+    /// An upstream with nothing set yet.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            table: Table::new(),
+        }
+    }
+
     /// An upstream found by DNS (`discovery = ...`), no static backends.
     pub fn discovered(name: &str, discovery: impl Serialize) -> Self {
         Self {
@@ -255,6 +278,11 @@ impl Route {
     /// A route to `upstream` (every host, every path unless narrowed).
     pub fn to(upstream: &str) -> Self {
         Self(Table::new()).set("upstream", upstream)
+    }
+
+    /// A route with nothing set yet.
+    pub fn new() -> Self {
+        Self(Table::new())
     }
 
     /// A route with no upstream (static files only): set `static` on it.
