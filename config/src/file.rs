@@ -224,6 +224,7 @@ pub struct UpstreamFile {
     pub protocol: Option<String>,
     pub tls_server_name: Option<String>,
     pub tls_skip_verify: Option<Flag>,
+    pub tls_ca: Option<String>,
     pub http2: Option<Flag>,
     pub host_header: Option<String>,
     pub send_proxy_protocol: Option<String>,

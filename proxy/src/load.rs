@@ -119,6 +119,19 @@ pub fn prepare_tls(loaded: &Loaded) -> Result<Vec<Option<ListenerTls>>, ConfigEr
             }
         }
     }
+    // Upstreams' CA files: read now, so a bad one is a located error and keeps the running
+    // configuration on a reload.
+    for u in &loaded.config.upstreams {
+        if let Some(path) = u.tls.as_ref().and_then(|t| t.ca.as_deref()) {
+            if let Err(e) = crate::tls_client::load_ca(path) {
+                let key = portico_config::KeyPath::root()
+                    .key("upstreams")
+                    .key(&u.name)
+                    .key("tls_ca");
+                problems.add(key, e);
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(out)
     } else {

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 
 /// An HTTPS listener with two certificates (`a.pem`, `b.pem`, made by the test in the config
@@ -208,4 +210,105 @@ async fn oversized_body_gets_its_413_not_a_reset() {
         }
     }
     assert_eq!(web.count(), 0);
+}
+
+/// An HTTPS upstream whose certificate a private CA signed: `tls_ca` makes Portico trust it
+/// for HTTP/1.1 and HTTP/2 clients and in its health checks; without it the system's store
+/// refuses the backend (502, check down); an unusable CA file is a located config error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_tls_ca_trusts_a_private_pki() {
+    let backend_pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = backend_pki.leaf(dir.path(), "backend", &["backend.test"]);
+    let ca_file = dir.path().join("backend-ca.pem");
+    std::fs::write(&ca_file, &backend_pki.ca_pem).unwrap();
+    let origin = Origin::start_tls("private", &cert, &key, |_| {
+        Box::pin(async { text(200, "private", &[]) })
+    })
+    .await;
+    let front = Pki::new();
+    let config = |ca: Option<&std::path::Path>| {
+        let mut app = Upstream::new("app", [origin.addr])
+            .set("protocol", "https")
+            .set("tls_server_name", "backend.test")
+            .check(serde_json::json!({
+                "protocol": "https", "path": "/", "interval": "200ms", "timeout": "500ms",
+                "rise": 1, "fall": 1
+            }));
+        if let Some(ca) = ca {
+            app = app.set("tls_ca", ca.display().to_string());
+        }
+        Config::new()
+            .listener(Listener::tls("https", &[("front.pem", "front.key")]))
+            .upstream(app)
+            .render()
+    };
+    let backend_state = |p: &Portico| {
+        let url = p.admin_url("/status");
+        async move {
+            let s: serde_json::Value = client()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            s["upstreams"][0]["backends"][0]["state"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        }
+    };
+    let trusted = Portico::start_with(&config(Some(&ca_file)), &[], |d| {
+        front.leaf(d, "front", &["front.test"]);
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_state(&trusted).await != "up" {
+        assert!(Instant::now() < deadline, "the check never passed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client().get(trusted.url("http", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "private");
+    let https = trusted.addr("https");
+    let h2 = front.client(&[("front.test", https)], true);
+    let r = h2
+        .get(format!("https://front.test:{}/", https.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "private");
+
+    // The system's trust store does not know the private CA.
+    let untrusted = Portico::start_with(&config(None), &[], |d| {
+        front.leaf(d, "front", &["front.test"]);
+    });
+    let r = client()
+        .get(untrusted.url("http", "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_state(&untrusted).await != "down" {
+        assert!(Instant::now() < deadline, "the check never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A CA file that holds no certificate: `portico check` names the key and the reason.
+    let bad = dir.path().join("not-a-ca.pem");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let cfg_dir = tempfile::tempdir().unwrap();
+    front.leaf(cfg_dir.path(), "front", &["front.test"]);
+    let path = cfg_dir.path().join("portico.toml");
+    std::fs::write(&path, config(Some(&bad))).unwrap();
+    let (code, out, err) = run_cli(&["check", "-c", path.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("upstreams.app.tls_ca") && err.contains("no CERTIFICATE"),
+        "{err}"
+    );
 }

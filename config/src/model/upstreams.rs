@@ -180,6 +180,9 @@ pub struct UpstreamTls {
     pub server_name: String,
     /// Skip certificate verification (self-signed backends).
     pub skip_verify: bool,
+    /// PEM file of the CAs that sign the backends' certificates (instead of the system's
+    /// trust store): private PKIs, service meshes.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// One upstream pool.
@@ -269,10 +272,13 @@ pub struct Check {
     pub grace_period: Duration,
     /// TLS for HTTP checks.
     pub https: bool,
-    /// SNI and verified name for HTTPS checks (default: the backend's address).
+    /// SNI and verified name for HTTPS checks (default: the upstream's `tls_server_name` when
+    /// set on an HTTPS upstream, else the backend's address).
     pub tls_server_name: Option<String>,
     /// Do not verify the certificate of HTTPS checks.
     pub tls_skip_verify: bool,
+    /// The upstream's `tls_ca`: checks trust what traffic trusts.
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Extra request headers (HTTP).
     pub headers: Vec<(String, String)>,
     /// Port to check instead of the backend's.

@@ -152,6 +152,7 @@ impl Validator<'_> {
             https,
             tls_server_name: f.tls_server_name,
             tls_skip_verify: f.tls_skip_verify.is_some_and(|v| v.0),
+            tls_ca: None,
             headers,
             port: f.port.map(|p| p.0),
             rise,

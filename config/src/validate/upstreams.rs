@@ -188,6 +188,7 @@ impl Validator<'_> {
                 for (set, key) in [
                     (f.tls_server_name.is_some(), "tls_server_name"),
                     (f.tls_skip_verify.is_some(), "tls_skip_verify"),
+                    (f.tls_ca.is_some(), "tls_ca"),
                 ] {
                     if set {
                         self.err(k.key(key), "only applies with protocol = \"https\"");
@@ -202,9 +203,26 @@ impl Validator<'_> {
                         BackendAddr::Ip(a) => a.ip().to_string(),
                     })
                 });
+                let skip_verify = f.tls_skip_verify.is_some_and(|v| v.0);
+                let ca = match f.tls_ca.as_deref() {
+                    Some("") => {
+                        self.err(k.key("tls_ca"), "must name a PEM file of CA certificates");
+                        None
+                    }
+                    Some(_) if skip_verify => {
+                        self.err(
+                            k.key("tls_ca"),
+                            "tls_ca and tls_skip_verify = true contradict each other: keep one",
+                        );
+                        None
+                    }
+                    Some(p) => Some(self.resolve_path(p)),
+                    None => None,
+                };
                 Some(UpstreamTls {
                     server_name: server_name.unwrap_or_default(),
-                    skip_verify: f.tls_skip_verify.is_some_and(|v| v.0),
+                    skip_verify,
+                    ca,
                 })
             }
             other => {
@@ -243,7 +261,12 @@ impl Validator<'_> {
         }
         let mut checks = Vec::new();
         for (i, c) in f.checks.unwrap_or_default().into_iter().enumerate() {
-            if let Some(c) = self.check(c, &k.key("checks").index(i)) {
+            if let Some(mut c) = self.check(c, &k.key("checks").index(i)) {
+                // Checks trust and name what traffic does, unless they say otherwise.
+                c.tls_ca = tls.as_ref().and_then(|t| t.ca.clone());
+                if c.tls_server_name.is_none() && tls.is_some() {
+                    c.tls_server_name = f.tls_server_name.clone();
+                }
                 checks.push(c);
             }
         }

@@ -457,3 +457,44 @@ fn send_proxy_protocol_versions() {
     );
     one_err(&up("v3"), "expected \"v1\" or \"v2\"");
 }
+
+#[test]
+fn upstream_tls_ca() {
+    let l = "[[listeners]]\naddress = \"127.0.0.1:8080\"\n";
+    let c = match parse(
+        &format!(
+            "{l}[upstreams.a]\nbackends = [\"10.0.0.1:443\"]\nprotocol = \"https\"\n\
+             tls_server_name = \"api.internal\"\ntls_ca = \"certs/ca.pem\"\n\
+             [[upstreams.a.checks]]\nprotocol = \"https\"\npath = \"/h\"\n"
+        ),
+        "/etc/portico/portico.toml",
+        Some(std::path::Path::new("/etc/portico")),
+        &env(),
+    ) {
+        Ok(l) => l.config,
+        Err(e) => panic!("{e}"),
+    };
+    let tls = c.upstreams[0].tls.as_ref().unwrap();
+    assert_eq!(
+        tls.ca.as_deref(),
+        Some(std::path::Path::new("/etc/portico/certs/ca.pem"))
+    );
+    // Checks trust and name what traffic does.
+    let check = &c.upstreams[0].checks[0];
+    assert_eq!(check.tls_ca, tls.ca);
+    assert_eq!(check.tls_server_name.as_deref(), Some("api.internal"));
+
+    let e = one_err(
+        &format!("{l}[upstreams.a]\nbackends = [\"10.0.0.1:80\"]\ntls_ca = \"ca.pem\"\n"),
+        "tls_ca",
+    );
+    assert!(e.contains("only applies with protocol = \"https\""), "{e}");
+    let e = one_err(
+        &format!(
+            "{l}[upstreams.a]\nbackends = [\"10.0.0.1:443\"]\nprotocol = \"https\"\n\
+             tls_ca = \"ca.pem\"\ntls_skip_verify = true\n"
+        ),
+        "tls_ca",
+    );
+    assert!(e.contains("contradict"), "{e}");
+}

@@ -190,7 +190,7 @@ pub async fn connect(
             Some(t) => {
                 let name =
                     crate::tls_client::server_name(&t.server_name).map_err(ConnectError::Tls)?;
-                let config = crate::tls_client::config(!t.skip_verify, true);
+                let config = crate::tls_client::upstream_config(t, true);
                 let tls = tokio_rustls::TlsConnector::from(config)
                     .connect(name, tcp)
                     .await

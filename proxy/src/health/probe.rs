@@ -1,5 +1,12 @@
 //! One health check against one backend: a TCP connect, or an HTTP(S) request whose status
 //! must be in the expected set. Redirects are not followed; the whole check has one timeout.
+//!
+//! A small client of its own rather than pingora's connector: traffic does not use pingora's
+//! connector either (Portico's HTTP/1.1 engine connects and pools itself), and a check is one
+//! request per interval on a fresh connection, which needs neither a pool nor a session type.
+//! What matters is that a check sees what traffic sees: it uses the same TLS client settings
+//! (`tls_client`: the system's store or the upstream's `tls_ca`) and, unless it names its own,
+//! the upstream's `tls_server_name`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -47,7 +54,7 @@ async fn run(target: SocketAddr, check: &Check) -> CheckResult {
             .unwrap_or_else(|| target.ip().to_string());
         let server_name = ServerName::try_from(name.clone())
             .map_err(|e| format!("invalid TLS server name {name:?}: {e}"))?;
-        let config = crate::tls_client::config(!check.tls_skip_verify, false);
+        let config = crate::tls_client::check_config(check);
         let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await

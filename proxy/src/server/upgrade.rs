@@ -6,6 +6,11 @@
 //! (proxy listeners and admin) keyed by configured address, stops accepting and drains like
 //! SIGTERM. The new process adopts the sockets it still has listeners for, binds the others,
 //! and serves. The kernel's accept queue is shared, so no connection is refused meanwhile.
+//!
+//! Hand-written rather than pingora's `Fds` transfer: that one is tied to pingora's `Server`
+//! (its listeners, its bootstrap and its fixed socket-path flow), which Portico does not run
+//! (its own listeners feed its own HTTP/1.1 engine); the protocol is one `sendmsg` with the
+//! descriptors and their keys, small enough to own and test here.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};

@@ -81,6 +81,7 @@ pub fn build_peer(addr: SocketAddr, up: &Upstream) -> HttpPeer {
     if let Some(t) = &up.tls {
         o.verify_cert = !t.skip_verify;
         o.verify_hostname = !t.skip_verify;
+        o.ca = crate::tls_client::pingora_ca(t);
         o.alpn = if up.http2 { ALPN::H2H1 } else { ALPN::H1 };
     } else if up.http2 {
         // Plain HTTP has no negotiation: h2c with prior knowledge (gRPC servers speak it;

@@ -352,6 +352,7 @@ mod tests {
             https: false,
             tls_server_name: None,
             tls_skip_verify: false,
+            tls_ca: None,
             headers: vec![],
             port: None,
             rise,

@@ -13,6 +13,11 @@
 //! one tier's members, and the next tier is tried only when this one has no candidate.
 //!
 //! Nothing here allocates for up to 64 backends.
+//!
+//! The hash ring is Portico's own rather than pingora-ketama's: it is keyed by each backend's
+//! stable key (its instance id when discovery or the config gives one, else its address), so a
+//! Fly machine that comes back on a new address keeps its keys, and it walks each backend once
+//! for failover; pingora-ketama keys points by socket address.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
