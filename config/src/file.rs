@@ -9,6 +9,11 @@ use std::fmt;
 use serde::de::{self, value::MapAccessDeserializer, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::closed::Protocol;
+use crate::model::{
+    AccessLogFormat, AcmeChallenge, AllUnhealthy, Balance, CheckKind, ConcurrencyKind, LogFormat,
+    ProxyProtocolVersion, TlsVersion,
+};
 use crate::units::{Dur, Flag, Int, Size};
 
 /// `[server]`: process-wide settings.
@@ -22,9 +27,9 @@ pub struct ServerFile {
     pub shutdown_timeout: Option<Dur>,
     pub drain_grace: Option<Dur>,
     pub log_level: Option<String>,
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     pub access_log: Option<Flag>,
-    pub access_log_format: Option<String>,
+    pub access_log_format: Option<AccessLogFormat>,
     pub trusted_proxies: Option<Vec<String>>,
     pub fly_headers: Option<Flag>,
     pub request_id_header: Option<String>,
@@ -170,7 +175,7 @@ pub struct TlsFile {
     pub key: Option<String>,
     pub certificates: Option<Vec<CertFile>>,
     pub http2: Option<Flag>,
-    pub min_version: Option<String>,
+    pub min_version: Option<TlsVersion>,
     pub acme: Option<AcmeFile>,
 }
 
@@ -181,7 +186,7 @@ pub struct AcmeFile {
     pub hosts: Option<Vec<String>>,
     pub email: Option<String>,
     pub directory: Option<String>,
-    pub challenge: Option<String>,
+    pub challenge: Option<AcmeChallenge>,
     pub storage: Option<String>,
     pub ca_roots: Option<String>,
     pub retry_min: Option<Dur>,
@@ -211,7 +216,7 @@ pub struct AdminFile {
 pub struct UpstreamFile {
     pub backends: Option<Vec<BackendFile>>,
     pub discovery: Option<Discoveries>,
-    pub balance: Option<String>,
+    pub balance: Option<Balance>,
     pub hash_on: Option<String>,
     pub concurrency: Option<ConcurrencyFile>,
     pub queue_timeout: Option<Dur>,
@@ -221,16 +226,16 @@ pub struct UpstreamFile {
     pub write_timeout: Option<Dur>,
     pub idle_timeout: Option<Dur>,
     pub retries: Option<Int<usize>>,
-    pub protocol: Option<String>,
+    pub protocol: Option<Protocol>,
     pub tls_server_name: Option<String>,
     pub tls_skip_verify: Option<Flag>,
     pub tls_ca: Option<String>,
     pub http2: Option<Flag>,
     pub host_header: Option<String>,
-    pub send_proxy_protocol: Option<String>,
+    pub send_proxy_protocol: Option<ProxyProtocolVersion>,
     pub checks: Option<Vec<CheckFile>>,
     pub start_healthy: Option<Flag>,
-    pub all_unhealthy: Option<String>,
+    pub all_unhealthy: Option<AllUnhealthy>,
     pub passive: Option<PassiveFile>,
     pub writes: Option<String>,
     pub write_methods: Option<Vec<String>>,
@@ -245,13 +250,13 @@ pub struct UpstreamFile {
 #[serde(deny_unknown_fields)]
 pub struct CheckFile {
     #[serde(rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<CheckKind>,
     pub path: Option<String>,
     pub method: Option<String>,
     pub interval: Option<Dur>,
     pub timeout: Option<Dur>,
     pub grace_period: Option<Dur>,
-    pub protocol: Option<String>,
+    pub protocol: Option<Protocol>,
     pub tls_server_name: Option<String>,
     pub tls_skip_verify: Option<Flag>,
     pub headers: Option<BTreeMap<String, String>>,
@@ -302,7 +307,7 @@ impl<'de> Deserialize<'de> for StatusSpec {
 #[serde(deny_unknown_fields)]
 pub struct ConcurrencyFile {
     #[serde(rename = "type")]
-    pub kind: Option<String>,
+    pub kind: Option<ConcurrencyKind>,
     pub soft_limit: Option<Int<u32>>,
     pub hard_limit: Option<Int<u32>>,
 }

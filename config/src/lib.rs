@@ -21,6 +21,7 @@
 //! semantic problems (an unknown upstream, a duplicate address) are all collected into
 //! [`ConfigErrors`], each with file, line, column, key path and reason.
 
+mod closed;
 pub mod defaults;
 pub mod error;
 pub mod expand;

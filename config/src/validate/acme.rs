@@ -51,17 +51,7 @@ impl Validator<'_> {
                 String::new()
             }
         };
-        let challenge = match a.challenge.as_deref() {
-            None | Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
-            Some("http-01") => AcmeChallenge::Http01,
-            Some(c) => {
-                self.err(
-                    k.key("challenge"),
-                    format!("unknown challenge {c:?}: expected \"tls-alpn-01\" or \"http-01\""),
-                );
-                AcmeChallenge::TlsAlpn01
-            }
-        };
+        let challenge = a.challenge.unwrap_or(AcmeChallenge::TlsAlpn01);
         if let Some(e) = &a.email {
             if !e.contains('@')
                 || e.starts_with('@')

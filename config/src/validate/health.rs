@@ -12,17 +12,7 @@ use super::*;
 
 impl Validator<'_> {
     pub(super) fn check(&mut self, f: CheckFile, k: &KeyPath) -> Option<Check> {
-        let kind = match f.kind.as_deref() {
-            None | Some("http") => CheckKind::Http,
-            Some("tcp") => CheckKind::Tcp,
-            Some(other) => {
-                self.err(
-                    k.key("type"),
-                    format!("unknown check type {other:?}: expected \"http\" or \"tcp\""),
-                );
-                return None;
-            }
-        };
+        let kind = f.kind.unwrap_or(CheckKind::Http);
         let interval = dur(f.interval, d::CHECK_INTERVAL);
         let timeout = dur(f.timeout, d::CHECK_TIMEOUT);
         if interval < Duration::from_millis(100) {
@@ -46,17 +36,7 @@ impl Validator<'_> {
         if !is_token(&method) {
             self.err(k.key("method"), format!("invalid method {method:?}"));
         }
-        let https = match f.protocol.as_deref() {
-            None | Some("http") => false,
-            Some("https") => true,
-            Some(other) => {
-                self.err(
-                    k.key("protocol"),
-                    format!("unknown protocol {other:?}: expected \"http\" or \"https\""),
-                );
-                false
-            }
-        };
+        let https = f.protocol == Some(crate::closed::Protocol::Https);
         if kind == CheckKind::Tcp {
             for (set, key) in [
                 (f.path.is_some(), "path"),

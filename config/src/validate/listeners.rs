@@ -256,17 +256,7 @@ impl Validator<'_> {
                 "missing `cert` and `key` (or `certificates`, or `acme`)",
             ),
         }
-        let min_version = match t.min_version.as_deref() {
-            None | Some("1.2") => TlsVersion::Tls12,
-            Some("1.3") => TlsVersion::Tls13,
-            Some(v) => {
-                self.err(
-                    k.key("min_version"),
-                    format!("unsupported TLS version {v:?}: expected \"1.2\" or \"1.3\""),
-                );
-                TlsVersion::Tls12
-            }
-        };
+        let min_version = t.min_version.unwrap_or(TlsVersion::Tls12);
         ListenerTls {
             certificates,
             acme,

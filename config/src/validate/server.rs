@@ -46,33 +46,11 @@ impl Validator<'_> {
         if let Err(e) = parse_log_level(&log_level) {
             self.err(k.key("log_level"), e);
         }
-        let log_format = match f.log_format.as_deref() {
-            None | Some("text") => LogFormat::Text,
-            Some("json") => LogFormat::Json,
-            Some(other) => {
-                self.err(
-                    k.key("log_format"),
-                    format!("unknown log format {other:?}: expected \"text\" or \"json\""),
-                );
-                LogFormat::Text
-            }
-        };
-        let access_log_format = match f.access_log_format.as_deref() {
-            None => match log_format {
-                LogFormat::Text => AccessLogFormat::Text,
-                LogFormat::Json => AccessLogFormat::Json,
-            },
-            Some("text") => AccessLogFormat::Text,
-            Some("json") => AccessLogFormat::Json,
-            Some("combined") => AccessLogFormat::Combined,
-            Some(other) => {
-                self.err(
-                    k.key("access_log_format"),
-                    format!("unknown access log format {other:?}: expected \"text\", \"json\" or \"combined\""),
-                );
-                AccessLogFormat::Text
-            }
-        };
+        let log_format = f.log_format.unwrap_or(LogFormat::Text);
+        let access_log_format = f.access_log_format.unwrap_or(match log_format {
+            LogFormat::Text => AccessLogFormat::Text,
+            LogFormat::Json => AccessLogFormat::Json,
+        });
         let mut trusted_proxies = Vec::new();
         for (i, p) in f.trusted_proxies.unwrap_or_default().iter().enumerate() {
             match parse_cidr(p) {

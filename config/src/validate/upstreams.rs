@@ -140,24 +140,7 @@ impl Validator<'_> {
                 }
             }
         }
-        let balance = match f.balance.as_deref() {
-            None | Some("least_requests") => Balance::LeastRequests,
-            Some("round_robin") => Balance::RoundRobin,
-            Some("random") => Balance::Random,
-            Some("consistent_hash") => Balance::ConsistentHash,
-            Some(other) => {
-                let known = ["round_robin", "least_requests", "random", "consistent_hash"];
-                self.err(
-                    k.key("balance"),
-                    format!(
-                        "unknown balance {other:?}{}: expected one of {}",
-                        suggest(other, known.iter().copied()),
-                        known.join(", ")
-                    ),
-                );
-                Balance::LeastRequests
-            }
-        };
+        let balance = f.balance.unwrap_or(Balance::LeastRequests);
         let hash_on = match f.hash_on.as_deref() {
             None => None,
             Some(spec) => match parse_hash_key(spec) {
@@ -181,9 +164,8 @@ impl Validator<'_> {
             (_, None) => None,
         };
         let concurrency = self.concurrency(f.concurrency, &k.key("concurrency"));
-        let protocol = f.protocol.as_deref().unwrap_or("http");
-        let tls = match protocol {
-            "http" => {
+        let tls = match f.protocol.unwrap_or(crate::closed::Protocol::Http) {
+            crate::closed::Protocol::Http => {
                 // `http2` on plain HTTP is h2c (prior knowledge), for gRPC apps.
                 for (set, key) in [
                     (f.tls_server_name.is_some(), "tls_server_name"),
@@ -196,7 +178,7 @@ impl Validator<'_> {
                 }
                 None
             }
-            "https" => {
+            crate::closed::Protocol::Https => {
                 let server_name = f.tls_server_name.clone().or_else(|| {
                     backends.first().map(|b| match &b.address {
                         BackendAddr::Name { host, .. } => host.clone(),
@@ -224,13 +206,6 @@ impl Validator<'_> {
                     skip_verify,
                     ca,
                 })
-            }
-            other => {
-                self.err(
-                    k.key("protocol"),
-                    format!("unknown protocol {other:?}: expected \"http\" or \"https\""),
-                );
-                None
             }
         };
         let mut timeout = |v: Option<crate::units::Dur>, default: Duration, key: &str| {
@@ -270,17 +245,7 @@ impl Validator<'_> {
                 checks.push(c);
             }
         }
-        let all_unhealthy = match f.all_unhealthy.as_deref() {
-            None | Some("fail_open") => AllUnhealthy::FailOpen,
-            Some("refuse") => AllUnhealthy::Refuse,
-            Some(other) => {
-                self.err(
-                    k.key("all_unhealthy"),
-                    format!("unknown value {other:?}: expected \"fail_open\" (use every backend anyway) or \"refuse\" (answer 503)"),
-                );
-                AllUnhealthy::FailOpen
-            }
-        };
+        let all_unhealthy = f.all_unhealthy.unwrap_or(AllUnhealthy::FailOpen);
         let passive = self.passive(f.passive, &k.key("passive"));
         let socket = self.socket_options(
             k,
@@ -309,18 +274,7 @@ impl Validator<'_> {
             tls,
             http2: f.http2.is_some_and(|v| v.0),
             host_header: f.host_header,
-            send_proxy_protocol: match f.send_proxy_protocol.as_deref() {
-                None => None,
-                Some("v1") => Some(ProxyProtocolVersion::V1),
-                Some("v2") => Some(ProxyProtocolVersion::V2),
-                Some(v) => {
-                    self.err(
-                        k.key("send_proxy_protocol"),
-                        format!("{v:?}: expected \"v1\" or \"v2\""),
-                    );
-                    None
-                }
-            },
+            send_proxy_protocol: f.send_proxy_protocol,
             checks,
             start_healthy: f.start_healthy.is_some_and(|v| v.0),
             all_unhealthy,
@@ -391,14 +345,7 @@ impl Validator<'_> {
                 hard_limit: u32::MAX,
             };
         };
-        let kind = match f.kind.as_deref() {
-            None | Some("requests") => ConcurrencyKind::Requests,
-            Some("connections") => ConcurrencyKind::Connections,
-            Some(other) => {
-                self.err(k.key("type"), format!("unknown concurrency type {other:?}: expected \"requests\" or \"connections\""));
-                ConcurrencyKind::Requests
-            }
-        };
+        let kind = f.kind.unwrap_or(ConcurrencyKind::Requests);
         let hard = f.hard_limit.map(|v| v.0);
         let soft = f.soft_limit.map(|v| v.0);
         let (soft_limit, hard_limit) = match (soft, hard) {
