@@ -337,6 +337,20 @@ pub struct Response {
     pub body: Framing,
     /// The upstream keeps the connection open after this response.
     pub keep_alive: bool,
+    /// The fields that may carry a fly-replay instruction, noted while parsing so the
+    /// response path does not scan the fields again for them.
+    pub replay_markers: ReplayMarkers,
+}
+
+/// Which fly-replay carriers a response has (see [`Response::replay_markers`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayMarkers {
+    /// A `fly-replay` field.
+    pub header: bool,
+    /// A `Content-Type` of the JSON instruction form.
+    pub json: bool,
+    /// A `fly-replay-cache` field.
+    pub cache: bool,
 }
 
 impl Response {
@@ -423,10 +437,19 @@ pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, B
     let mut te_count = 0;
     let mut close = false;
     let mut keep = false;
+    let mut markers = ReplayMarkers::default();
     for f in resp.headers.iter() {
         let name = f.name.as_bytes();
         fields.push((span(name), span(f.value)));
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"fly-replay") {
+            markers.header = true;
+        } else if name.eq_ignore_ascii_case(b"fly-replay-cache") {
+            markers.cache = true;
+        } else if name.eq_ignore_ascii_case(b"content-type") {
+            let json = crate::replay::JSON_CONTENT_TYPE.as_bytes();
+            markers.json |=
+                f.value.len() >= json.len() && f.value[..json.len()].eq_ignore_ascii_case(json);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             for part in f.value.split(|&b| b == b',') {
                 let part = part.trim_ascii();
                 if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
@@ -487,6 +510,7 @@ pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, B
         fields,
         body,
         keep_alive,
+        replay_markers: markers,
     }))
 }
 

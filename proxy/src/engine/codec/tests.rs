@@ -192,3 +192,23 @@ fn heads_round_trip() {
         b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
     );
 }
+
+#[test]
+fn replay_markers_are_noted_while_parsing() {
+    let get = Method::GET;
+    let markers = |head: &[u8]| parse_response(head, &get).unwrap().unwrap().replay_markers;
+    assert_eq!(
+        markers(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n"),
+        ReplayMarkers::default()
+    );
+    let m = markers(b"HTTP/1.1 307 R\r\nFly-Replay: region=iad\r\nContent-Length: 0\r\n\r\n");
+    assert!(m.header && !m.json && !m.cache);
+    let m = markers(
+        b"HTTP/1.1 200 OK\r\ncontent-type: Application/Vnd.Fly.Replay+JSON; charset=utf-8\r\n\
+          fly-replay-cache: /u/*;ttl=60\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert!(!m.header && m.json && m.cache);
+    // A prefix of the JSON type is not it.
+    let m = markers(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.fly\r\n\r\n");
+    assert!(!m.json);
+}

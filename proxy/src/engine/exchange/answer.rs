@@ -50,15 +50,9 @@ impl Exchange<'_> {
             }
         }
         let buf = &conn.rbuf[..];
+        let m = resp.replay_markers;
         let may_replay = self.ctx.snap.config.replay.enabled
-            && (resp.get(buf, "fly-replay").is_some()
-                || resp.get(buf, "content-type").is_some_and(|ct| {
-                    ct.len() >= crate::replay::JSON_CONTENT_TYPE.len()
-                        && ct[..crate::replay::JSON_CONTENT_TYPE.len()]
-                            .eq_ignore_ascii_case(crate::replay::JSON_CONTENT_TYPE.as_bytes())
-                })
-                || (self.ctx.replay.cache_key.is_some()
-                    && resp.get(buf, "fly-replay-cache").is_some()));
+            && (m.header || m.json || (self.ctx.replay.cache_key.is_some() && m.cache));
         let mapped = if may_replay {
             let mut head = resp
                 .to_header(buf)
