@@ -32,7 +32,9 @@ struct Idle {
 
 #[derive(Default)]
 struct Pool {
-    idle: HashMap<PoolKey, Vec<Idle>>,
+    /// FxHash, not SipHash: the keys are backend addresses from the config and DNS, never a
+    /// client's, so flooding is not a concern, and the lookup runs twice per request.
+    idle: HashMap<PoolKey, Vec<Idle>, rustc_hash::FxBuildHasher>,
     sweeper: bool,
 }
 
@@ -61,7 +63,11 @@ pub fn give(conn: UpConn, timeout: Duration) {
     }
     let start_sweeper = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.idle.entry(conn.key.clone()).or_default();
+        // The key is cloned only the first time a backend gets an idle connection.
+        let list = match p.idle.get_mut(&conn.key) {
+            Some(list) => list,
+            None => p.idle.entry(conn.key.clone()).or_default(),
+        };
         if list.len() >= MAX_IDLE_PER_BACKEND {
             // Over the cap: the oldest goes.
             list.remove(0);
