@@ -121,6 +121,35 @@ fn chunked_only(headers: &HeaderMap) -> Result<bool, Refused> {
     ))
 }
 
+/// The fields of a request head that framing and connection handling look at.
+#[derive(Default)]
+struct Seen {
+    host: usize,
+    content_length: usize,
+    transfer_encoding: bool,
+    connection: bool,
+    upgrade: bool,
+    expect: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &http::HeaderName) {
+        if name == HOST {
+            self.host += 1;
+        } else if name == CONTENT_LENGTH {
+            self.content_length += 1;
+        } else if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == CONNECTION {
+            self.connection = true;
+        } else if name == UPGRADE {
+            self.upgrade = true;
+        } else if name == EXPECT {
+            self.expect = true;
+        }
+    }
+}
+
 /// Longest request target accepted (414 beyond it), as nginx's default 8 KiB line buffer.
 pub const MAX_TARGET: usize = 8 * 1024;
 
@@ -208,11 +237,15 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
     // of this function's instructions under callgrind); a target that the URI type keeps
     // byte for byte needs nothing more than the map, others keep their raw bytes.
     let mut fields = http::HeaderMap::with_capacity(req.headers.len());
+    // Which framing and connection fields are present, noted on the way (a standard name
+    // compares as a tag), so the common request skips their map lookups below.
+    let mut seen = Seen::default();
     for f in req.headers.iter() {
         let name = http::HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| refused(400, "invalid header name"))?;
         let value = http::HeaderValue::from_bytes(f.value)
             .map_err(|_| refused(400, "invalid header value"))?;
+        seen.note(&name);
         fields
             .try_append(name, value)
             .map_err(|_| refused(400, "invalid header"))?;
@@ -248,10 +281,9 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
             head
         }
     };
-    let h = &head.headers;
     // Host (RFC 9112 section 3.2): required in HTTP/1.1, exactly once; an absolute-form
     // target's authority replaces it.
-    let hosts = h.get_all(HOST).iter().count();
+    let hosts = seen.host;
     if hosts > 1 {
         return Err(refused(400, "several Host fields"));
     }
@@ -271,8 +303,12 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
         }
     }
     let h = &head.headers;
-    let chunked = chunked_only(h)?;
-    let length = content_length(h).map_err(|e| refused(400, e))?;
+    let chunked = seen.transfer_encoding && chunked_only(h)?;
+    let length = if seen.content_length > 0 {
+        content_length(h).map_err(|e| refused(400, e))?
+    } else {
+        None
+    };
     let body = match (chunked, length) {
         (true, Some(_)) => {
             return Err(refused(
@@ -288,23 +324,25 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
         (false, Some(n)) => Framing::Length(n),
     };
     // Identical duplicates are collapsed, so the upstream sees one.
-    if h.get_all(CONTENT_LENGTH).iter().count() > 1 || length.is_some() {
+    if seen.content_length > 1 || length.is_some() {
         if let Some(n) = length {
             head.insert_header(CONTENT_LENGTH, n)
                 .map_err(|_| refused(400, "invalid Content-Length"))?;
         }
     }
     let h = &head.headers;
-    let expect_continue = h
-        .get(EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expect_continue = seen.expect
+        && h.get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let keep_alive = if version == Version::HTTP_11 {
-        !connection_has(h, "close")
+        !(seen.connection && connection_has(h, "close"))
     } else {
-        connection_has(h, "keep-alive")
+        seen.connection && connection_has(h, "keep-alive")
     };
-    let upgrade =
-        version == Version::HTTP_11 && h.contains_key(UPGRADE) && connection_has(h, "upgrade");
+    let upgrade = version == Version::HTTP_11
+        && seen.upgrade
+        && seen.connection
+        && connection_has(h, "upgrade");
     Ok(Request {
         head,
         head_len,
