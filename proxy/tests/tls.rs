@@ -243,23 +243,13 @@ async fn upstream_tls_ca_trusts_a_private_pki() {
             .upstream(app)
             .render()
     };
-    let backend_state = |p: &Portico| {
-        let url = p.admin_url("/status");
-        async move {
-            let s: serde_json::Value = client()
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            s["upstreams"][0]["backends"][0]["state"]
-                .as_str()
-                .unwrap_or("")
-                .to_string()
-        }
-    };
+    async fn backend_state(p: &Portico) -> String {
+        let s = status(p).await;
+        s["upstreams"][0]["backends"][0]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
     let trusted = Portico::start_with(&config(Some(&ca_file)), &[], |d| {
         front.leaf(d, "front", &["front.test"]);
     });
