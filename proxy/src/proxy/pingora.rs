@@ -188,6 +188,11 @@ impl ProxyHttp for Portico {
         };
         let mut peer = lease.backend.peer.clone();
         let up = &ctx.snap.config.upstreams[ctx.upstream];
+        if let Some(t) = up.tls.as_ref().filter(|t| t.ca.is_some()) {
+            // A backend kept across reloads keeps the peer it was made with: the CA comes
+            // from the last load, so a rotated `tls_ca` file applies here too.
+            peer.options.ca = crate::tls_client::pingora_ca(t);
+        }
         if let Some(version) = up.send_proxy_protocol {
             if let Some(header) = proxy_header(version, ctx) {
                 // Connections carry one client's address: reused by that client only.
