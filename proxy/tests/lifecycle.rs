@@ -63,14 +63,7 @@ async fn admin_endpoints() {
     assert_eq!(b["in_flight"], 0);
     assert_eq!(b["state"], "up");
 
-    let m = c
-        .get(p.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = metrics_text(&p).await;
     for family in [
         "portico_http_requests_total{route=\"default\",status=\"2xx\",upstream=\"app\"} 3",
         "portico_http_request_duration_seconds_bucket",

@@ -5,16 +5,21 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-/// Fetches a Prometheus metric value (sum over series matching every `labels` pair).
-pub async fn metric(p: &Portico, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let body = client()
+/// The admin's `/metrics` exposition text.
+pub async fn metrics_text(p: &Portico) -> String {
+    client()
         .get(p.admin_url("/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Fetches a Prometheus metric value (sum over series matching every `labels` pair).
+pub async fn metric(p: &Portico, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let body = metrics_text(p).await;
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| {
