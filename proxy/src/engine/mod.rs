@@ -28,14 +28,16 @@ pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
 
-use crate::engine::head::{read_head, HeadError, HeadLimits};
+use crate::engine::head::{read_head, HeadError, HeadLimits, Stop};
 use crate::proxy::ctx::ConnInfo;
 use crate::proxy::Portico;
 
@@ -71,6 +73,12 @@ pub struct Client<S> {
     pub info: ConnInfo,
     /// Body limits of the listener (as of the current request).
     pub body_limits: BodyLimits,
+    /// The connection's deadline while it waits for a request head (one timer for the
+    /// connection's life, moved forward per request: see [`head`]).
+    pub head_timer: Pin<Box<Sleep>>,
+    /// The deadline of reads from the backend serving the current request (the same
+    /// reasoning: one timer, moved forward per read).
+    pub up_timer: Pin<Box<Sleep>>,
 }
 
 impl<S: ClientIo> Client<S> {
@@ -141,6 +149,14 @@ impl Default for BodyLimits {
     }
 }
 
+/// `wait` from now; a configured time too large for the clock means "no deadline" (about
+/// 34 years), never a panic.
+pub fn deadline_after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| now + Duration::from_secs(1 << 30))
+}
+
 /// Timeout of writes to clients.
 pub const CLIENT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -151,7 +167,7 @@ pub async fn serve<S: ClientIo>(
     io: S,
     info: ConnInfo,
     app: &Portico,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     limits: impl Fn() -> Limits,
 ) -> Option<tunnel::Tunnel<S>> {
     let mut client = Client {
@@ -160,7 +176,10 @@ pub async fn serve<S: ClientIo>(
         wbuf: BytesMut::with_capacity(4096),
         info,
         body_limits: BodyLimits::default(),
+        head_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        up_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
     };
+    let mut shutdown = Stop::new(shutdown);
     let mut served: u32 = 0;
     loop {
         let l = limits();
@@ -176,7 +195,14 @@ pub async fn serve<S: ClientIo>(
             drain_grace: l.drain_grace,
         };
         client.body_limits = l.body;
-        match read_head(&mut client.io, &mut client.rbuf, head_limits, &mut shutdown).await {
+        let read = read_head(
+            &mut client.io,
+            &mut client.rbuf,
+            head_limits,
+            &mut shutdown,
+            client.head_timer.as_mut(),
+        );
+        match read.await {
             Ok(()) => {}
             Err(HeadError::Timeout) => {
                 reject(app, "header_timeout");
@@ -225,7 +251,7 @@ pub async fn serve<S: ClientIo>(
         }
         served = served.saturating_add(1);
         let last = l.keepalive.is_zero()
-            || *shutdown.borrow()
+            || shutdown.is_set()
             || l.max_requests.is_some_and(|m| served >= m);
         match exchange::handle(app, &mut client, last).await {
             exchange::After::KeepAlive => {}

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use portico_config::Upstream;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// The transport of an upstream connection.
 #[derive(Debug)]
@@ -126,6 +127,24 @@ pub struct UpConn {
     pub served: u32,
     /// It announced one client's address (PROXY protocol): never pooled for another.
     pub private: bool,
+}
+
+impl UpConn {
+    /// One read of the backend's answer into `rbuf`; `None` when `timeout` passes first.
+    /// `timer` is the client connection's upstream deadline, moved forward for this read
+    /// (no timer registered per read: see [`super::head`]).
+    pub async fn read_within(
+        &mut self,
+        mut timer: Pin<&mut Sleep>,
+        timeout: Duration,
+    ) -> Option<io::Result<usize>> {
+        timer.as_mut().reset(super::deadline_after(timeout));
+        tokio::select! {
+            biased;
+            r = self.io.read_buf(&mut self.rbuf) => Some(r),
+            () = timer => None,
+        }
+    }
 }
 
 /// Why a connection could not be made.

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::Version;
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::engine::codec;
 use crate::engine::upstream::{self, PoolKey, UpConn};
@@ -90,7 +90,7 @@ impl Exchange<'_> {
         self.ctx.connect_started.get_or_insert_with(Instant::now);
         let resp = loop {
             let parsed = self
-                .read_response_head(&mut conn, up_cfg.read_timeout, reused)
+                .read_response_head(&mut conn, client.up_timer.as_mut(), up_cfg.read_timeout)
                 .await?;
             let code = parsed.status;
             if (100..200).contains(&code) && code != 101 {
@@ -246,8 +246,8 @@ impl Exchange<'_> {
     pub(super) async fn read_response_head(
         &self,
         conn: &mut UpConn,
+        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
         timeout: Duration,
-        _reused: bool,
     ) -> Result<codec::Response, AttemptError> {
         loop {
             if !conn.rbuf.is_empty() {
@@ -263,8 +263,8 @@ impl Exchange<'_> {
                 }
             }
             conn.rbuf.reserve(16 * 1024);
-            match tokio::time::timeout(timeout, conn.io.read_buf(&mut conn.rbuf)).await {
-                Err(_) => {
+            match conn.read_within(timer.as_mut(), timeout).await {
+                None => {
                     return Err(AttemptError::Failed {
                         message: format!(
                             "no answer within the read timeout ({})",
@@ -273,19 +273,19 @@ impl Exchange<'_> {
                         timeout: true,
                     })
                 }
-                Ok(Ok(0)) => {
+                Some(Ok(0)) => {
                     return Err(AttemptError::Failed {
                         message: "connection closed before a response".into(),
                         timeout: false,
                     })
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     return Err(AttemptError::Failed {
                         message: format!("reading the response failed: {e}"),
                         timeout: false,
                     })
                 }
-                Ok(Ok(_)) => {}
+                Some(Ok(_)) => {}
             }
         }
     }

@@ -246,12 +246,15 @@ pub(super) async fn relay_body<S: ClientIo>(
             return p;
         }
         conn.rbuf.reserve(32 * 1024);
-        match tokio::time::timeout(read_timeout, conn.io.read_buf(&mut conn.rbuf)).await {
-            Err(_) => {
+        match conn
+            .read_within(client.up_timer.as_mut(), read_timeout)
+            .await
+        {
+            None => {
                 p.up_error = Some("the backend stopped sending the body".into());
                 return p;
             }
-            Ok(Ok(0)) => {
+            Some(Ok(0)) => {
                 if let Relay::Compress(c) = &mut mode {
                     match c.step(&mut conn.rbuf, &mut client.wbuf, true) {
                         Ok(_) => {
@@ -277,11 +280,11 @@ pub(super) async fn relay_body<S: ClientIo>(
                 p.up_error = Some("the backend closed the connection mid-body".into());
                 return p;
             }
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 p.up_error = Some(format!("reading the body failed: {e}"));
                 return p;
             }
-            Ok(Ok(_)) => {}
+            Some(Ok(_)) => {}
         }
     }
 }
