@@ -29,6 +29,9 @@ use body::*;
 use relay::*;
 use write::*;
 
+/// For the fuzz targets: the client's response head, its kept lines copied.
+pub(crate) use write::write_client_head;
+
 /// What the connection does after a request.
 pub enum After {
     /// Read the next request.

@@ -18,10 +18,17 @@ use smallvec::SmallVec;
 /// Edits to one message head.
 #[derive(Debug, Default, Clone)]
 pub struct Edits {
-    /// Fields removed from what came in (every value).
-    pub drop: SmallVec<[HeaderName; 8]>,
-    /// Fields added, in order.
-    pub add: SmallVec<[(HeaderName, HeaderValue); 12]>,
+    /// Fields removed from what came in (every value). Private: [`Self::drops`] relies on
+    /// `drop_lens` covering every name here.
+    drop: SmallVec<[HeaderName; 8]>,
+    /// One bit per length of a dropped name (lengths of 63 and more share the last bit):
+    /// most incoming fields are not dropped, and their length alone says so.
+    drop_lens: u64,
+    /// Fields added, in order. Private, as `drop`: `name_lens` covers every name here.
+    add: SmallVec<[(HeaderName, HeaderValue); 12]>,
+    /// The same bits for every name dropped or added: a `set` or `remove` of a name no
+    /// other edit has touched (the usual case) skips the searches that cancel earlier ones.
+    name_lens: u64,
     /// A new request target (path and query), for requests.
     pub target: Option<Bytes>,
 }
@@ -29,10 +36,32 @@ pub struct Edits {
 impl Edits {
     /// Replaces every value of `name` with `value`.
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
-        self.add.retain(|(n, _)| *n != name);
-        if !self.drop.contains(&name) {
-            self.drop.push(name.clone());
+        self.remove(name.clone());
+        self.push_add(name, value);
+    }
+
+    /// Drops every incoming value of `name`, keeping what these edits add.
+    pub fn drop_name(&mut self, name: HeaderName) {
+        let bit = len_bit(name.as_str().len());
+        self.drop_lens |= bit;
+        self.name_lens |= bit;
+        self.drop.push(name);
+    }
+
+    /// The fields added, in order.
+    pub fn added(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.add
+    }
+
+    /// Adds these fields after the others, keeping what is there (as [`Self::add`]).
+    pub fn extend_add(&mut self, fields: impl IntoIterator<Item = (HeaderName, HeaderValue)>) {
+        for (n, v) in fields {
+            self.push_add(n, v);
         }
+    }
+
+    fn push_add(&mut self, name: HeaderName, value: HeaderValue) {
+        self.name_lens |= len_bit(name.as_str().len());
         self.add.push((name, value));
     }
 
@@ -40,25 +69,31 @@ impl Edits {
     /// each on empty edits): no search of what is there.
     pub fn set_new(&mut self, name: HeaderName, value: HeaderValue) {
         debug_assert!(!self.add.iter().any(|(n, _)| *n == name));
-        self.drop.push(name.clone());
-        self.add.push((name, value));
+        self.drop_name(name.clone());
+        self.push_add(name, value);
     }
 
     /// Adds a value of `name`, keeping the others.
     pub fn add(&mut self, name: HeaderName, value: HeaderValue) {
-        self.add.push((name, value));
+        self.push_add(name, value);
     }
 
     /// Removes every value of `name`.
     pub fn remove(&mut self, name: HeaderName) {
-        self.add.retain(|(n, _)| *n != name);
-        if !self.drop.contains(&name) {
-            self.drop.push(name);
+        if self.name_lens & len_bit(name.as_str().len()) != 0 {
+            self.add.retain(|(n, _)| *n != name);
+            if self.drop.contains(&name) {
+                return;
+            }
         }
+        self.drop_name(name);
     }
 
     /// Whether an incoming field called `name` (any case) is dropped.
     pub fn drops(&self, name: &[u8]) -> bool {
+        if self.drop_lens & len_bit(name.len()) == 0 {
+            return false;
+        }
         self.drop.iter().any(|d| {
             d.as_str().len() == name.len() && d.as_str().as_bytes().eq_ignore_ascii_case(name)
         })
@@ -90,6 +125,11 @@ impl Edits {
         }
         Ok(())
     }
+}
+
+/// The bit of [`Edits::drop_lens`] for a name of `len` bytes.
+fn len_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// A field value from text the config or Portico made (validated already); an error for
@@ -127,19 +167,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn drops_names_of_every_length() {
+        let mut e = Edits::default();
+        let long = "x".repeat(70);
+        e.drop_name(HeaderName::from_bytes(long.as_bytes()).unwrap());
+        e.remove(HeaderName::from_static("te"));
+        assert!(e.drops(long.to_uppercase().as_bytes()));
+        assert!(e.drops(b"TE"));
+        // Same length bit, different names.
+        assert!(!e.drops("y".repeat(70).as_bytes()));
+        assert!(!e.drops("x".repeat(90).as_bytes()));
+        assert!(!e.drops(b"ab"));
+        assert!(!e.drops(b""));
+    }
+
+    #[test]
     fn later_decisions_win() {
         let mut e = Edits::default();
         let xfp = HeaderName::from_static("x-forwarded-proto");
         e.set(xfp.clone(), HeaderValue::from_static("http"));
         e.set(xfp.clone(), HeaderValue::from_static("https"));
-        assert_eq!(e.add.len(), 1);
-        assert_eq!(e.add[0].1, "https");
+        assert_eq!(e.added().len(), 1);
+        assert_eq!(e.added()[0].1, "https");
         e.add(
             HeaderName::from_static("via"),
             HeaderValue::from_static("1.1 a"),
         );
         e.remove(HeaderName::from_static("via"));
-        assert!(e.add.iter().all(|(n, _)| n != "via"));
+        assert!(e.added().iter().all(|(n, _)| n != "via"));
         assert!(e.drops(b"X-Forwarded-Proto") && e.drops(b"VIA") && !e.drops(b"host"));
         let mut req = RequestHeader::build("GET", b"/a", None).unwrap();
         req.append_header("x-forwarded-proto", "ftp").unwrap();
@@ -149,5 +204,58 @@ mod tests {
         assert_eq!(req.headers["x-forwarded-proto"], "https");
         assert!(req.headers.get("via").is_none());
         assert_eq!(req.uri, "/b?c");
+    }
+
+    proptest::proptest! {
+        /// Any sequence of edits gives the fields and drops of the plain definition (every
+        /// `set` and `remove` searching what is there), whatever names share a length.
+        #[test]
+        fn edits_match_their_definition(
+            ops in proptest::collection::vec((0usize..4, 0usize..6, 0u8..3), 0..40),
+        ) {
+            const NAMES: [&str; 6] = ["x-a", "x-b", "via", "x-forwarded-for", "x-request-id", "te"];
+            let mut e = Edits::default();
+            let mut drop: Vec<&str> = Vec::new();
+            let mut add: Vec<(&str, u8)> = Vec::new();
+            for (op, n, v) in ops {
+                let name = HeaderName::from_static(NAMES[n]);
+                let value = HeaderValue::from(v as u16);
+                match op {
+                    0 => {
+                        e.set(name, value);
+                        add.retain(|(a, _)| *a != NAMES[n]);
+                        if !drop.contains(&NAMES[n]) {
+                            drop.push(NAMES[n]);
+                        }
+                        add.push((NAMES[n], v));
+                    }
+                    1 => {
+                        e.add(name, value);
+                        add.push((NAMES[n], v));
+                    }
+                    2 => {
+                        e.remove(name);
+                        add.retain(|(a, _)| *a != NAMES[n]);
+                        if !drop.contains(&NAMES[n]) {
+                            drop.push(NAMES[n]);
+                        }
+                    }
+                    _ => {
+                        e.extend_add([(name, value)]);
+                        add.push((NAMES[n], v));
+                    }
+                }
+            }
+            let got: Vec<(&str, u8)> = e
+                .added()
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap().parse().unwrap()))
+                .map(|(n, v)| (NAMES.iter().copied().find(|x| *x == n).unwrap(), v))
+                .collect();
+            proptest::prop_assert_eq!(got, add);
+            for name in NAMES {
+                proptest::prop_assert_eq!(e.drops(name.as_bytes()), drop.contains(&name), "{}", name);
+            }
+        }
     }
 }

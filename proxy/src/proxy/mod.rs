@@ -106,21 +106,22 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 impl Portico {
-    /// Every edit of the request sent upstream: forwarding headers, then the upstream's
-    /// `host_header`, the route's rules and `strip_prefix`, then replay headers.
+    /// Every edit of the request sent upstream, added to `e` (empty): forwarding headers,
+    /// then the upstream's `host_header`, the route's rules and `strip_prefix`, then replay
+    /// headers. The caller holds the edits: they are over a kilobyte, too large to return.
     pub(crate) fn request_edits(
         &self,
         req: &RequestHeader,
         ctx: &RequestCtx,
-    ) -> Result<edits::Edits> {
-        let mut e = edits::Edits::default();
-        self.forward_edits(req, ctx, &mut e)?;
+        e: &mut edits::Edits,
+    ) -> Result<()> {
+        self.forward_edits(req, ctx, e)?;
         if let Some(route_idx) = ctx.route {
             let route = &ctx.snap.config.routes.routes()[route_idx];
             if let Some(Some(host)) = ctx.snap.host_headers.get(ctx.upstream) {
                 e.set(HOST, host.clone());
             }
-            ctx.snap.route_headers[route_idx].request.apply(&mut e);
+            ctx.snap.route_headers[route_idx].request.apply(e);
             if route.strip_prefix {
                 let path = req.uri.path();
                 let rest = path
@@ -138,7 +139,6 @@ impl Portico {
                 e.target = Some(Bytes::from(t));
             }
         }
-        self.replay_edits(ctx, &mut e)?;
-        Ok(e)
+        self.replay_edits(ctx, e)
     }
 }

@@ -227,7 +227,8 @@ impl ProxyHttp for Portico {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let edits = self.request_edits(upstream_request, ctx)?;
+        let mut edits = super::edits::Edits::default();
+        self.request_edits(upstream_request, ctx, &mut edits)?;
         edits.apply_request(upstream_request)
     }
 
@@ -347,9 +348,9 @@ impl ProxyHttp for Portico {
                     get(http::header::ETAG),
                 );
                 for n in plan.drop {
-                    e.drop.push(n.clone());
+                    e.drop_name(n.clone());
                 }
-                e.add.extend(plan.add);
+                e.extend_add(plan.add);
                 if plan.encoder.is_some() && !session.is_http2() {
                     // HTTP/1.1 through pingora: the length is unknown now.
                     e.set(

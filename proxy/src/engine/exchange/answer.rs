@@ -27,7 +27,7 @@ impl Exchange<'_> {
         &mut self,
         client: &mut Client<S>,
         mut conn: UpConn,
-        resp: codec::Response,
+        resp: &codec::Response,
         up_cfg: &portico_config::Upstream,
     ) -> Result<Option<After>, AttemptError> {
         let app = self.app;
@@ -59,9 +59,16 @@ impl Exchange<'_> {
                 .map_err(|e| AttemptError::BadResponse(e.0))?;
             let _ = conn.rbuf.split_to(resp.head_len);
             self.give_back = false;
-            let checked = self
-                .replay_check(client, &mut conn, &mut head, framing, up_keep_alive, up_cfg)
-                .await;
+            // Boxed: a rare path, kept out of the future every request carries.
+            let checked = Box::pin(self.replay_check(
+                client,
+                &mut conn,
+                &mut head,
+                framing,
+                up_keep_alive,
+                up_cfg,
+            ))
+            .await;
             if self.give_back {
                 pool::give(conn, up_cfg.idle_timeout);
                 return checked.map(|c| c.unwrap_or(None));
@@ -73,7 +80,80 @@ impl Exchange<'_> {
         } else {
             None
         };
-        // The response path's decisions.
+        let switching = status == 101;
+        let Plan {
+            mode,
+            close_after,
+            head_only,
+        } = self.answer_head(client, &mut conn, resp, mapped)?;
+        self.status = status;
+        self.answered = true;
+        if switching {
+            // The backend's first frames (sent right after its 101) go out with the head.
+            if !conn.rbuf.is_empty() {
+                self.bytes_sent = conn.rbuf.len() as u64;
+                if let Some(ws) = &self.ctx.ws {
+                    ws.count_out(conn.rbuf.len());
+                }
+                client.wbuf.extend_from_slice(&conn.rbuf);
+            }
+            if client.flush_wbuf().await.is_err() {
+                return Ok(Some(After::Gone));
+            }
+            // The client's first frames (sent before the 101 came) go to the backend.
+            let mut frames = Frames::default();
+            if !client.rbuf.is_empty() {
+                frames.advance(&client.rbuf);
+                if let Some(ws) = &self.ctx.ws {
+                    ws.count_in(client.rbuf.len());
+                }
+                let sent = tokio::time::timeout(CLIENT_IO_TIMEOUT, conn.io.write_all(&client.rbuf));
+                if !matches!(sent.await, Ok(Ok(()))) {
+                    return Ok(Some(After::Gone));
+                }
+                client.rbuf.clear();
+            }
+            self.switched = Some((conn.io, frames));
+            return Ok(Some(After::Gone));
+        }
+        let pumped = relay_body(client, &mut conn, mode, up_cfg.read_timeout, head_only).await;
+        self.bytes_sent = pumped.bytes;
+        if pumped.up_done && up_keep_alive && self.body_sent_all && !pumped.client_failed {
+            pool::give(conn, up_cfg.idle_timeout);
+        }
+        if pumped.client_failed {
+            self.incomplete("client_gone");
+            return Ok(Some(After::Gone));
+        }
+        if let Some(e) = pumped.up_error {
+            // The answer started: the client can only see the connection end early. The
+            // status it got stays in the log and metrics; `error` says it was cut short.
+            self.incomplete("upstream_failed_mid_response");
+            tracing::warn!(request_id = self.ctx.id(), status, reason = "upstream_failed_mid_response", error = %e, "backend failed in the middle of the response");
+            return Ok(Some(After::Gone));
+        }
+        Ok(Some(if close_after {
+            self.linger(client).await;
+            After::Close
+        } else {
+            After::KeepAlive
+        }))
+    }
+
+    /// The response path's decisions for a forwarded answer (edits, compression, framing to
+    /// this client) and its head written into `client.wbuf`. Synchronous on purpose: the
+    /// edits (over a kilobyte) and the header map live only here, not in the future every
+    /// request carries across its awaits.
+    fn answer_head<S: ClientIo>(
+        &mut self,
+        client: &mut Client<S>,
+        conn: &mut UpConn,
+        resp: &codec::Response,
+        mapped: Option<pingora_http::ResponseHeader>,
+    ) -> Result<Plan, AttemptError> {
+        let app = self.app;
+        let status = resp.status;
+        let framing = resp.body;
         let switching = status == 101;
         if switching && !self.upgrade {
             return Err(AttemptError::BadResponse(
@@ -81,7 +161,8 @@ impl Exchange<'_> {
             ));
         }
         websocket::on_response(&mut self.ctx, status);
-        let mut edits = respond::common_edits(&self.ctx);
+        let mut edits = crate::proxy::edits::Edits::default();
+        respond::add_common_edits(&self.ctx, &mut edits);
         if let Err(e) = app.pin_edits(&self.ctx, &mut edits) {
             tracing::debug!(error = %e, "affinity cookie not set");
         }
@@ -128,9 +209,9 @@ impl Exchange<'_> {
                     etag.as_deref(),
                 );
                 for n in plan.drop {
-                    edits.drop.push(n.clone());
+                    edits.drop_name(n.clone());
                 }
-                edits.add.extend(plan.add);
+                edits.extend_add(plan.add);
                 plan.encoder
             }
             _ => None,
@@ -138,7 +219,7 @@ impl Exchange<'_> {
         if let Some(enc) = encoder {
             // The body is decoded from the backend's framing and re-framed here: chunked to
             // an HTTP/1.1 client, close-delimited to an HTTP/1.0 one.
-            edits.drop.push(http::header::TRANSFER_ENCODING);
+            edits.drop_name(http::header::TRANSFER_ENCODING);
             if client_version == Version::HTTP_11 {
                 rechunk = true;
             } else {
@@ -192,6 +273,7 @@ impl Exchange<'_> {
                     status,
                     reason.as_bytes(),
                     &fields,
+                    None,
                     &edits,
                     switching,
                     dechunk,
@@ -209,6 +291,7 @@ impl Exchange<'_> {
                         status,
                         resp.reason(buf),
                         &fields,
+                        Some(buf),
                         &edits,
                         switching,
                         dechunk,
@@ -219,58 +302,11 @@ impl Exchange<'_> {
                 let _ = conn.rbuf.split_to(resp.head_len);
             }
         }
-        self.status = status;
-        self.answered = true;
-        if switching {
-            // The backend's first frames (sent right after its 101) go out with the head.
-            if !conn.rbuf.is_empty() {
-                self.bytes_sent = conn.rbuf.len() as u64;
-                if let Some(ws) = &self.ctx.ws {
-                    ws.count_out(conn.rbuf.len());
-                }
-                client.wbuf.extend_from_slice(&conn.rbuf);
-            }
-            if client.flush_wbuf().await.is_err() {
-                return Ok(Some(After::Gone));
-            }
-            // The client's first frames (sent before the 101 came) go to the backend.
-            let mut frames = Frames::default();
-            if !client.rbuf.is_empty() {
-                frames.advance(&client.rbuf);
-                if let Some(ws) = &self.ctx.ws {
-                    ws.count_in(client.rbuf.len());
-                }
-                let sent = tokio::time::timeout(CLIENT_IO_TIMEOUT, conn.io.write_all(&client.rbuf));
-                if !matches!(sent.await, Ok(Ok(()))) {
-                    return Ok(Some(After::Gone));
-                }
-                client.rbuf.clear();
-            }
-            self.switched = Some((conn.io, frames));
-            return Ok(Some(After::Gone));
-        }
-        let pumped = relay_body(client, &mut conn, mode, up_cfg.read_timeout, head_only).await;
-        self.bytes_sent = pumped.bytes;
-        if pumped.up_done && up_keep_alive && self.body_sent_all && !pumped.client_failed {
-            pool::give(conn, up_cfg.idle_timeout);
-        }
-        if pumped.client_failed {
-            self.incomplete("client_gone");
-            return Ok(Some(After::Gone));
-        }
-        if let Some(e) = pumped.up_error {
-            // The answer started: the client can only see the connection end early. The
-            // status it got stays in the log and metrics; `error` says it was cut short.
-            self.incomplete("upstream_failed_mid_response");
-            tracing::warn!(request_id = self.ctx.id(), status, reason = "upstream_failed_mid_response", error = %e, "backend failed in the middle of the response");
-            return Ok(Some(After::Gone));
-        }
-        Ok(Some(if close_after {
-            self.linger(client).await;
-            After::Close
-        } else {
-            After::KeepAlive
-        }))
+        Ok(Plan {
+            mode,
+            close_after,
+            head_only,
+        })
     }
 
     /// fly-replay: the header form ends the attempt here, the JSON form once its body is in.
@@ -429,4 +465,11 @@ impl Exchange<'_> {
             After::KeepAlive
         }
     }
+}
+
+/// How a forwarded answer's body goes to the client, decided with its head.
+pub(super) struct Plan {
+    mode: Relay,
+    close_after: bool,
+    head_only: bool,
 }

@@ -115,7 +115,7 @@ impl Exchange<'_> {
             break parsed;
         };
         conn.served += 1;
-        self.after_response_head(client, conn, resp, up_cfg).await
+        self.after_response_head(client, conn, &resp, up_cfg).await
     }
 
     /// Writes the request head for the backend: the client's fields without the ones that
@@ -123,9 +123,9 @@ impl Exchange<'_> {
     /// edits replace, then the edits' own fields (forwarding headers, route rules, replay
     /// headers). No second header map is built.
     pub(super) fn write_upstream_head(&self, out: &mut BytesMut) -> Result<(), String> {
-        let e = self
-            .app
-            .request_edits(&self.head, &self.ctx)
+        let mut e = crate::proxy::edits::Edits::default();
+        self.app
+            .request_edits(&self.head, &self.ctx, &mut e)
             .map_err(|e| e.to_string())?;
         out.put_slice(self.head.method.as_str().as_bytes());
         out.put_u8(b' ');
@@ -164,7 +164,7 @@ impl Exchange<'_> {
         if self.upgrade {
             out.put_slice(b"connection: upgrade\r\n");
         }
-        for (n, v) in &e.add {
+        for (n, v) in e.added() {
             codec::put_field(out, n.as_str().as_bytes(), v.as_bytes());
         }
         out.put_slice(b"\r\n");
