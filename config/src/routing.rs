@@ -76,6 +76,11 @@ impl RouteTable {
     /// The route for a request. `host` is the raw Host header or authority (any case, with or
     /// without port); `path` must already be normalized (see [`normalize_path`]).
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<(usize, &Route)> {
+        // No route names a host (a single-app front door): the host is not looked at, so
+        // it is not lower-cased either.
+        if self.exact.is_empty() && self.wildcard.is_empty() {
+            return self.first_path_match(&self.any, path);
+        }
         let mut buf = [0u8; MAX_HOST_LEN];
         let host = host.and_then(|h| lower_host(h, &mut buf));
         if let Some(host) = host {

@@ -212,3 +212,120 @@ fn replay_markers_are_noted_while_parsing() {
     let m = markers(b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.fly\r\n\r\n");
     assert!(!m.json);
 }
+
+#[test]
+fn host_values_are_checked() {
+    for (raw, want) in [
+        ("GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", 200),
+        ("GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", 200),
+        ("GET / HTTP/1.1\r\nHost: [::1]:443\r\n\r\n", 200),
+        ("GET / HTTP/1.1\r\nHost: xn--bcher-kva.example\r\n\r\n", 200),
+        ("GET / HTTP/1.0\r\n\r\n", 200),
+        ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: a\"b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: b\u{e4}r.example\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nhost: a<b\r\n\r\n", 400),
+        ("GET http://a\"b/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("GET http://ok.example/ HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    ] {
+        assert_eq!(status(raw), want, "{raw:?}");
+    }
+}
+
+#[test]
+fn common_names_match_the_http_crate() {
+    for raw in [
+        "Host",
+        "HOST",
+        "accept",
+        "Cookie",
+        "origin",
+        "Referer",
+        "upgrade",
+        "User-Agent",
+        "connection",
+        "Content-Type",
+        "authorization",
+        "Cache-Control",
+        "content-length",
+        "Accept-Encoding",
+        "accept-language",
+        "x-a",
+        "hosts",
+        "accept-charset",
+        "",
+        "content-lengtH",
+        "user_agent",
+    ] {
+        let fast = common_name(raw.as_bytes());
+        if let Some(n) = &fast {
+            assert_eq!(
+                Some(n),
+                http::HeaderName::from_bytes(raw.as_bytes()).ok().as_ref(),
+                "{raw}"
+            );
+        }
+        let known = [
+            "host",
+            "accept",
+            "cookie",
+            "origin",
+            "referer",
+            "upgrade",
+            "user-agent",
+            "connection",
+            "content-type",
+            "authorization",
+            "cache-control",
+            "content-length",
+            "accept-encoding",
+            "accept-language",
+        ];
+        assert_eq!(
+            fast.is_some(),
+            known.contains(&raw.to_lowercase().as_str()),
+            "{raw}"
+        );
+    }
+}
+
+/// Every one-byte change of a known name to another token byte gives the answer the http
+/// crate gives: the fast comparison matches a name exactly when it is that name in any case.
+#[test]
+fn common_names_are_exact_for_every_token_byte() {
+    let token: Vec<u8> =
+        b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ".to_vec();
+    for name in [
+        "host",
+        "accept",
+        "cookie",
+        "origin",
+        "referer",
+        "upgrade",
+        "user-agent",
+        "connection",
+        "content-type",
+        "authorization",
+        "cache-control",
+        "content-length",
+        "accept-encoding",
+        "accept-language",
+    ] {
+        for i in 0..name.len() {
+            for &b in &token {
+                let mut raw = name.as_bytes().to_vec();
+                raw[i] = b;
+                let want = http::HeaderName::from_bytes(&raw)
+                    .ok()
+                    .filter(|n| n.as_str() == name);
+                assert_eq!(
+                    common_name(&raw),
+                    want,
+                    "{:?}",
+                    String::from_utf8_lossy(&raw)
+                );
+            }
+        }
+    }
+}
