@@ -91,7 +91,7 @@ pub(crate) fn write_client_head(
     codec::put_status_line(out, version, status, reason);
     let nominated: SmallVec<[&[u8]; 4]> = fields
         .iter()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+        .filter(|(n, _)| codec::is_name(n, b"connection"))
         .flat_map(|(_, v)| v.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
@@ -99,7 +99,7 @@ pub(crate) fn write_client_head(
     // The run of source lines not yet copied: `start..end` of `src`.
     let mut run = 0..0;
     for &(n, v) in fields {
-        let lower = |s: &[u8]| n.eq_ignore_ascii_case(s);
+        let lower = |s: &[u8]| codec::is_name(n, s);
         let framing = lower(b"transfer-encoding") || lower(b"content-length");
         let hop = (lower(b"connection") && !switching)
             || lower(b"keep-alive")
