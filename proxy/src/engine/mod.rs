@@ -281,5 +281,8 @@ pub fn conn_info(peer: SocketAddr, local: SocketAddr, tls: Option<&'static str>)
         local: Some(local),
         tls,
         http2: false,
+        peer_value: Some(crate::proxy::forward::ip_value(
+            crate::proxy::forwarded::canonical(peer.ip()),
+        )),
     }
 }

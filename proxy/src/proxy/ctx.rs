@@ -55,6 +55,17 @@ pub struct ConnInfo {
     pub tls: Option<&'static str>,
     /// The request came over HTTP/2.
     pub http2: bool,
+    /// The direct peer's canonical address as a field value, made once per connection:
+    /// the `X-Forwarded-For` (and `Fly-Client-IP`) of every request from an untrusted peer.
+    pub peer_value: Option<http::HeaderValue>,
+}
+
+impl ConnInfo {
+    /// [`Self::peer_value`] when `ip` is this connection's peer.
+    pub fn peer_value_of(&self, ip: std::net::IpAddr) -> Option<&http::HeaderValue> {
+        let peer = self.peer.map(|a| super::forwarded::canonical(a.ip()))?;
+        (peer == ip).then_some(self.peer_value.as_ref()).flatten()
+    }
 }
 
 /// Counts the request in `portico_http_requests_in_flight` while it lives.

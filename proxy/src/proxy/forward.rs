@@ -72,31 +72,32 @@ impl Portico {
                 }
             }
         }
-        if let Some(peer) = ctx.peer_ip {
-            let mut buf = [0u8; 64];
-            let peer = ip_bytes(peer, &mut buf);
+        if let Some(peer_ip) = ctx.peer_ip {
             let previous = if trusted {
                 req.headers.get(X_FORWARDED_FOR)
             } else {
                 None
             };
-            let xff = match previous {
-                Some(prev) => {
+            let xff = match (previous, ctx.conn.peer_value_of(peer_ip)) {
+                // The usual case: the connection's address, formatted when it was accepted.
+                (None, Some(v)) => v.clone(),
+                (None, None) => ip_value(peer_ip),
+                (Some(prev), _) => {
+                    let mut buf = [0u8; 64];
+                    let peer = ip_bytes(peer_ip, &mut buf);
                     let mut v = Vec::with_capacity(prev.len() + 2 + peer.len());
                     v.extend_from_slice(prev.as_bytes());
                     v.extend_from_slice(b", ");
                     v.extend_from_slice(peer);
-                    Bytes::from(v)
+                    HeaderValue::from_maybe_shared(Bytes::from(v)).map_err(|e| {
+                        Error::because(
+                            pingora_error::ErrorType::InvalidHTTPHeader,
+                            "x-forwarded-for",
+                            e,
+                        )
+                    })?
                 }
-                None => Bytes::copy_from_slice(peer),
             };
-            let xff = HeaderValue::from_maybe_shared(xff).map_err(|e| {
-                Error::because(
-                    pingora_error::ErrorType::InvalidHTTPHeader,
-                    "x-forwarded-for",
-                    e,
-                )
-            })?;
             e.set_new(X_FORWARDED_FOR, xff);
         }
         let keep = |name: &HeaderName| trusted && req.headers.contains_key(name);
@@ -132,11 +133,10 @@ impl Portico {
         }
         if server.fly_headers {
             if let Some(ip) = ctx.client_ip {
-                let mut buf = [0u8; 64];
-                let ip = Bytes::copy_from_slice(ip_bytes(ip, &mut buf));
-                let v = HeaderValue::from_maybe_shared(ip).map_err(|e| {
-                    Error::because(pingora_error::ErrorType::InternalError, "client ip", e)
-                })?;
+                let v = match ctx.conn.peer_value_of(ip) {
+                    Some(v) => v.clone(),
+                    None => ip_value(ip),
+                };
                 e.set_new(FLY_CLIENT_IP, v);
             }
             e.set_new(FLY_REGION, ctx.snap.region.clone());
@@ -163,6 +163,14 @@ const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
 /// An IP address as text in `buf`, without allocating.
 pub fn ip_str(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
     std::str::from_utf8(ip_bytes(ip, buf)).unwrap_or("-")
+}
+
+/// `ip` as a field value.
+pub(crate) fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut buf = [0u8; 64];
+    let text = Bytes::copy_from_slice(ip_bytes(ip, &mut buf));
+    // An address's text is digits, dots, colons and hex letters: always a valid value.
+    HeaderValue::from_maybe_shared(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn ip_bytes(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
@@ -209,6 +217,16 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             let mut buf = [0u8; 64];
             assert_eq!(ip_bytes(ip, &mut buf), ip.to_string().as_bytes());
+            assert_eq!(ip_value(ip), ip.to_string());
         }
+        // The per-connection value serves only its own peer (in canonical form).
+        let info = crate::engine::conn_info(
+            "[::ffff:10.0.0.7]:5000".parse().unwrap(),
+            "127.0.0.1:80".parse().unwrap(),
+            None,
+        );
+        let own: IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(info.peer_value_of(own).unwrap(), "10.0.0.7");
+        assert!(info.peer_value_of("10.0.0.8".parse().unwrap()).is_none());
     }
 }

@@ -26,6 +26,8 @@ fn conn_info(session: &Session) -> ctx::ConnInfo {
             .and_then(|d| d.ssl_digest.as_ref())
             .map(|s| tls_version_name(&s.version)),
         http2: session.is_http2(),
+        // Made per request here: pingora gives no per-connection place to keep it.
+        peer_value: None,
     }
 }
 
