@@ -243,6 +243,22 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    /// [`read_head`] with the test limits, a new shutdown watch and a new timer.
+    async fn read_fresh(
+        b: &mut tokio::io::DuplexStream,
+        buf: &mut BytesMut,
+        rx: watch::Receiver<bool>,
+    ) -> Result<(), HeadError> {
+        read_head(
+            b,
+            buf,
+            limits(),
+            &mut Stop::new(rx),
+            std::pin::pin!(timer()),
+        )
+        .await
+    }
+
     fn timer() -> Sleep {
         tokio::time::sleep(Duration::ZERO)
     }
@@ -274,15 +290,7 @@ mod tests {
             .unwrap();
         let (_tx, rx) = watch::channel(false);
         let mut buf = BytesMut::new();
-        read_head(
-            &mut b,
-            &mut buf,
-            limits(),
-            &mut Stop::new(rx),
-            std::pin::pin!(timer()),
-        )
-        .await
-        .unwrap();
+        read_fresh(&mut b, &mut buf, rx).await.unwrap();
         assert!(buf.ends_with(b"hi"));
     }
 
@@ -292,14 +300,7 @@ mod tests {
         a.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         let (_tx, rx) = watch::channel(false);
         let mut buf = BytesMut::new();
-        let r = read_head(
-            &mut b,
-            &mut buf,
-            limits(),
-            &mut Stop::new(rx),
-            std::pin::pin!(timer()),
-        )
-        .await;
+        let r = read_fresh(&mut b, &mut buf, rx).await;
         assert!(matches!(r, Err(HeadError::Timeout)), "{r:?}");
     }
 
@@ -308,14 +309,7 @@ mod tests {
         let (_a, mut b) = tokio::io::duplex(1024);
         let (_tx, rx) = watch::channel(false);
         let mut buf = BytesMut::new();
-        let r = read_head(
-            &mut b,
-            &mut buf,
-            limits(),
-            &mut Stop::new(rx),
-            std::pin::pin!(timer()),
-        )
-        .await;
+        let r = read_fresh(&mut b, &mut buf, rx).await;
         assert!(matches!(r, Err(HeadError::Idle)), "{r:?}");
     }
 
@@ -327,14 +321,7 @@ mod tests {
             .unwrap();
         let (_tx, rx) = watch::channel(false);
         let mut buf = BytesMut::new();
-        let r = read_head(
-            &mut b,
-            &mut buf,
-            limits(),
-            &mut Stop::new(rx),
-            std::pin::pin!(timer()),
-        )
-        .await;
+        let r = read_fresh(&mut b, &mut buf, rx).await;
         assert!(matches!(r, Err(HeadError::TooLarge)), "{r:?}");
     }
 
@@ -343,16 +330,7 @@ mod tests {
         let (_a, mut b) = tokio::io::duplex(1024);
         let (tx, rx) = watch::channel(false);
         let mut buf = BytesMut::new();
-        let t = tokio::spawn(async move {
-            read_head(
-                &mut b,
-                &mut buf,
-                limits(),
-                &mut Stop::new(rx),
-                std::pin::pin!(timer()),
-            )
-            .await
-        });
+        let t = tokio::spawn(async move { read_fresh(&mut b, &mut buf, rx).await });
         tx.send(true).unwrap();
         assert!(matches!(t.await.unwrap(), Err(HeadError::Shutdown)));
     }
