@@ -220,11 +220,11 @@ mod tests {
             assert_eq!(ip_value(ip), ip.to_string());
         }
         // The per-connection value serves only its own peer (in canonical form).
-        let info = crate::engine::conn_info(
-            "[::ffff:10.0.0.7]:5000".parse().unwrap(),
-            "127.0.0.1:80".parse().unwrap(),
-            None,
-        );
+        let info = crate::proxy::ctx::ConnInfo {
+            peer: Some("[::ffff:10.0.0.7]:5000".parse().unwrap()),
+            peer_value: Some(ip_value("10.0.0.7".parse().unwrap())),
+            ..Default::default()
+        };
         let own: IpAddr = "10.0.0.7".parse().unwrap();
         assert_eq!(info.peer_value_of(own).unwrap(), "10.0.0.7");
         assert!(info.peer_value_of("10.0.0.8".parse().unwrap()).is_none());
