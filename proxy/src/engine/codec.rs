@@ -9,7 +9,9 @@
 //! `Host` in HTTP/1.1, and targets that are not origin-form (absolute-form is accepted and
 //! forwarded in origin-form; `*` only with OPTIONS; CONNECT is not proxied).
 
-use bytes::{BufMut, BytesMut};
+use std::cell::RefCell;
+
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Version};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -62,6 +64,8 @@ pub struct Request {
     pub keep_alive: bool,
     /// An upgrade request (`Connection: upgrade` and `Upgrade`, HTTP/1.1).
     pub upgrade: bool,
+    /// Which field names the head holds.
+    pub names: NameSet,
 }
 
 /// Whether a `Connection` field lists `token`.
@@ -150,54 +154,13 @@ impl Seen {
     }
 }
 
-/// Whether field name `raw` (a token: httparse checked it) is `name`, given in lower-case
-/// letters and '-' only. For token bytes, `b | 0x20` equals such a byte exactly when `b`
-/// does ignoring ASCII case (no other token byte maps onto a letter or '-'): a third of the
-/// cost of `eq_ignore_ascii_case`, in the loops that look at every field of every head.
-pub(crate) fn is_name(raw: &[u8], name: &[u8]) -> bool {
-    debug_assert!(name.iter().all(|&b| b.is_ascii_lowercase() || b == b'-'));
-    raw.len() == name.len() && raw.iter().zip(name).all(|(&r, &n)| r | 0x20 == n)
-}
+pub(crate) use crate::proxy::names::is_name;
+use crate::proxy::names::NameSet;
 
-/// The names most requests carry, by length: found with one or two comparisons, where
-/// `HeaderName::from_bytes` lower-cases the name into a scratch buffer and searches every
-/// standard name (about 150 instructions per field by callgrind, a fifth of the request
-/// parse).
+/// The common name `raw` is, if it is one (see [`crate::proxy::names`]).
+#[cfg(test)]
 fn common_name(raw: &[u8]) -> Option<http::HeaderName> {
-    use http::header::*;
-    static BY_LEN: [&[(&[u8], HeaderName)]; 16] = [
-        &[],
-        &[],
-        &[],
-        &[],
-        &[(b"host", HOST)],
-        &[],
-        &[
-            (b"accept", ACCEPT),
-            (b"cookie", COOKIE),
-            (b"origin", ORIGIN),
-        ],
-        &[(b"referer", REFERER), (b"upgrade", UPGRADE)],
-        &[],
-        &[],
-        &[(b"user-agent", USER_AGENT), (b"connection", CONNECTION)],
-        &[],
-        &[(b"content-type", CONTENT_TYPE)],
-        &[
-            (b"authorization", AUTHORIZATION),
-            (b"cache-control", CACHE_CONTROL),
-        ],
-        &[(b"content-length", CONTENT_LENGTH)],
-        &[
-            (b"accept-encoding", ACCEPT_ENCODING),
-            (b"accept-language", ACCEPT_LANGUAGE),
-        ],
-    ];
-    BY_LEN
-        .get(raw.len())?
-        .iter()
-        .find(|(n, _)| is_name(raw, n))
-        .map(|(_, name)| name.clone())
+    crate::proxy::names::common(raw).map(|(n, _)| n.clone())
 }
 
 /// Whether `host` holds only the bytes a Host value may (RFC 3986 `reg-name`, an IP literal
@@ -221,15 +184,80 @@ fn valid_host(host: &[u8]) -> bool {
     host.iter().all(|&b| ALLOWED[b as usize])
 }
 
+thread_local! {
+    /// Header maps of finished requests, emptied, for the next requests on this worker
+    /// thread: a map is two allocations (its index and its entries). Per thread rather than
+    /// per connection, so an idle keep-alive connection holds none.
+    static SPARE_FIELDS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most emptied maps a worker thread keeps.
+const SPARE_MAPS: usize = 64;
+
+/// An empty header map with room for `n` fields: a spare one when the thread has one.
+fn spare_fields(n: usize) -> HeaderMap {
+    match SPARE_FIELDS.with(|s| s.borrow_mut().pop()) {
+        Some(mut m) => {
+            // `n` is at most MAX_HEADERS: room for it cannot fail.
+            let _ = m.try_reserve(n);
+            m
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Gives a finished request's header map back for reuse (emptied here; its values, slices
+/// of a read buffer, are released now). Maps grown past the field limit are dropped.
+pub fn recycle_fields(mut m: HeaderMap) {
+    if m.capacity() > MAX_HEADERS {
+        return;
+    }
+    m.clear();
+    SPARE_FIELDS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_MAPS {
+            s.push(m);
+        }
+    });
+}
+
+/// `s` as a slice of `buf` when it lies inside it, else a copy: a target rebuilt by the
+/// parser (an absolute-form target without a path becomes a static "/") lies elsewhere,
+/// and `Bytes::slice_ref` would panic on it.
+fn slice_of(buf: &Bytes, s: &[u8]) -> Bytes {
+    let base = buf.as_ptr() as usize;
+    let at = s.as_ptr() as usize;
+    if at >= base && at + s.len() <= base + buf.len() {
+        buf.slice_ref(s)
+    } else {
+        Bytes::copy_from_slice(s)
+    }
+}
+
+/// Room for the fields httparse finds, left uninitialised: filling a hundred empty fields
+/// first cost about 300 instructions per head (callgrind); httparse writes the ones it uses.
+fn no_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS] {
+    [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS]
+}
+
 /// Longest request target accepted (414 beyond it), as nginx's default 8 KiB line buffer.
 pub const MAX_TARGET: usize = 8 * 1024;
 
-/// Parses a complete request head at the start of `buf`. `max_target` bounds the request
-/// target (414 beyond it).
+/// Parses a complete request head at the start of `buf` (a copy of it: the values are
+/// copied out anyway). `max_target` bounds the request target (414 beyond it).
 pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(buf) {
+    parse_request_shared(&Bytes::copy_from_slice(buf), max_target)
+}
+
+/// Parses a complete request head at the start of `buf`, as [`parse_request`]. The field
+/// values and the target are slices of `buf`, not copies: a request's five or so values
+/// were five allocations, copies and frees (about 400 instructions by callgrind). They
+/// keep `buf`'s allocation (the connection's read buffer) alive until the request is
+/// dropped, which the read buffer waits for before it reuses its space.
+pub fn parse_request_shared(buf: &Bytes, max_target: usize) -> Result<Request, Refused> {
+    let mut fields = no_fields();
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Err(refused(400, "incomplete request head")),
         Err(httparse::Error::TooManyHeaders) => {
@@ -307,18 +335,21 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
     // title-case each name for a case map this head does not keep and parse it again (half
     // of this function's instructions under callgrind); a target that the URI type keeps
     // byte for byte needs nothing more than the map, others keep their raw bytes.
-    let mut fields = http::HeaderMap::with_capacity(req.headers.len());
+    let mut fields = spare_fields(req.headers.len());
     // Which framing and connection fields are present, noted on the way (a standard name
     // compares as a tag), so the common request skips their map lookups below.
     let mut seen = Seen::default();
+    let mut names = NameSet::empty();
     for f in req.headers.iter() {
         let raw = f.name.as_bytes();
-        let name = match common_name(raw) {
-            Some(n) => n,
+        let common = crate::proxy::names::common(raw);
+        names.note(common.map(|(_, bit)| bit));
+        let name = match common {
+            Some((n, _)) => n.clone(),
             None => http::HeaderName::from_bytes(raw)
                 .map_err(|_| refused(400, "invalid header name"))?,
         };
-        let value = http::HeaderValue::from_bytes(f.value)
+        let value = http::HeaderValue::from_maybe_shared(slice_of(buf, f.value))
             .map_err(|_| refused(400, "invalid header value"))?;
         seen.note(&name);
         if name == HOST && !valid_host(f.value) {
@@ -328,7 +359,7 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
             .try_append(name, value)
             .map_err(|_| refused(400, "invalid header"))?;
     }
-    let exact_uri = http::Uri::try_from(path)
+    let exact_uri = http::Uri::from_maybe_shared(slice_of(buf, path.as_bytes()))
         .ok()
         .filter(|u| u.path_and_query().map(|p| p.as_str()) == Some(path));
     let mut head = match exact_uri {
@@ -368,6 +399,7 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
     if let Some(authority) = absolute_host {
         head.insert_header(HOST, authority)
             .map_err(|_| refused(400, "invalid absolute-form authority"))?;
+        names.note(crate::proxy::names::common(b"host").map(|(_, bit)| bit));
     } else if hosts == 0 && version == Version::HTTP_11 {
         return Err(refused(400, "an HTTP/1.1 request needs a Host field"));
     }
@@ -423,6 +455,7 @@ pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> 
         expect_continue,
         keep_alive,
         upgrade,
+        names,
     })
 }
 
@@ -516,9 +549,11 @@ pub struct BadResponse(pub String);
 
 /// Parses a response head at the start of `buf`; `Ok(None)` when more bytes are needed.
 pub fn parse_response(buf: &[u8], method: &Method) -> Result<Option<Response>, BadResponse> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut raw);
-    let head_len = match resp.parse(buf) {
+    let mut raw = no_fields();
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut raw);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(BadResponse(format!("malformed response head: {e}"))),

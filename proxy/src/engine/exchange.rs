@@ -67,7 +67,13 @@ enum AttemptError {
 /// Serves one request whose head is at the start of `client.rbuf`.
 pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bool) -> After {
     let max_target = codec::MAX_TARGET;
-    let parsed = match codec::parse_request(&client.rbuf, max_target) {
+    // The head's values become slices of what was read (no copies); what follows the head
+    // (a body's first bytes, a pipelined request) goes back into the read buffer.
+    let read = client.rbuf.split().freeze();
+    let parsed = codec::parse_request_shared(&read, max_target);
+    let head_len = parsed.as_ref().map_or(0, |p| p.head_len);
+    client.rbuf.extend_from_slice(&read[head_len..]);
+    let parsed = match parsed {
         Ok(p) => p,
         Err(r) => {
             let reason = match r.status {
@@ -87,7 +93,7 @@ pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bo
             return After::Close;
         }
     };
-    let _ = client.rbuf.split_to(parsed.head_len);
+    let parsed_names = parsed.names;
     let mut ex = Exchange {
         app,
         ctx: RequestCtx::new(&app.shared),
@@ -104,6 +110,7 @@ pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bo
         switched: None,
     };
     ex.ctx.conn = client.info.clone();
+    ex.ctx.names = parsed_names;
     let after = ex.run(client).await;
     match ex.switched.take() {
         Some((up, frames)) => match ex.hand_off(up, frames) {
@@ -112,6 +119,7 @@ pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bo
         },
         None => {
             ex.finish();
+            codec::recycle_fields(http::request::Parts::from(ex.head).headers);
             after
         }
     }

@@ -29,9 +29,11 @@ impl Portico {
     ) -> Option<LocalFailure> {
         let server = &ctx.snap.config.server;
         // Request id: keep a valid incoming one, else make one.
-        let incoming = req
-            .headers
-            .get(&ctx.snap.request_id_name)
+        let incoming = ctx
+            .names
+            .may_have(&ctx.snap.request_id_name)
+            .then(|| req.headers.get(&ctx.snap.request_id_name))
+            .flatten()
             .filter(|v| forwarded::valid_request_id(v.as_bytes()))
             .cloned();
         ctx.request_id = Some(incoming.unwrap_or_else(forwarded::new_request_id));
@@ -42,10 +44,15 @@ impl Portico {
             ctx.peer_trusted = forwarded::is_trusted(peer, &server.trusted_proxies);
             // Looked up by a constant name: a `&str` name is parsed and hashed per call.
             const XFF: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
-            let xff = req.headers.get(XFF).map(|v| v.as_bytes());
+            let xff = ctx
+                .names
+                .may_have(&XFF)
+                .then(|| req.headers.get(XFF))
+                .flatten()
+                .map(|v| v.as_bytes());
             ctx.client_ip = Some(forwarded::client_ip(peer, xff, &server.trusted_proxies));
         }
-        if super::forward::via_loop(req) {
+        if ctx.names.may_have(&http::header::VIA) && super::forward::via_loop(req) {
             return Some(LocalFailure {
                 status: 508,
                 reason: "via_loop",

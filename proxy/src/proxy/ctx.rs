@@ -106,6 +106,9 @@ pub struct RequestCtx {
     pub peer_ip: Option<IpAddr>,
     /// The client connection.
     pub conn: ConnInfo,
+    /// Which field names the request holds, when its parser noted them: lets the request
+    /// path skip looking up fields it knows are absent.
+    pub names: super::names::NameSet,
     /// Whether the direct peer is a trusted proxy.
     pub peer_trusted: bool,
     /// The slot held on the chosen backend.
@@ -167,6 +170,7 @@ impl RequestCtx {
             client_ip: None,
             peer_ip: None,
             conn: ConnInfo::default(),
+            names: super::names::NameSet::UNKNOWN,
             peer_trusted: false,
             lease: None,
             tried: SmallVec::new(),

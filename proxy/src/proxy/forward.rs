@@ -55,7 +55,7 @@ impl Portico {
         let trusted = ctx.peer_trusted;
         // One pass over the (few) request headers decides whether any removal is needed, instead
         // of hashing every reserved name on every request.
-        if req.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
+        if !ctx.names.only_common() && req.headers.keys().any(|k| k.as_str().starts_with("fly-")) {
             for name in req.headers.keys().filter(|k| is_internal(k.as_str())) {
                 e.remove(name.clone());
             }

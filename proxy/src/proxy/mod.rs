@@ -16,6 +16,7 @@ pub mod files;
 pub mod forward;
 pub mod forwarded;
 pub mod hop;
+pub mod names;
 pub mod pick;
 mod pingora;
 pub mod replaying;

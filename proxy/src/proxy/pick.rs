@@ -230,7 +230,8 @@ impl Portico {
                                 regions_forced: true,
                                 ..Want::default()
                             },
-                            _ if snap.config.server.routing_headers => {
+                            // Routing headers are `Fly-*` names, never common ones.
+                            _ if snap.config.server.routing_headers && !ctx.names.only_common() => {
                                 super::routing_headers::want_from_headers(req)
                             }
                             _ => Want::default(),

@@ -316,3 +316,54 @@ fn common_names_are_exact_for_every_token_byte() {
         }
     }
 }
+
+/// Values and the target are slices of the buffer read, not copies; a target the parser
+/// rebuilds (absolute-form without a path) is copied, not sliced out of the wrong memory.
+#[test]
+fn shared_parse_slices_values_out_of_the_buffer() {
+    let buf = Bytes::from_static(b"GET /a?b HTTP/1.1\r\nHost: x\r\nX-Y: zz\r\n\r\nBODY");
+    let r = parse_request_shared(&buf, 8192).unwrap();
+    let inside = |p: *const u8| {
+        let p = p as usize;
+        p >= buf.as_ptr() as usize && p < buf.as_ptr() as usize + buf.len()
+    };
+    assert!(inside(r.head.headers["x-y"].as_bytes().as_ptr()));
+    assert!(inside(r.head.uri.path().as_ptr()));
+    assert_eq!(r.head.uri.path(), "/a");
+    assert_eq!(r.head_len, buf.len() - 4);
+    let buf = Bytes::from_static(b"GET http://h.example HTTP/1.1\r\n\r\n");
+    let r = parse_request_shared(&buf, 8192).unwrap();
+    assert_eq!(r.head.uri.path(), "/");
+    assert_eq!(r.head.headers["host"], "h.example");
+}
+
+/// A map given back for reuse carries nothing of its last request into the next one.
+#[test]
+fn recycled_maps_hold_nothing_of_the_last_request() {
+    for _ in 0..3 {
+        let big = req("GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\nB: 3\r\nC: 4\r\n\r\n").unwrap();
+        assert_eq!(big.head.headers.len(), 5);
+        recycle_fields(http::request::Parts::from(big.head).headers);
+        let small = req("GET / HTTP/1.1\r\nHost: b\r\n\r\n").unwrap();
+        assert_eq!(small.head.headers.len(), 1);
+        assert_eq!(small.head.headers["host"], "b");
+        recycle_fields(http::request::Parts::from(small.head).headers);
+    }
+}
+
+/// The parser notes which names a head holds: only common ones, or some other.
+#[test]
+fn names_seen_by_the_parser() {
+    let r =
+        req("GET / HTTP/1.1\r\nHOST: a\r\nAccept: */*\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    assert!(r.names.only_common());
+    assert!(r.names.may_have(&CONNECTION));
+    assert!(!r.names.may_have(&UPGRADE));
+    assert!(!r.names.may_have(&http::header::VIA));
+    let r = req("GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 x\r\n\r\n").unwrap();
+    assert!(!r.names.only_common());
+    assert!(r.names.may_have(&http::header::VIA));
+    // The authority of an absolute-form target becomes the Host field.
+    let r = req("GET http://h/ HTTP/1.1\r\n\r\n").unwrap();
+    assert!(r.names.may_have(&HOST));
+}

@@ -131,11 +131,11 @@ impl Exchange<'_> {
         out.put_u8(b' ');
         out.put_slice(e.target.as_deref().unwrap_or(self.head.raw_path()));
         out.put_slice(b" HTTP/1.1\r\n");
-        let nominated: SmallVec<[&[u8]; 4]> = self
-            .head
-            .headers
-            .get_all(CONNECTION)
-            .iter()
+        let listed = self.ctx.names.may_have(&CONNECTION);
+        let nominated: SmallVec<[&[u8]; 4]> = listed
+            .then(|| self.head.headers.get_all(CONNECTION))
+            .into_iter()
+            .flat_map(|all| all.iter())
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
             .filter(|t| !t.is_empty())
