@@ -42,13 +42,15 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// A usable idle connection for `key`, if this thread has one.
-pub fn take(key: &PoolKey) -> Option<UpConn> {
+/// A usable idle connection for `key`, if this thread has one. `now` is the caller's
+/// clock reading (the attempt's start): idle times are seconds, and a clock read costs
+/// about 60 instructions.
+pub fn take(key: &PoolKey, now: Instant) -> Option<UpConn> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.idle.get_mut(key)?;
         while let Some(mut idle) = list.pop() {
-            if idle.since.elapsed() < idle.timeout && alive(&mut idle.conn) {
+            if now.saturating_duration_since(idle.since) < idle.timeout && alive(&mut idle.conn) {
                 return Some(idle.conn);
             }
         }
@@ -56,8 +58,9 @@ pub fn take(key: &PoolKey) -> Option<UpConn> {
     })
 }
 
-/// Keeps `conn` for reuse for up to `timeout`.
-pub fn give(conn: UpConn, timeout: Duration) {
+/// Keeps `conn` for reuse for up to `timeout` from `since` (when its answer arrived: a
+/// reading no later than the real idle start, so a connection never outlives `timeout`).
+pub fn give(conn: UpConn, timeout: Duration, since: Instant) {
     if timeout.is_zero() || conn.private {
         return;
     }
@@ -74,7 +77,7 @@ pub fn give(conn: UpConn, timeout: Duration) {
         }
         list.push(Idle {
             conn,
-            since: Instant::now(),
+            since,
             timeout,
         });
         !std::mem::replace(&mut p.sweeper, true)

@@ -238,21 +238,15 @@ pub async fn connect(
 }
 
 /// Whether an idle connection can carry another request: nothing arrived on it since its
-/// last response (a close, a stray byte). The runtime's cached readiness answers without a
-/// system call in the usual case; only a socket the runtime saw become readable is read.
+/// last response (a close, a stray byte). `try_read` answers from the runtime's cached
+/// readiness, without a system call, while the socket has not become readable; only a
+/// socket the runtime saw become readable is read. (`poll_read_ready` answered the same but
+/// registered a waker under the socket's lock each time: about 150 instructions per
+/// request by callgrind.) A byte read here is never given back: the connection is dropped.
 pub fn alive(conn: &mut UpConn) -> bool {
     if !conn.rbuf.is_empty() {
         return false;
     }
-    let waker = futures::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    let tcp = conn.io.tcp();
-    match tcp.poll_read_ready(&mut cx) {
-        Poll::Pending => true,
-        Poll::Ready(Err(_)) => false,
-        Poll::Ready(Ok(())) => {
-            let mut probe = [0u8; 1];
-            matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-        }
-    }
+    let mut probe = [0u8; 1];
+    matches!(conn.io.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }

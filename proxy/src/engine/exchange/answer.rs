@@ -35,7 +35,11 @@ impl Exchange<'_> {
         let framing = resp.body;
         let up_keep_alive = resp.keep_alive;
         self.ctx.upstream_status = Some(status);
-        self.ctx.upstream_time = self.ctx.connect_started.map(|t| t.elapsed());
+        let answered_at = std::time::Instant::now();
+        self.ctx.upstream_time = self
+            .ctx
+            .connect_started
+            .map(|t| answered_at.saturating_duration_since(t));
         // Real traffic feeds passive ejection.
         if let Some(lease) = &self.ctx.lease {
             let up = &self.ctx.snap.upstreams[self.ctx.upstream];
@@ -70,7 +74,7 @@ impl Exchange<'_> {
             ))
             .await;
             if self.give_back {
-                pool::give(conn, up_cfg.idle_timeout);
+                pool::give(conn, up_cfg.idle_timeout, answered_at);
                 return checked.map(|c| c.unwrap_or(None));
             }
             if let Some(after) = checked? {
@@ -119,7 +123,7 @@ impl Exchange<'_> {
         let pumped = relay_body(client, &mut conn, mode, up_cfg.read_timeout, head_only).await;
         self.bytes_sent = pumped.bytes;
         if pumped.up_done && up_keep_alive && self.body_sent_all && !pumped.client_failed {
-            pool::give(conn, up_cfg.idle_timeout);
+            pool::give(conn, up_cfg.idle_timeout, answered_at);
         }
         if pumped.client_failed {
             self.incomplete("client_gone");

@@ -35,7 +35,7 @@ impl Exchange<'_> {
             .send_proxy_protocol
             .and_then(|v| crate::proxy::proxy_header(v, &self.ctx));
         let pooled = if proxy_header.is_none() {
-            pool::take(&key)
+            pool::take(&key, self.ctx.connect_started.unwrap_or_else(Instant::now))
         } else {
             None
         };
