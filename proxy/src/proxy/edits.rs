@@ -29,6 +29,10 @@ pub struct Edits {
     /// The same bits for every name dropped or added: a `set` or `remove` of a name no
     /// other edit has touched (the usual case) skips the searches that cancel earlier ones.
     name_lens: u64,
+    /// Fields rendered ahead as `name: value\r\n` lines, sent after the added ones. Their
+    /// names are neither dropped nor added by these edits (the request path sets this only
+    /// when nothing else touches them and the message does not carry them).
+    pub block: Option<Bytes>,
     /// A new request target (path and query), for requests.
     pub target: Option<Bytes>,
 }
@@ -107,6 +111,11 @@ impl Edits {
         for (name, value) in self.add {
             req.append_header(name, value)?;
         }
+        if let Some(block) = &self.block {
+            for (name, value) in block_fields(block) {
+                req.append_header(name, value)?;
+            }
+        }
         if let Some(target) = self.target {
             let uri = http::Uri::from_maybe_shared(target)
                 .map_err(|e| Error::because(ErrorType::InternalError, "rewriting the target", e))?;
@@ -125,6 +134,18 @@ impl Edits {
         }
         Ok(())
     }
+}
+
+/// The fields of an [`Edits::block`] (lines Portico rendered; anything unreadable is
+/// skipped rather than sent).
+fn block_fields(block: &Bytes) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+    block.split(|&b| b == b'\n').filter_map(|line| {
+        let line = line.strip_suffix(b"\r")?;
+        let colon = line.iter().position(|&b| b == b':')?;
+        let name = HeaderName::from_bytes(&line[..colon]).ok()?;
+        let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii()).ok()?;
+        Some((name, value))
+    })
 }
 
 /// The bit of [`Edits::drop_lens`] for a name of `len` bytes.
@@ -148,6 +169,15 @@ pub fn name(s: &str) -> Result<HeaderName> {
 // The rules live in the snapshot (built once per generation); applying them is the request
 // path's business, so the method lives beside `Edits`.
 impl crate::state::CompiledRules {
+    /// Whether any rule names one of `names`.
+    pub fn touches_any(&self, names: &[HeaderName]) -> bool {
+        self.remove
+            .iter()
+            .chain(self.set.iter().map(|(n, _)| n))
+            .chain(self.add.iter().map(|(n, _)| n))
+            .any(|n| names.contains(n))
+    }
+
     /// Adds these rules to `e`.
     pub fn apply(&self, e: &mut Edits) {
         for n in &self.remove {
@@ -165,6 +195,43 @@ impl crate::state::CompiledRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_reaches_a_header_map_field_by_field() {
+        let mut e = Edits {
+            block: Some(Bytes::from_static(
+                b"x-a: 1\r\nvia: 1.1 p (t)\r\nbroken\r\n",
+            )),
+            ..Edits::default()
+        };
+        e.add(
+            HeaderName::from_static("x-b"),
+            HeaderValue::from_static("2"),
+        );
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        e.apply_request(&mut req).unwrap();
+        assert_eq!(req.headers["x-a"], "1");
+        assert_eq!(req.headers["via"], "1.1 p (t)");
+        assert_eq!(req.headers["x-b"], "2");
+        assert_eq!(req.headers.len(), 3);
+    }
+
+    #[test]
+    fn rules_touching_names() {
+        let rules = crate::state::CompiledRules {
+            remove: vec![HeaderName::from_static("via")],
+            set: vec![],
+            add: vec![(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("1"),
+            )],
+        };
+        let via = [http::header::VIA];
+        assert!(rules.touches_any(&via));
+        assert!(rules.touches_any(&[HeaderName::from_static("x-a")]));
+        assert!(!rules.touches_any(&[HeaderName::from_static("x-b")]));
+        assert!(!crate::state::CompiledRules::default().touches_any(&via));
+    }
 
     #[test]
     fn drops_names_of_every_length() {

@@ -72,6 +72,22 @@ impl Portico {
                 }
             }
         }
+        // A request with only common field names (no `X-Forwarded-*`, `Via` or `Fly-*` of
+        // its own) on a route whose rules leave these names alone gets the constant fields
+        // as one block rendered for the listener and configuration, instead of six edits and
+        // six field writes (about 1,200 instructions by callgrind).
+        let constant = ctx.names.only_common()
+            && !ctx.conn.http2
+            && ctx.replay.target.is_none()
+            && !CONSTANT_NAMES.contains(&ctx.snap.request_id_name)
+            && ctx.route.is_none_or(|i| {
+                !ctx.snap.route_headers[i]
+                    .request
+                    .touches_any(&CONSTANT_NAMES)
+            });
+        if constant {
+            e.block = Some(self.constant_fields(ctx));
+        }
         if let Some(peer_ip) = ctx.peer_ip {
             let previous = if trusted {
                 req.headers.get(X_FORWARDED_FOR)
@@ -102,15 +118,15 @@ impl Portico {
         }
         let keep = |name: &HeaderName| trusted && req.headers.contains_key(name);
         let tls = self.listener.tls;
-        if !keep(&X_FORWARDED_PROTO) {
+        if !constant && !keep(&X_FORWARDED_PROTO) {
             let v = if tls { "https" } else { "http" };
             e.set_new(X_FORWARDED_PROTO, HeaderValue::from_static(v));
         }
-        if !keep(&X_FORWARDED_SSL) {
+        if !constant && !keep(&X_FORWARDED_SSL) {
             let v = if tls { "on" } else { "off" };
             e.set_new(X_FORWARDED_SSL, HeaderValue::from_static(v));
         }
-        if !keep(&X_FORWARDED_PORT) {
+        if !constant && !keep(&X_FORWARDED_PORT) {
             e.set_new(X_FORWARDED_PORT, self.listener.port_value.clone());
         }
         if !keep(&X_FORWARDED_HOST) {
@@ -120,12 +136,14 @@ impl Portico {
                 e.set_new(X_FORWARDED_HOST, super::edits::value(a.as_str())?);
             }
         }
-        let via = if ctx.conn.http2 {
-            &ctx.snap.via_h2
-        } else {
-            &ctx.snap.via_h1
-        };
-        e.add(http::header::VIA, via.clone());
+        if !constant {
+            let via = if ctx.conn.http2 {
+                &ctx.snap.via_h2
+            } else {
+                &ctx.snap.via_h1
+            };
+            e.add(http::header::VIA, via.clone());
+        }
         // The request id's name is configurable (it may even be one of the names above, or
         // `fly-request-id` below): set with a search.
         if let Some(id) = &ctx.request_id {
@@ -139,13 +157,73 @@ impl Portico {
                 };
                 e.set_new(FLY_CLIENT_IP, v);
             }
-            e.set_new(FLY_REGION, ctx.snap.region.clone());
-            e.set_new(FLY_FORWARDED_PORT, self.listener.port_value.clone());
+            if !constant {
+                e.set_new(FLY_REGION, ctx.snap.region.clone());
+                e.set_new(FLY_FORWARDED_PORT, self.listener.port_value.clone());
+            }
             if let Some(id) = &ctx.request_id {
                 e.set(FLY_REQUEST_ID, id.clone());
             }
         }
         Ok(())
+    }
+}
+
+/// The fields whose values depend only on the listener and the configuration.
+static CONSTANT_NAMES: [HeaderName; 6] = [
+    X_FORWARDED_PROTO,
+    X_FORWARDED_SSL,
+    X_FORWARDED_PORT,
+    http::header::VIA,
+    FLY_REGION,
+    FLY_FORWARDED_PORT,
+];
+
+/// The constant forwarding fields of one listener under one configuration, as lines.
+pub struct ConstantFields {
+    /// The configuration generation they were rendered for.
+    generation: u64,
+    /// `name: value\r\n` lines.
+    lines: Bytes,
+}
+
+impl Portico {
+    /// The constant forwarding fields for `ctx`'s configuration (HTTP/1.1 `Via`), rendered
+    /// on the first request of each generation and shared by the rest.
+    fn constant_fields(&self, ctx: &RequestCtx) -> Bytes {
+        let snap = &ctx.snap;
+        if let Some(c) = &*self.constant_fields.load() {
+            if c.generation == snap.generation {
+                return c.lines.clone();
+            }
+        }
+        let tls = self.listener.tls;
+        let port = &self.listener.port_value;
+        let [proto, ssl, port_name, via, region, fly_port] = &CONSTANT_NAMES;
+        let mut fields: Vec<(&HeaderName, &[u8])> = vec![
+            (proto, if tls { b"https" } else { b"http" }),
+            (ssl, if tls { b"on" } else { b"off" }),
+            (port_name, port.as_bytes()),
+            (via, snap.via_h1.as_bytes()),
+        ];
+        if snap.config.server.fly_headers {
+            fields.push((region, snap.region.as_bytes()));
+            fields.push((fly_port, port.as_bytes()));
+        }
+        let mut lines = Vec::with_capacity(256);
+        for (name, value) in fields {
+            lines.extend_from_slice(name.as_str().as_bytes());
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(value);
+            lines.extend_from_slice(b"\r\n");
+        }
+        let lines = Bytes::from(lines);
+        self.constant_fields
+            .store(Some(std::sync::Arc::new(ConstantFields {
+                generation: snap.generation,
+                lines: lines.clone(),
+            })));
+        lines
     }
 }
 

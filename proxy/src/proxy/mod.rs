@@ -55,6 +55,8 @@ pub struct Portico {
     pub shared: Arc<Shared>,
     /// The listener this instance serves.
     pub listener: ListenerInfo,
+    /// Its constant forwarding fields, rendered for the latest configuration seen.
+    pub constant_fields: arc_swap::ArcSwapOption<forward::ConstantFields>,
 }
 
 /// The PROXY header announcing this request's client (the real one: after the inbound PROXY

@@ -116,6 +116,7 @@ pub(super) fn spawn_listeners(
                 port_value: http::HeaderValue::from(local.port()),
                 default_https_port,
             },
+            constant_fields: Default::default(),
         };
         // pingora's HTTP/2 server (and the subrequests) run Portico through `ProxyHttp`.
         let mut proxy = http_proxy(&server_conf, app());

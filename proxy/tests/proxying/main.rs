@@ -202,6 +202,59 @@ async fn trusted_proxies_and_fly_headers() {
     assert_eq!(seen.header("fly-request-id"), Some(fly_id.as_str()));
 }
 
+/// A request with only common field names gets the listener's constant forwarding fields
+/// (rendered once per configuration); route rules on those names still apply, and a reload
+/// that changes them is seen by the next request.
+#[tokio::test]
+async fn constant_forwarding_fields_follow_rules_and_reloads() {
+    let web = Origin::named("web").await;
+    let config = |region: &str| {
+        Config::new()
+            .server("fly_headers", true)
+            .server("region", region)
+            .upstream(Upstream::new("web", [web.addr]))
+            .route(Route::to("web").path("/"))
+            .route(Route::to("web").path("/rules").set(
+                "request_headers",
+                serde_json::json!({ "set": { "x-forwarded-proto": "wss" }, "remove": ["via"] }),
+            ))
+            .render()
+    };
+    let p = Portico::start(&config("ams"));
+    let port = p.addr("http").port().to_string();
+    let c = client();
+    for round in 0..3 {
+        let r = c.get(p.url("http", "/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = web.requests().pop().unwrap();
+        assert_eq!(seen.header("x-forwarded-proto"), Some("http"), "{round}");
+        assert_eq!(seen.header("x-forwarded-ssl"), Some("off"));
+        assert_eq!(seen.header("x-forwarded-port"), Some(port.as_str()));
+        assert_eq!(seen.header("fly-forwarded-port"), Some(port.as_str()));
+        assert_eq!(seen.header("fly-region"), Some("ams"));
+        assert!(seen.header("via").unwrap().starts_with("1.1 portico ("));
+        assert_eq!(seen.header("fly-client-ip"), Some("127.0.0.1"));
+        assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+
+        let r = c.get(p.url("http", "/rules")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let seen = web.requests().pop().unwrap();
+        assert_eq!(seen.header("x-forwarded-proto"), Some("wss"));
+        assert_eq!(seen.header("via"), None);
+        assert_eq!(seen.header("x-forwarded-ssl"), Some("off"));
+        assert_eq!(seen.header("fly-region"), Some("ams"));
+    }
+    std::fs::write(&p.config_path, config("fra")).unwrap();
+    let r = c.post(p.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(p.url("http", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        web.requests().pop().unwrap().header("fly-region"),
+        Some("fra")
+    );
+}
+
 #[tokio::test]
 async fn dead_backend_is_retried_on_another_and_502_names_the_failure() {
     let live = Origin::named("live").await;

@@ -167,6 +167,9 @@ impl Exchange<'_> {
         for (n, v) in e.added() {
             codec::put_field(out, n.as_str().as_bytes(), v.as_bytes());
         }
+        if let Some(block) = &e.block {
+            out.put_slice(block);
+        }
         out.put_slice(b"\r\n");
         Ok(())
     }
