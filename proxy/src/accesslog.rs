@@ -65,8 +65,41 @@ pub enum Value<'a> {
     Num(f64),
 }
 
+/// A field's name with the text that goes before its value in the text and JSON formats,
+/// made at compile time by [`log_key!`]: a line's key is one copy instead of four pieces.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// The name (`status`).
+    pub name: &'static str,
+    /// ` status=`.
+    text: &'static str,
+    /// `,"status":`.
+    json: &'static str,
+}
+
+impl Key {
+    /// Use [`log_key!`], which writes the three consistently.
+    pub const fn new(name: &'static str, text: &'static str, json: &'static str) -> Key {
+        Key { name, text, json }
+    }
+}
+
+/// The [`Key`] of a field name given as a literal of letters, digits and `_`.
+macro_rules! log_key {
+    ($name:literal) => {{
+        // A constant, so the reference is static: a line's field list is a word per key.
+        const KEY: $crate::accesslog::Key = $crate::accesslog::Key::new(
+            $name,
+            concat!(" ", $name, "="),
+            concat!(",\"", $name, "\":"),
+        );
+        &KEY
+    }};
+}
+pub(crate) use log_key;
+
 /// Appends one line with `fields` (after the time) to this thread's buffer.
-pub fn write(fields: &[(&str, Value<'_>)]) {
+pub fn write(fields: &[(&Key, Value<'_>)]) {
     let Some(sink) = SINK.get() else { return };
     BUFFER.with(|b| {
         let mut buf = b.lock().unwrap_or_else(|e| e.into_inner());
@@ -167,6 +200,8 @@ fn civil(days: i64) -> (i64, i64, i64) {
 
 fn number(out: &mut Vec<u8>, v: Value<'_>) {
     match v {
+        // Most counts in a line are one digit (attempts, replays).
+        Value::Int(n) if n < 10 => out.push(b'0' + n as u8),
         Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
         Value::Num(x) => {
             // Three decimals at most, trailing zeros left out (as `f64`'s `Display` prints
@@ -221,8 +256,8 @@ fn ncsa_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// `client - - [10/Oct/2000:13:55:36 +0000] "GET /a?b HTTP/1.1" 200 2326 "referer" "agent"`.
-fn combined_line(out: &mut Vec<u8>, fields: &[(&str, Value<'_>)], secs: u64) {
-    let get = |key: &str| fields.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+fn combined_line(out: &mut Vec<u8>, fields: &[(&Key, Value<'_>)], secs: u64) {
+    let get = |key: &str| fields.iter().find(|(k, _)| k.name == key).map(|(_, v)| *v);
     let text = |key: &str| match get(key) {
         Some(Value::Str(s)) if s != "-" => s,
         _ => "",
@@ -269,18 +304,28 @@ fn combined_line(out: &mut Vec<u8>, fields: &[(&str, Value<'_>)], secs: u64) {
     out.extend_from_slice(b"\"\n");
 }
 
-fn text_line(out: &mut Vec<u8>, fields: &[(&str, Value<'_>)]) {
+/// Bytes a text value holds as they are, between quotes (as `Debug` prints a string:
+/// printable ASCII other than `"` and `\\`); one lookup per byte.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        t[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
+fn text_line(out: &mut Vec<u8>, fields: &[(&Key, Value<'_>)]) {
+    // The usual line fits: one reservation instead of growth on the way.
+    out.reserve(768);
     timestamp(out);
     for (k, v) in fields {
-        out.push(b' ');
-        out.extend_from_slice(k.as_bytes());
-        out.push(b'=');
+        out.extend_from_slice(k.text.as_bytes());
         match v {
             Value::Str(s) => {
                 // As `Debug` prints a string: quoted, with escapes. Plain ASCII needs none.
-                if s.bytes()
-                    .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-                {
+                if s.bytes().all(|b| PLAIN[b as usize]) {
                     out.push(b'"');
                     out.extend_from_slice(s.as_bytes());
                     out.push(b'"');
@@ -315,14 +360,13 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-fn json_line(out: &mut Vec<u8>, fields: &[(&str, Value<'_>)]) {
+fn json_line(out: &mut Vec<u8>, fields: &[(&Key, Value<'_>)]) {
+    out.reserve(1024);
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out);
     out.extend_from_slice(b"\",\"level\":\"INFO\"");
     for (k, v) in fields {
-        out.push(b',');
-        json_str(out, k);
-        out.push(b':');
+        out.extend_from_slice(k.json.as_bytes());
         match v {
             Value::Str(s) => json_str(out, s),
             n => number(out, *n),
@@ -338,15 +382,15 @@ mod tests {
     #[test]
     fn combined_lines_are_ncsa_with_nginx_escapes() {
         let fields = [
-            ("client", Value::Str("203.0.113.9")),
-            ("method", Value::Str("GET")),
-            ("path", Value::Str("/a\"b")),
-            ("query", Value::Str("x=1")),
-            ("protocol", Value::Str("HTTP/1.1")),
-            ("status", Value::Int(200)),
-            ("bytes", Value::Int(2326)),
-            ("referer", Value::Str("")),
-            ("user_agent", Value::Str("curl/8 \u{e9}")),
+            (log_key!("client"), Value::Str("203.0.113.9")),
+            (log_key!("method"), Value::Str("GET")),
+            (log_key!("path"), Value::Str("/a\"b")),
+            (log_key!("query"), Value::Str("x=1")),
+            (log_key!("protocol"), Value::Str("HTTP/1.1")),
+            (log_key!("status"), Value::Int(200)),
+            (log_key!("bytes"), Value::Int(2326)),
+            (log_key!("referer"), Value::Str("")),
+            (log_key!("user_agent"), Value::Str("curl/8 \u{e9}")),
         ];
         let mut out = Vec::new();
         // 2000-10-10T13:55:36Z
@@ -360,19 +404,21 @@ mod tests {
     #[test]
     fn lines_look_like_the_tracing_formatter_made_them() {
         let fields = [
-            ("request_id", Value::Str("abc")),
-            ("referer", Value::Str("https://x/\"q\"\n")),
-            ("status", Value::Int(404)),
-            ("duration_ms", Value::Num(5.17749)),
-            ("upstream_ms", Value::Num(-1.0)),
-            ("short", Value::Num(0.3401)),
-            ("whole", Value::Num(12.0)),
+            (log_key!("request_id"), Value::Str("abc")),
+            (log_key!("referer"), Value::Str("https://x/\"q\"\n")),
+            (log_key!("status"), Value::Int(404)),
+            (log_key!("attempts"), Value::Int(1)),
+            (log_key!("bytes"), Value::Int(10)),
+            (log_key!("duration_ms"), Value::Num(5.17749)),
+            (log_key!("upstream_ms"), Value::Num(-1.0)),
+            (log_key!("short"), Value::Num(0.3401)),
+            (log_key!("whole"), Value::Num(12.0)),
         ];
         let mut t = Vec::new();
         text_line(&mut t, &fields);
         let t = String::from_utf8(t).unwrap();
         assert!(
-            t.ends_with(" request_id=\"abc\" referer=\"https://x/\\\"q\\\"\\n\" status=404 duration_ms=5.177 upstream_ms=-1 short=0.34 whole=12\n"),
+            t.ends_with(" request_id=\"abc\" referer=\"https://x/\\\"q\\\"\\n\" status=404 attempts=1 bytes=10 duration_ms=5.177 upstream_ms=-1 short=0.34 whole=12\n"),
             "{t}"
         );
         let mut j = Vec::new();
@@ -380,6 +426,8 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&j).unwrap();
         assert_eq!(v["referer"], "https://x/\"q\"\n");
         assert_eq!(v["status"], 404);
+        assert_eq!(v["attempts"], 1);
+        assert_eq!(v["bytes"], 10);
         assert_eq!(v["duration_ms"], 5.177);
         assert_eq!(v["level"], "INFO");
         let ts = v["timestamp"].as_str().unwrap();

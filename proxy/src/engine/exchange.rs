@@ -437,7 +437,6 @@ impl Exchange<'_> {
 
     fn finish(&mut self) {
         let ctx = &mut self.ctx;
-        ctx.lease = None;
         let held = ctx.replay.body.held();
         if held > 0 {
             self.app
@@ -465,6 +464,8 @@ impl Exchange<'_> {
         if ctx.snap.config.server.access_log {
             crate::proxy::access::log(&self.head, ctx, status, self.bytes_sent as usize);
         }
+        // After the line: it names the backend from the lease.
+        ctx.lease = None;
     }
 }
 

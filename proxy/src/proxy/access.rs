@@ -11,7 +11,7 @@ use std::time::Duration;
 use pingora_http::RequestHeader;
 
 use super::ctx::RequestCtx;
-use crate::accesslog::{self, Value};
+use crate::accesslog::{self, log_key, Value};
 
 /// Writes the access-log line of a finished request: `status` as sent, `bytes` of body.
 pub fn log(req: &RequestHeader, ctx: &RequestCtx, status: u16, bytes: usize) {
@@ -53,32 +53,50 @@ pub struct Fields<'a> {
 impl<'a> Fields<'a> {
     /// Borrows the fields from the request head and its context.
     pub fn new(req: &'a RequestHeader, ctx: &'a RequestCtx, bufs: &'a mut Bufs) -> Self {
-        let header = |name: &str| {
-            req.headers
-                .get(name)
+        // Only fields the request may hold are looked up (see `super::names`).
+        let header = |name: &http::HeaderName| {
+            ctx.names
+                .may_have(name)
+                .then(|| req.headers.get(name))
+                .flatten()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-")
         };
-        let client = ctx
-            .client_ip
-            .map_or("-", |ip| super::forward::ip_str(ip, &mut bufs.client));
-        let backend = ctx.backend_addr.map_or("-", |a| {
-            let mut ip = [0u8; 64];
-            let host = super::forward::ip_str(a.ip(), &mut ip);
-            let v6 = a.is_ipv6();
-            let mut n = 0;
-            for part in [
-                if v6 { "[" } else { "" },
-                host,
-                if v6 { "]:" } else { ":" },
-                itoa::Buffer::new().format(a.port()),
-            ] {
-                let end = (n + part.len()).min(bufs.backend.len());
-                bufs.backend[n..end].copy_from_slice(&part.as_bytes()[..end - n]);
-                n = end;
+        // The usual client is the connection's peer, whose address text was made when the
+        // connection was accepted.
+        let client = ctx.client_ip.map_or("-", |ip| {
+            match ctx.conn.peer_value_of(ip).and_then(|v| v.to_str().ok()) {
+                Some(text) => text,
+                None => super::forward::ip_str(ip, &mut bufs.client),
             }
-            std::str::from_utf8(&bufs.backend[..n]).unwrap_or("-")
         });
+        // The backend's address text was made with the backend, while its lease lasts.
+        let leased = ctx
+            .lease
+            .as_ref()
+            .filter(|l| Some(l.backend.addr) == ctx.backend_addr)
+            .map(|l| &*l.backend.addr_text);
+        let backend = leased
+            .or_else(|| {
+                ctx.backend_addr.map(|a| {
+                    let mut ip = [0u8; 64];
+                    let host = super::forward::ip_str(a.ip(), &mut ip);
+                    let v6 = a.is_ipv6();
+                    let mut n = 0;
+                    for part in [
+                        if v6 { "[" } else { "" },
+                        host,
+                        if v6 { "]:" } else { ":" },
+                        itoa::Buffer::new().format(a.port()),
+                    ] {
+                        let end = (n + part.len()).min(bufs.backend.len());
+                        bufs.backend[n..end].copy_from_slice(&part.as_bytes()[..end - n]);
+                        n = end;
+                    }
+                    std::str::from_utf8(&bufs.backend[..n]).unwrap_or("-")
+                })
+            })
+            .unwrap_or("-");
         let protocol = match req.version {
             http::Version::HTTP_2 => "HTTP/2",
             http::Version::HTTP_10 => "HTTP/1.0",
@@ -98,8 +116,8 @@ impl<'a> Fields<'a> {
                 ctx.upstream_label(),
                 backend,
                 ctx.replay.first_from.as_deref().unwrap_or("-"),
-                header("user-agent"),
-                header("referer"),
+                header(&http::header::USER_AGENT),
+                header(&http::header::REFERER),
             ],
             upstream_status: ctx.upstream_status.unwrap_or(0),
             upstream_ms: ctx.upstream_time.map(ms),
@@ -170,27 +188,33 @@ pub fn write(f: &Fields<'_>, status: u16, bytes: u64, duration: Duration) {
     let [request_id, client, method, host, path, query, protocol, tls, route, upstream, backend, replayed_from, user_agent, referer] =
         f.text;
     accesslog::write(&[
-        ("request_id", Value::Str(request_id)),
-        ("client", Value::Str(client)),
-        ("method", Value::Str(method)),
-        ("host", Value::Str(host)),
-        ("path", Value::Str(path)),
-        ("query", Value::Str(query)),
-        ("protocol", Value::Str(protocol)),
-        ("tls", Value::Str(tls)),
-        ("status", Value::Int(u64::from(status))),
-        ("bytes", Value::Int(bytes)),
-        ("duration_ms", Value::Num(ms(duration))),
-        ("route", Value::Str(route)),
-        ("upstream", Value::Str(upstream)),
-        ("backend", Value::Str(backend)),
-        ("upstream_status", Value::Int(u64::from(f.upstream_status))),
-        ("upstream_ms", Value::Num(f.upstream_ms.unwrap_or(-1.0))),
-        ("attempts", Value::Int(u64::from(f.attempts))),
-        ("replays", Value::Int(u64::from(f.replays))),
-        ("replayed_from", Value::Str(replayed_from)),
-        ("user_agent", Value::Str(user_agent)),
-        ("referer", Value::Str(referer)),
-        ("error", Value::Str(f.error)),
+        (log_key!("request_id"), Value::Str(request_id)),
+        (log_key!("client"), Value::Str(client)),
+        (log_key!("method"), Value::Str(method)),
+        (log_key!("host"), Value::Str(host)),
+        (log_key!("path"), Value::Str(path)),
+        (log_key!("query"), Value::Str(query)),
+        (log_key!("protocol"), Value::Str(protocol)),
+        (log_key!("tls"), Value::Str(tls)),
+        (log_key!("status"), Value::Int(u64::from(status))),
+        (log_key!("bytes"), Value::Int(bytes)),
+        (log_key!("duration_ms"), Value::Num(ms(duration))),
+        (log_key!("route"), Value::Str(route)),
+        (log_key!("upstream"), Value::Str(upstream)),
+        (log_key!("backend"), Value::Str(backend)),
+        (
+            log_key!("upstream_status"),
+            Value::Int(u64::from(f.upstream_status)),
+        ),
+        (
+            log_key!("upstream_ms"),
+            Value::Num(f.upstream_ms.unwrap_or(-1.0)),
+        ),
+        (log_key!("attempts"), Value::Int(u64::from(f.attempts))),
+        (log_key!("replays"), Value::Int(u64::from(f.replays))),
+        (log_key!("replayed_from"), Value::Str(replayed_from)),
+        (log_key!("user_agent"), Value::Str(user_agent)),
+        (log_key!("referer"), Value::Str(referer)),
+        (log_key!("error"), Value::Str(f.error)),
     ]);
 }

@@ -17,6 +17,8 @@ pub struct BackendRt {
     pub id: Option<Arc<str>>,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// `addr` as text (`10.0.0.1:8080`, `[::1]:8080`), for the access log of every request.
+    pub addr_text: Box<str>,
     /// Region it runs in, when known.
     pub region: Option<Arc<str>>,
     /// Relative weight.
@@ -98,6 +100,12 @@ impl BackendRt {
             key: spec.key().into(),
             id: spec.id.as_deref().map(Arc::from),
             addr: spec.addr,
+            // As the access log always wrote it: no IPv6 scope id.
+            addr_text: match spec.addr {
+                SocketAddr::V4(a) => a.to_string(),
+                SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+            }
+            .into(),
             region: spec.region.as_deref().map(Arc::from),
             weight: spec.weight.max(1),
             origin: spec.origin.as_str().into(),
