@@ -330,18 +330,11 @@ async fn read_bodies(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, n: usize)
     let mut out = Vec::new();
     let mut chunk = [0u8; 8192];
     while out.len() < n {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if buf.len() >= end + 4 + len {
-                assert!(head.starts_with("http/1.1 200 "), "{head}");
-                out.push(String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned());
-                buf.drain(..end + 4 + len);
-                continue;
-            }
+        if let Some((head, body)) = complete_response(buf) {
+            assert!(head.starts_with("http/1.1 200 "), "{head}");
+            out.push(String::from_utf8_lossy(&buf[body.clone()]).into_owned());
+            buf.drain(..body.end);
+            continue;
         }
         let got = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
             .await

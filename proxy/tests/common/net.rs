@@ -126,21 +126,27 @@ pub async fn raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> String 
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The first complete response (head and `content-length` body) at the start of `buf`: its
+/// head lower-cased and the range of its body, or `None` while incomplete.
+#[allow(dead_code)]
+pub fn complete_response(buf: &[u8]) -> Option<(String, std::ops::Range<usize>)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    (buf.len() >= end + 4 + len).then_some((head, end + 4..end + 4 + len))
+}
+
 /// Reads one HTTP/1.1 response (head and a `content-length` body) from `s`.
 pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if buf.len() >= end + 4 + len {
-                return String::from_utf8_lossy(&buf).into_owned();
-            }
+        if complete_response(&buf).is_some() {
+            return String::from_utf8_lossy(&buf).into_owned();
         }
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
             .await
