@@ -243,8 +243,9 @@ fn no_fields<'b>() -> [std::mem::MaybeUninit<httparse::Header<'b>>; MAX_HEADERS]
 /// Longest request target accepted (414 beyond it), as nginx's default 8 KiB line buffer.
 pub const MAX_TARGET: usize = 8 * 1024;
 
-/// Parses a complete request head at the start of `buf` (a copy of it: the values are
-/// copied out anyway). `max_target` bounds the request target (414 beyond it).
+/// Parses a complete request head at the start of `buf`, for callers that hold only a
+/// borrowed buffer (tests, fuzz targets): `buf` is copied once, then as
+/// [`parse_request_shared`]. `max_target` bounds the request target (414 beyond it).
 pub fn parse_request(buf: &[u8], max_target: usize) -> Result<Request, Refused> {
     parse_request_shared(&Bytes::copy_from_slice(buf), max_target)
 }

@@ -68,7 +68,8 @@ enum AttemptError {
 pub async fn handle<S: ClientIo>(app: &Portico, client: &mut Client<S>, last: bool) -> After {
     let max_target = codec::MAX_TARGET;
     // The head's values become slices of what was read (no copies); what follows the head
-    // (a body's first bytes, a pipelined request) goes back into the read buffer.
+    // (a body's first bytes, a pipelined request: usually nothing) is copied back into the
+    // read buffer, which reuses its space once this request's slices are gone.
     let read = client.rbuf.split().freeze();
     let parsed = codec::parse_request_shared(&read, max_target);
     let head_len = parsed.as_ref().map_or(0, |p| p.head_len);
