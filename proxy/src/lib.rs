@@ -5,7 +5,7 @@
 //! 1. capabilities, each owning its data and decisions: `upstream` (backends, region tiers,
 //!    balancing, limits, health state), `replay` (fly-replay instructions, targets, cache),
 //!    `sticky`, `statics` (file resolution, cache, types, negotiation), `ratelimit`,
-//!    `compress`, `acme`, `tls`, `metrics`, `accesslog`, `wsclose`;
+//!    `compress`, `acme`, `tls`, `metrics`, `accesslog`, `wsclose`, `interned`;
 //! 2. runtime state: `state` (the per-generation snapshot in an `ArcSwap` and the
 //!    process-wide `Shared` holding the capabilities' runtime parts), `load` (reading and
 //!    checking a configuration);
@@ -35,6 +35,7 @@ pub(crate) mod engine;
 pub mod fuzzing;
 pub(crate) mod health;
 pub(crate) mod healthcheck;
+pub(crate) mod interned;
 pub(crate) mod load;
 pub(crate) mod logging;
 pub(crate) mod metrics;

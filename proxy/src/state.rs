@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub route_metrics: Vec<RouteMetrics>,
     /// Metric children for requests that matched no route.
     pub unrouted_metrics: RouteMetrics,
+    /// `portico_http_requests_in_flight`, reached through the request's snapshot handle
+    /// (holding `Shared` for it was two more atomic writes to a shared count per request).
+    pub requests_in_flight: prometheus::IntGauge,
     /// `Via` value this proxy appends (`1.1 portico`).
     pub via_h1: HeaderValue,
     /// `Via` value for HTTP/2 requests (`2 portico`).
@@ -51,6 +54,57 @@ pub struct Snapshot {
     pub rate_limiters: Vec<Option<Arc<crate::ratelimit::Limiter>>>,
 }
 
+/// A request's hold on a [`Snapshot`]: it dereferences to the snapshot and clones like an
+/// `Arc`, but the reference count it changes is its worker thread's own.
+///
+/// Every request takes the current snapshot, and its path clones and drops it a few times
+/// (borrowing it across `&mut` uses of the request's state). On the snapshot's own `Arc`
+/// that is six or more atomic writes per request to one count all worker threads write,
+/// whose cache line then moves between cores. A `SnapRef` counts on a per-thread handle
+/// instead, made once per thread and generation while requests hold it.
+#[derive(Clone)]
+// The outer `Arc` (one allocation per thread and generation) is the point: its count is
+// the one requests change.
+#[allow(clippy::redundant_allocation)]
+pub struct SnapRef(Arc<Arc<Snapshot>>);
+
+impl std::ops::Deref for SnapRef {
+    type Target = Snapshot;
+    fn deref(&self) -> &Snapshot {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SnapRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self.0).fmt(f)
+    }
+}
+
+impl SnapRef {
+    /// The current snapshot of `current`, through this thread's handle while it is the
+    /// current one and some request on this thread holds it. The thread keeps only a weak
+    /// reference: an idle thread keeps no old generation (nor its upstreams' connections)
+    /// alive after a reload.
+    pub fn current(current: &ArcSwap<Snapshot>) -> Self {
+        thread_local! {
+            static HANDLE: std::cell::RefCell<std::sync::Weak<Arc<Snapshot>>> =
+                const { std::cell::RefCell::new(std::sync::Weak::new()) };
+        }
+        let now = current.load();
+        HANDLE.with_borrow_mut(|handle| {
+            if let Some(held) = handle.upgrade() {
+                if Arc::ptr_eq(&*held, &*now) {
+                    return SnapRef(held);
+                }
+            }
+            let fresh = Arc::new(arc_swap::Guard::into_inner(now));
+            *handle = Arc::downgrade(&fresh);
+            SnapRef(fresh)
+        })
+    }
+}
+
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
@@ -60,8 +114,12 @@ impl std::fmt::Debug for Snapshot {
 }
 
 fn header_value(s: &str) -> HeaderValue {
-    // Validated by the config crate (tokens and region names are header-safe).
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    // Validated by the config crate (tokens and region names are header-safe). Kept for the
+    // process's life: requests clone these values without an atomic operation.
+    match HeaderValue::from_str(s) {
+        Ok(v) => crate::interned::value(&v),
+        Err(_) => HeaderValue::from_static("invalid"),
+    }
 }
 
 impl Snapshot {
@@ -145,6 +203,7 @@ impl Snapshot {
             request_id_name: http::HeaderName::from_bytes(
                 config.server.request_id_header.as_bytes(),
             )
+            .map(|n| crate::interned::name(&n))
             .unwrap_or_else(|_| http::HeaderName::from_static("x-request-id")),
             route_headers: config
                 .routes
@@ -161,6 +220,7 @@ impl Snapshot {
                 .map(|u| u.host_header.as_deref().map(header_value))
                 .collect(),
             unrouted_metrics: RouteMetrics::new(metrics, "none", "none"),
+            requests_in_flight: metrics.http.requests_in_flight.clone(),
             route_metrics,
             upstreams,
             config: Arc::new(config),
@@ -186,8 +246,18 @@ pub struct CompiledRules {
 
 impl CompiledRules {
     fn new(rules: &portico_config::HeaderRules) -> Self {
-        let name = |n: &str| http::HeaderName::from_bytes(n.as_bytes()).ok();
-        let pair = |(n, v): &(String, String)| Some((name(n)?, HeaderValue::from_str(v).ok()?));
+        // Kept for the process's life: applying a rule clones them without atomics.
+        let name = |n: &str| {
+            http::HeaderName::from_bytes(n.as_bytes())
+                .ok()
+                .map(|n| crate::interned::name(&n))
+        };
+        let value = |v: &str| {
+            HeaderValue::from_str(v)
+                .ok()
+                .map(|v| crate::interned::value(&v))
+        };
+        let pair = |(n, v): &(String, String)| Some((name(n)?, value(v)?));
         Self {
             remove: rules.remove.iter().filter_map(|n| name(n)).collect(),
             set: rules.set.iter().filter_map(pair).collect(),
@@ -336,5 +406,55 @@ impl WsCounts {
     pub(crate) fn counter(&self, route: &str) -> Arc<AtomicUsize> {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(route.to_string()).or_default().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(generation: u64, metrics: &Metrics) -> Snapshot {
+        let loaded = crate::load::load_config(None).expect("the embedded config loads");
+        Snapshot::build(loaded, generation, None, metrics).expect("the embedded config builds")
+    }
+
+    #[test]
+    fn snap_refs_share_a_thread_handle_follow_swaps_and_keep_no_idle_generation() {
+        let metrics = Metrics::new();
+        let current = ArcSwap::from_pointee(snapshot(1, &metrics));
+        let a = SnapRef::current(&current);
+        let b = SnapRef::current(&current);
+        assert_eq!(a.generation, 1);
+        assert!(
+            Arc::ptr_eq(&a.0, &b.0),
+            "one handle per thread and generation"
+        );
+        // Another thread counts on a handle of its own, over the same snapshot.
+        let other = std::thread::scope(|s| {
+            s.spawn(|| {
+                let r = SnapRef::current(&current);
+                (Arc::as_ptr(&r.0) as usize, Arc::as_ptr(&*r.0) as usize)
+            })
+            .join()
+            .expect("the thread runs")
+        });
+        assert_ne!(other.0, Arc::as_ptr(&a.0) as usize);
+        assert_eq!(other.1, Arc::as_ptr(&*a.0) as usize);
+
+        // A reload: the next request takes the new generation; the old one lives while
+        // requests hold it, and not after (the thread keeps only a weak reference).
+        let first = Arc::downgrade(&*a.0);
+        current.store(Arc::new(snapshot(2, &metrics)));
+        let c = SnapRef::current(&current);
+        assert_eq!(c.generation, 2);
+        assert_eq!(a.generation, 1);
+        assert!(first.upgrade().is_some());
+        drop((a, b));
+        assert!(first.upgrade().is_none());
+        // With no request holding it, the thread's handle is made again.
+        let weak_handle = Arc::downgrade(&c.0);
+        drop(c);
+        assert!(weak_handle.upgrade().is_none());
+        assert_eq!(SnapRef::current(&current).generation, 2);
     }
 }

@@ -66,6 +66,9 @@ pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 /// idle wait registered and removed a waiter every request (about 400 instructions).
 pub struct Stop {
     rx: watch::Receiver<bool>,
+    /// The flag was set when this watch was made (its receiver may have seen the change
+    /// already, so `has_changed` would not report it).
+    already: bool,
     /// Completes when the flag changes (or the sender is gone); `None` once it has.
     waiter: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
@@ -74,7 +77,9 @@ impl Stop {
     /// Watches `rx`.
     pub fn new(rx: watch::Receiver<bool>) -> Self {
         let mut waiter_rx = rx.clone();
+        let already = *rx.borrow();
         Stop {
+            already,
             rx,
             waiter: Some(Box::pin(async move {
                 let _ = waiter_rx.changed().await;
@@ -82,9 +87,15 @@ impl Stop {
         }
     }
 
-    /// Whether a shutdown began.
+    /// Whether a shutdown began. Asked once per request: `has_changed` is one atomic load,
+    /// where `borrow` takes the channel's read lock (two atomic writes to a cache line every
+    /// connection of every worker thread shares); the value is read only once it changed.
     pub fn is_set(&self) -> bool {
-        *self.rx.borrow()
+        match self.rx.has_changed() {
+            Ok(false) => self.already,
+            // Changed, or the sender is gone: the value says (a shutdown only sets it).
+            Ok(true) | Err(_) => *self.rx.borrow(),
+        }
     }
 
     /// Resolves when a shutdown begins (at once if one did since this watch was made); never
@@ -323,6 +334,25 @@ mod tests {
         let mut buf = BytesMut::new();
         let r = read_fresh(&mut b, &mut buf, rx).await;
         assert!(matches!(r, Err(HeadError::TooLarge)), "{r:?}");
+    }
+
+    #[test]
+    fn stop_sees_a_shutdown_however_its_receiver_was_made() {
+        let (tx, mut rx) = watch::channel(false);
+        let before = Stop::new(rx.clone());
+        assert!(!before.is_set());
+        tx.send(true).unwrap();
+        assert!(before.is_set());
+        // A receiver that saw the change already, and clones of it.
+        rx.borrow_and_update();
+        assert!(Stop::new(rx.clone()).is_set());
+        // The sender gone without a shutdown: not set; gone after one: set.
+        let (tx2, rx2) = watch::channel(false);
+        let gone = Stop::new(rx2);
+        drop(tx2);
+        assert!(!gone.is_set());
+        drop(tx);
+        assert!(before.is_set());
     }
 
     #[tokio::test]

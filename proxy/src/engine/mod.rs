@@ -168,7 +168,7 @@ pub async fn serve<S: ClientIo>(
     info: ConnInfo,
     app: &Portico,
     shutdown: watch::Receiver<bool>,
-    limits: impl Fn() -> Limits,
+    mut limits: impl FnMut() -> Limits,
 ) -> Option<tunnel::Tunnel<S>> {
     let mut client = Client {
         io,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use http::HeaderValue;
 use smallvec::SmallVec;
 
-use crate::state::{Shared, Snapshot};
+use crate::state::{Shared, SnapRef};
 use crate::upstream::Lease;
 
 /// A response Portico decided to send itself, kept until `fail_to_proxy` writes it.
@@ -93,7 +93,7 @@ pub struct RequestCtx {
     /// The response body's encoder when the route compresses this response (pingora's path).
     pub encoder: Option<crate::compress::Encoder>,
     /// The configuration this request runs on from start to end.
-    pub snap: Arc<Snapshot>,
+    pub snap: SnapRef,
     /// When the request head was received.
     pub start: Instant,
     /// Matched route (index into the snapshot's routes).
@@ -156,14 +156,22 @@ pub struct RequestCtx {
     /// pingora's upstream loop started (`upstream_peer` ran): a failure from here on ends
     /// the client connection.
     pub upstream_loop: bool,
-    _in_flight: InFlight,
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        // Counted in `new`; the gauge is the same object in every snapshot.
+        self.snap.requests_in_flight.dec();
+    }
 }
 
 impl RequestCtx {
     /// A new context on the current snapshot.
     pub fn new(shared: &Arc<Shared>) -> Self {
+        let snap = SnapRef::current(&shared.current);
+        snap.requests_in_flight.inc();
         Self {
-            snap: shared.current.load_full(),
+            snap,
             start: Instant::now(),
             route: None,
             request_id: None,
@@ -195,7 +203,6 @@ impl RequestCtx {
             upstream_time: None,
             rate_limit: None,
             encoder: None,
-            _in_flight: InFlight::new(shared),
         }
     }
 

@@ -183,8 +183,36 @@ static CONSTANT_NAMES: [HeaderName; 6] = [
 pub struct ConstantFields {
     /// The configuration generation they were rendered for.
     generation: u64,
+    /// Distinct for every rendering in the process: the key of each worker thread's copy.
+    id: u64,
     /// `name: value\r\n` lines.
     lines: Bytes,
+}
+
+impl ConstantFields {
+    /// This thread's copy of the lines. Every request clones (and drops) the block: on one
+    /// shared `Bytes` that is two atomic writes per request to a reference count all worker
+    /// threads write, whose cache line then moves between cores; a copy per thread keeps
+    /// each count on its own core.
+    fn local_lines(&self) -> Bytes {
+        thread_local! {
+            /// Copies by [`ConstantFields::id`], newest last: one per listener (and
+            /// generation, until replaced).
+            static COPIES: std::cell::RefCell<Vec<(u64, Bytes)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        COPIES.with_borrow_mut(|copies| {
+            if let Some((_, b)) = copies.iter().find(|(id, _)| *id == self.id) {
+                return b.clone();
+            }
+            if copies.len() == 8 {
+                copies.remove(0);
+            }
+            let b = Bytes::copy_from_slice(&self.lines);
+            copies.push((self.id, b.clone()));
+            b
+        })
+    }
 }
 
 impl Portico {
@@ -194,7 +222,7 @@ impl Portico {
         let snap = &ctx.snap;
         if let Some(c) = &*self.constant_fields.load() {
             if c.generation == snap.generation {
-                return c.lines.clone();
+                return c.local_lines();
             }
         }
         let tls = self.listener.tls;
@@ -218,12 +246,16 @@ impl Portico {
             lines.extend_from_slice(b"\r\n");
         }
         let lines = Bytes::from(lines);
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let fields = ConstantFields {
+            generation: snap.generation,
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            lines,
+        };
+        let local = fields.local_lines();
         self.constant_fields
-            .store(Some(std::sync::Arc::new(ConstantFields {
-                generation: snap.generation,
-                lines: lines.clone(),
-            })));
-        lines
+            .store(Some(std::sync::Arc::new(fields)));
+        local
     }
 }
 
@@ -237,7 +269,6 @@ const FLY_REGION: HeaderName = HeaderName::from_static("fly-region");
 const FLY_FORWARDED_PORT: HeaderName = HeaderName::from_static("fly-forwarded-port");
 const FLY_REQUEST_ID: HeaderName = HeaderName::from_static("fly-request-id");
 
-/// Formats an IP address into `buf` without allocating.
 /// An IP address as text in `buf`, without allocating.
 pub fn ip_str(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
     std::str::from_utf8(ip_bytes(ip, buf)).unwrap_or("-")

@@ -111,9 +111,11 @@ pub fn new_request_id() -> http::HeaderValue {
 /// Fills `out` (32 bytes) with the hex digits of a random 128-bit number.
 fn hex_id(out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = fastrand::u128(..);
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = HEX[((n >> ((31 - i) * 4)) & 0xf) as usize];
+    let n = fastrand::u128(..).to_be_bytes();
+    // A byte (two digits) a step: half the steps and no 128-bit shifts.
+    for (pair, byte) in out.chunks_exact_mut(2).zip(n) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
 }
 

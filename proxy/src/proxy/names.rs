@@ -17,6 +17,7 @@ use http::HeaderName;
 ///
 /// Compared a word at a time (8 or 4 bytes, the last word overlapping the one before):
 /// these loops run for every field of every head, a few names each.
+#[inline(always)]
 pub(crate) fn is_name(raw: &[u8], name: &[u8]) -> bool {
     debug_assert!(name.iter().all(|&b| b.is_ascii_lowercase() || b == b'-'));
     let n = raw.len();
@@ -86,6 +87,7 @@ static BY_LEN: [&[(&[u8], HeaderName, u32)]; 16] = [
 /// The common name `raw` is (compared ignoring ASCII case), and its bit: found with one or
 /// two comparisons, where `HeaderName::from_bytes` lower-cases the name into a scratch
 /// buffer and searches every standard name (about 150 instructions per field).
+#[inline]
 pub(crate) fn common(raw: &[u8]) -> Option<(&'static HeaderName, u32)> {
     BY_LEN
         .get(raw.len())?

@@ -201,7 +201,9 @@ impl Portico {
                 .target
                 .as_ref()
                 .map_or(route.upstream, |t| t.upstream);
-            let up = snap.upstreams[up_idx].clone();
+            // Borrowed from this request's own snapshot handle: a clone of the upstream's
+            // `Arc` is an atomic write to a count every worker thread shares.
+            let up = &snap.upstreams[up_idx];
             ctx.upstream = up_idx;
             let deadline_left = ctx.replay.target.as_ref().and_then(remaining);
             let outcome = if deadline_left.is_some_and(|d| d.is_zero()) {
@@ -220,10 +222,10 @@ impl Portico {
                         t.want()
                     }
                     None => {
-                        let writes = route
-                            .writes
-                            .clone()
-                            .unwrap_or_else(|| up.cfg.writes.clone());
+                        let writes = match &route.writes {
+                            Some(w) => w.as_ref(),
+                            None => up.cfg.writes.as_ref(),
+                        };
                         match (writes, snap.config.server.primary_region.as_deref()) {
                             (Some(w), Some(primary)) if w.is_write(req.method.as_str()) => Want {
                                 regions: std::iter::once(primary).collect(),
@@ -278,7 +280,7 @@ impl Portico {
                 }
                 Err(e) => {
                     let Some(target) = ctx.replay.target.clone() else {
-                        let failure = acquire_failure(&up, e, ctx);
+                        let failure = acquire_failure(up, e, ctx);
                         return Err(super::respond::fail(ctx, failure));
                     };
                     let reason = match &e {
@@ -300,7 +302,7 @@ impl Portico {
                         self.count_replay(ctx, "fallback");
                         continue;
                     }
-                    let failure = replay_failure(&up, e, ctx);
+                    let failure = replay_failure(up, e, ctx);
                     self.count_replay(ctx, failure.reason);
                     return Err(super::respond::fail(ctx, failure));
                 }

@@ -18,13 +18,12 @@ use super::ctx::{LocalFailure, RequestCtx};
 use crate::replay::cache::CacheKey;
 use crate::replay::handback::Handback;
 use crate::replay::Target;
-use crate::state::Snapshot;
 
 /// What a subrequest takes over from the request it replays.
 #[derive(Clone)]
 pub struct Carried {
     /// The configuration generation of the original request.
-    pub snap: Arc<Snapshot>,
+    pub snap: crate::state::SnapRef,
     /// Matched route.
     pub route: usize,
     /// Request id.

@@ -143,6 +143,23 @@ impl Settings {
 }
 
 impl ListenerCtx {
+    /// The engine's limits for a connection's next request, from `cache` while the
+    /// configuration generation is the one they were made for: finding the listener by
+    /// name and copying its settings for every request was about 200 instructions.
+    fn limits(&self, cache: &mut Option<(u64, crate::engine::Limits)>) -> crate::engine::Limits {
+        let generation = self.shared.current.load().generation;
+        match cache {
+            Some((g, l)) if *g == generation => *l,
+            _ => {
+                // Made from a snapshot at least as new as `generation`: at worst the next
+                // request makes them again.
+                let l = self.settings().limits();
+                *cache = Some((generation, l));
+                l
+            }
+        }
+    }
+
     /// Current per-connection settings (they follow config reloads).
     fn settings(&self) -> Settings {
         let snap = self.shared.current.load();
@@ -255,10 +272,10 @@ pub async fn serve(
         if !h2c {
             let info = crate::engine::conn_info(peer, local, None);
             let l = lctx.clone();
-            let tunnel = crate::engine::serve(tcp, info, &lctx.app, shutdown, move || {
-                l.settings().limits()
-            })
-            .await;
+            let mut cache = None;
+            let tunnel =
+                crate::engine::serve(tcp, info, &lctx.app, shutdown, move || l.limits(&mut cache))
+                    .await;
             if let Some(t) = tunnel {
                 spawn_tunnel(t, &lctx, held);
             }
@@ -303,8 +320,9 @@ pub async fn serve(
         .map(|d| crate::proxy::tls_version_name(&d.version));
     let info = crate::engine::conn_info(peer, local, tls);
     let l = lctx.clone();
+    let mut cache = None;
     let tunnel = crate::engine::serve(stream, info, &lctx.app, shutdown, move || {
-        l.settings().limits()
+        l.limits(&mut cache)
     })
     .await;
     if let Some(t) = tunnel {
