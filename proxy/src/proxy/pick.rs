@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use pingora_http::RequestHeader;
 use portico_config::HashKey;
+use smallvec::SmallVec;
 
 use super::ctx::{LocalFailure, RequestCtx};
 use super::{cookie, Portico};
@@ -215,10 +216,14 @@ impl Portico {
                     _ => up.cfg.hash_on.as_ref(),
                 };
                 let hash = key.and_then(|k| self.affinity_hash(req, ctx, k));
-                let mut tried = ctx.tried.clone();
+                // The request's own list unless a replay target excludes more (a copy of
+                // even an empty SmallVec was about 170 instructions).
+                let mut with_excluded: Option<SmallVec<[usize; 4]>> = None;
                 let mut want = match &ctx.replay.target {
                     Some(t) => {
-                        tried.extend(t.exclude.iter().copied());
+                        let mut all = ctx.tried.clone();
+                        all.extend(t.exclude.iter().copied());
+                        with_excluded = Some(all);
                         t.want()
                     }
                     None => {
@@ -243,7 +248,8 @@ impl Portico {
                 if ctx.replay.target.is_none() {
                     want.sticky = sticky_pin.as_deref();
                 }
-                let acquire = up.acquire(hash, &tried, &want);
+                let tried = with_excluded.as_deref().unwrap_or(&ctx.tried);
+                let acquire = up.acquire(hash, tried, &want);
                 match deadline_left {
                     Some(left) => tokio::time::timeout(left, acquire)
                         .await
