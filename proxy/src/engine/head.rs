@@ -15,11 +15,11 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
+use super::deadline::Deadline;
 use bytes::BytesMut;
 use memchr::memmem;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::Sleep;
 
 /// How reading a request head ended, when it did not produce one.
 #[derive(Debug)]
@@ -137,7 +137,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limits: HeadLimits,
     shutdown: &mut Stop,
-    mut timer: Pin<&mut Sleep>,
+    timer: &mut Deadline,
 ) -> Result<(), HeadError> {
     // Phase 1: wait for the first byte (the connection is idle until then).
     //
@@ -151,30 +151,28 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         let idle_until = super::deadline_after(limits.idle);
         let first = if limits.fresh {
             // Accepted just before a shutdown (or handed over by an upgrade): serve it.
-            timer.as_mut().reset(idle_until);
-            read_until(stream, buf, timer.as_mut()).await
+            timer.set(idle_until);
+            read_until(stream, buf, timer).await
         } else if shutdown.is_set() {
-            timer
-                .as_mut()
-                .reset(super::deadline_after(limits.drain_grace.min(limits.idle)));
-            match read_until(stream, buf, timer.as_mut()).await {
+            timer.set_after(limits.drain_grace.min(limits.idle));
+            match read_until(stream, buf, timer).await {
                 None => return Err(HeadError::Shutdown),
                 r => r,
             }
         } else {
-            timer.as_mut().reset(idle_until);
+            timer.set(idle_until);
             tokio::select! {
                 biased;
                 // `read_buf` is cancel-safe: bytes read before the shutdown stay in `buf`.
                 r = stream.read_buf(buf) => Some(r),
-                () = timer.as_mut() => None,
+                () = timer.passed() => None,
                 () = shutdown.changed() => {
                     if !buf.is_empty() {
                         Some(Ok(buf.len()))
                     } else {
                         let grace = super::deadline_after(limits.drain_grace).min(idle_until);
-                        timer.as_mut().reset(grace);
-                        match read_until(stream, buf, timer.as_mut()).await {
+                        timer.set(grace);
+                        match read_until(stream, buf, timer).await {
                             None => return Err(HeadError::Shutdown),
                             r => r,
                         }
@@ -205,14 +203,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(
             return Err(HeadError::TooLarge);
         }
         if !armed {
-            timer
-                .as_mut()
-                .reset(super::deadline_after(limits.header_timeout));
+            timer.set_after(limits.header_timeout);
             armed = true;
         }
         searched = buf.len();
         buf.reserve(4096);
-        match read_until(stream, buf, timer.as_mut()).await {
+        match read_until(stream, buf, timer).await {
             None => return Err(HeadError::Timeout),
             Some(Ok(0)) => return Err(HeadError::Truncated),
             Some(Ok(_)) => {}
@@ -225,12 +221,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(
 async fn read_until<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    timer: Pin<&mut Sleep>,
+    timer: &mut Deadline,
 ) -> Option<io::Result<usize>> {
     tokio::select! {
         biased;
         r = stream.read_buf(buf) => Some(r),
-        () = timer => None,
+        () = timer.passed() => None,
     }
 }
 
@@ -260,18 +256,7 @@ mod tests {
         buf: &mut BytesMut,
         rx: watch::Receiver<bool>,
     ) -> Result<(), HeadError> {
-        read_head(
-            b,
-            buf,
-            limits(),
-            &mut Stop::new(rx),
-            std::pin::pin!(timer()),
-        )
-        .await
-    }
-
-    fn timer() -> Sleep {
-        tokio::time::sleep(Duration::ZERO)
+        read_head(b, buf, limits(), &mut Stop::new(rx), &mut Deadline::new()).await
     }
 
     fn limits() -> HeadLimits {
@@ -372,14 +357,14 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1024);
         let (tx, rx) = watch::channel(false);
         let mut stop = Stop::new(rx);
-        let mut timer = std::pin::pin!(timer());
+        let mut timer = Deadline::new();
         let mut buf = BytesMut::new();
         let writer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(20)).await;
             a.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
             a
         });
-        read_head(&mut b, &mut buf, limits(), &mut stop, timer.as_mut())
+        read_head(&mut b, &mut buf, limits(), &mut stop, &mut timer)
             .await
             .unwrap();
         let _a = writer.await.unwrap();
@@ -392,10 +377,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send(true).unwrap();
         };
-        let (r, ()) = tokio::join!(
-            read_head(&mut b, &mut buf, l, &mut stop, timer.as_mut()),
-            send
-        );
+        let (r, ()) = tokio::join!(read_head(&mut b, &mut buf, l, &mut stop, &mut timer), send);
         assert!(matches!(r, Err(HeadError::Shutdown)), "{r:?}");
         assert!(stop.is_set());
         assert!(started.elapsed() < Duration::from_secs(5));

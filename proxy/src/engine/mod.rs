@@ -17,10 +17,11 @@
 //! The layout: [`codec`] parses and writes heads and decides framing; [`chunked`] reads
 //! chunked bodies; [`upstream`] connects to backends; [`pool`] keeps idle upstream
 //! connections per thread; [`exchange`] runs one request; [`tunnel`] relays upgraded
-//! connections.
+//! connections; [`deadline`] is a connection's lazily moved timer.
 
 pub mod chunked;
 pub mod codec;
+pub mod deadline;
 pub mod exchange;
 pub mod head;
 pub mod pool;
@@ -28,14 +29,13 @@ pub mod tunnel;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::engine::head::{read_head, HeadError, HeadLimits, Stop};
 use crate::proxy::ctx::ConnInfo;
@@ -75,10 +75,10 @@ pub struct Client<S> {
     pub body_limits: BodyLimits,
     /// The connection's deadline while it waits for a request head (one timer for the
     /// connection's life, moved forward per request: see [`head`]).
-    pub head_timer: Pin<Box<Sleep>>,
+    pub head_timer: deadline::Deadline,
     /// The deadline of reads from the backend serving the current request (the same
     /// reasoning: one timer, moved forward per read).
-    pub up_timer: Pin<Box<Sleep>>,
+    pub up_timer: deadline::Deadline,
 }
 
 impl<S: ClientIo> Client<S> {
@@ -176,8 +176,8 @@ pub async fn serve<S: ClientIo>(
         wbuf: BytesMut::with_capacity(4096),
         info,
         body_limits: BodyLimits::default(),
-        head_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-        up_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        head_timer: deadline::Deadline::new(),
+        up_timer: deadline::Deadline::new(),
     };
     let mut shutdown = Stop::new(shutdown);
     let mut served: u32 = 0;
@@ -200,7 +200,7 @@ pub async fn serve<S: ClientIo>(
             &mut client.rbuf,
             head_limits,
             &mut shutdown,
-            client.head_timer.as_mut(),
+            &mut client.head_timer,
         );
         match read.await {
             Ok(()) => {}

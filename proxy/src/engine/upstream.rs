@@ -13,7 +13,6 @@ use bytes::BytesMut;
 use portico_config::Upstream;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 /// The transport of an upstream connection.
 #[derive(Debug)]
@@ -135,14 +134,14 @@ impl UpConn {
     /// (no timer registered per read: see [`super::head`]).
     pub async fn read_within(
         &mut self,
-        mut timer: Pin<&mut Sleep>,
+        timer: &mut super::deadline::Deadline,
         timeout: Duration,
     ) -> Option<io::Result<usize>> {
-        timer.as_mut().reset(super::deadline_after(timeout));
+        timer.set_after(timeout);
         tokio::select! {
             biased;
             r = self.io.read_buf(&mut self.rbuf) => Some(r),
-            () = timer => None,
+            () = timer.passed() => None,
         }
     }
 }

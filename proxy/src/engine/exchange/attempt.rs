@@ -90,7 +90,7 @@ impl Exchange<'_> {
         self.ctx.connect_started.get_or_insert_with(Instant::now);
         let resp = loop {
             let parsed = self
-                .read_response_head(&mut conn, client.up_timer.as_mut(), up_cfg.read_timeout)
+                .read_response_head(&mut conn, &mut client.up_timer, up_cfg.read_timeout)
                 .await?;
             let code = parsed.status;
             if (100..200).contains(&code) && code != 101 {
@@ -181,7 +181,15 @@ impl Exchange<'_> {
         timeout: Duration,
         _reused: bool,
     ) -> Result<(), AttemptError> {
-        match tokio::time::timeout(timeout, conn.io.write_all(bytes)).await {
+        let mut write = std::pin::pin!(conn.io.write_all(bytes));
+        // A head (and a small body) almost always goes out in one write: try it before a
+        // timer is made (which reads the clock and, if the write waits, registers it).
+        let done = futures::FutureExt::now_or_never(write.as_mut());
+        let result = match done {
+            Some(r) => Ok(r),
+            None => tokio::time::timeout(timeout, write).await,
+        };
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(AttemptError::Failed {
                 message: format!("sending the request failed: {e}"),
@@ -249,7 +257,7 @@ impl Exchange<'_> {
     pub(super) async fn read_response_head(
         &self,
         conn: &mut UpConn,
-        mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+        timer: &mut crate::engine::deadline::Deadline,
         timeout: Duration,
     ) -> Result<codec::Response, AttemptError> {
         loop {
@@ -266,7 +274,7 @@ impl Exchange<'_> {
                 }
             }
             conn.rbuf.reserve(16 * 1024);
-            match conn.read_within(timer.as_mut(), timeout).await {
+            match conn.read_within(timer, timeout).await {
                 None => {
                     return Err(AttemptError::Failed {
                         message: format!(

@@ -246,10 +246,7 @@ pub(super) async fn relay_body<S: ClientIo>(
             return p;
         }
         conn.rbuf.reserve(32 * 1024);
-        match conn
-            .read_within(client.up_timer.as_mut(), read_timeout)
-            .await
-        {
+        match conn.read_within(&mut client.up_timer, read_timeout).await {
             None => {
                 p.up_error = Some("the backend stopped sending the body".into());
                 return p;
