@@ -89,6 +89,17 @@ async fn fifty_reloads_under_load_drop_nothing_and_never_mix() {
     }
     assert_eq!(bad.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 100);
+    // Every request counted in flight was counted out, whichever generation it ran on (the
+    // gauge is reached through the request's snapshot).
+    // (A request's context ends just after its response is written: allow a moment.)
+    let counted_out = Instant::now();
+    while metric(&p, "portico_http_requests_in_flight", &[]).await != 0.0 {
+        assert!(
+            counted_out.elapsed() < Duration::from_secs(5),
+            "requests stay counted in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // 50 reloads through POST (the file watcher may have added its own).
     assert!(metric(&p, "portico_config_reloads_total", &[("result", "success")]).await >= 50.0);
     assert_eq!(tag_of(&p).await, ("A".to_string(), "a".to_string()));

@@ -255,6 +255,72 @@ async fn constant_forwarding_fields_follow_rules_and_reloads() {
     );
 }
 
+/// The request id's configured name and the routes' header rules (names and values kept for
+/// the process's life, see `interned`) reach backend and client, and a reload that renames
+/// them takes effect on the next request.
+#[tokio::test]
+async fn configured_request_id_name_and_rule_fields_follow_reloads() {
+    let web = Origin::named("web").await;
+    let config = |id: &str, tag: &str| {
+        Config::new()
+            .server("request_id_header", id)
+            .upstream(Upstream::new("web", [web.addr]))
+            .route(
+                Route::to("web")
+                    .path("/")
+                    .set(
+                        "request_headers",
+                        serde_json::json!({ "set": { "x-portico-tag": tag } }),
+                    )
+                    .set(
+                        "response_headers",
+                        serde_json::json!({ "add": { "x-served-tag": tag } }),
+                    ),
+            )
+            .render()
+    };
+    let p = Portico::start(&config("x-trace-id", "one"));
+    let c = client();
+    for round in 0..20 {
+        let r = c.get(p.url("http", "/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["x-trace-id"].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 32, "{round}");
+        assert_eq!(r.headers()["x-served-tag"], "one");
+        assert!(r.headers().get("x-request-id").is_none());
+        let seen = web.requests().pop().unwrap();
+        assert_eq!(seen.header("x-trace-id"), Some(id.as_str()));
+        assert_eq!(seen.header("x-portico-tag"), Some("one"));
+    }
+    // A client's own id under the configured name is kept.
+    let r = c
+        .get(p.url("http", "/"))
+        .header("x-trace-id", "client-chosen-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-trace-id"], "client-chosen-1");
+    assert_eq!(
+        web.requests().pop().unwrap().header("x-trace-id"),
+        Some("client-chosen-1")
+    );
+
+    std::fs::write(&p.config_path, config("x-correlation-id", "two")).unwrap();
+    let r = c.post(p.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(p.url("http", "/")).send().await.unwrap();
+    assert!(r.headers().get("x-trace-id").is_none());
+    let id = r.headers()["x-correlation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(r.headers()["x-served-tag"], "two");
+    let seen = web.requests().pop().unwrap();
+    assert_eq!(seen.header("x-correlation-id"), Some(id.as_str()));
+    assert_eq!(seen.header("x-trace-id"), None);
+    assert_eq!(seen.header("x-portico-tag"), Some("two"));
+}
+
 #[tokio::test]
 async fn dead_backend_is_retried_on_another_and_502_names_the_failure() {
     let live = Origin::named("live").await;
