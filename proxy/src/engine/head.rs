@@ -15,11 +15,12 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use super::deadline::Deadline;
 use bytes::BytesMut;
 use memchr::memmem;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
+
+use super::deadline::Deadline;
 
 /// How reading a request head ended, when it did not produce one.
 #[derive(Debug)]
