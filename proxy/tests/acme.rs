@@ -17,9 +17,10 @@ use common::dns::TestDns;
 use common::*;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-/// A free loopback port (nothing listens on it once returned).
+/// A loopback port for a server this test starts later (see [`reserved_port`]): the CA's
+/// port in particular stays unused for seconds while Portico retries against it.
 fn free_port() -> u16 {
-    dead_addr().port()
+    reserved_port()
 }
 
 /// A running pebble.
@@ -68,7 +69,9 @@ impl Pebble {
         }
         let cfg_path = dir.path().join("pebble.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let child = Command::new("pebble")
+        let log_path = dir.path().join("pebble.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new("pebble")
             .arg("-config")
             .arg(&cfg_path)
             .arg("-dnsserver")
@@ -77,14 +80,19 @@ impl Pebble {
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("pebble is installed (scripts/ensure-deps installs it as root)");
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(listen).await.is_err()
             || tokio::net::TcpStream::connect(management).await.is_err()
         {
-            assert!(Instant::now() < deadline, "pebble did not start");
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "pebble did not start ({exited:?}) on {listen} and {management}: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Pebble {

@@ -47,11 +47,7 @@ fn args_of(cmd: &[String]) -> Vec<String> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    reserved_port()
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

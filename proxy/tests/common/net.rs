@@ -19,10 +19,31 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
-/// A free address for a backend that refuses connections (nothing listens there).
+/// A loopback port kept for this test process, for a server started later (Portico's
+/// listener, pebble): a socket bound with `SO_REUSEADDR` that never listens stays bound until
+/// the process exits. While it is bound the kernel hands the port to no connection as its
+/// ephemeral source port (a port merely found free and released can be taken that way
+/// seconds later under parallel tests, and the server then fails to bind), and servers that
+/// bind with `SO_REUSEADDR` (Portico's listeners, Go's) can still listen on it. Connections
+/// to it are refused until one does.
+pub fn reserved_port() -> u16 {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_reuse_address(true).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    // Kept bound for the life of the test process (each test runs in its own under nextest).
+    std::mem::forget(socket);
+    port
+}
+
+/// An address for a backend that refuses connections (nothing listens there). Reserved as
+/// [`reserved_port`] is, so no connection takes it as its source port meanwhile (a connect to
+/// it from that very port would otherwise reach itself) and a test can start a server there
+/// later.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    SocketAddr::from(([127, 0, 0, 1], reserved_port()))
 }
 
 /// A TLS client trusting only the certificates of `root_pem`.
