@@ -49,21 +49,22 @@ async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>, response: bool) -> O
     loop {
         if let Some((n, len)) = head_end(buf, response) {
             while buf.len() < n + len {
-                let mut chunk = [0u8; 16384];
-                let got = s.read(&mut chunk).await.ok()?;
-                if got == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&chunk[..got]);
+                fill(s, buf).await?;
             }
             return Some(n + len);
         }
-        let mut chunk = [0u8; 16384];
-        let got = s.read(&mut chunk).await.ok()?;
-        if got == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..got]);
+        fill(s, buf).await?;
+    }
+}
+
+/// One read straight into the buffer's spare room (no zeroed chunk, no copy).
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16384);
+    }
+    match s.read_buf(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(_) => Some(()),
     }
 }
 
